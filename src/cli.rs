@@ -1,0 +1,332 @@
+//! The command line: argh definitions, getopt-style argument normalization, and dispatch.
+//!
+//! kmod's tools parse with getopt_long, and build systems call them that way (`depmod -ae -F
+//! System.map`, `-b$DIR`, `--basedir=DIR`). argh takes one option per word, so words are first
+//! rewritten into that form using each command's getopt table; the meaning never changes.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use crate::depmod;
+
+/// Exit status for a command line kmod would reject.
+pub const EXIT_USAGE: i32 = 1;
+
+#[derive(FromArgs, Debug)]
+/// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
+/// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`.
+pub struct Xdkms {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Depmod(DepmodArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Generate modules.dep and the module index files, byte-identical to kmod's depmod. With -b,
+/// the module directory, depmod.d and external directories are all read inside BASEDIR.
+#[argh(subcommand, name = "depmod")]
+pub struct DepmodArgs {
+    /// probe all modules (the default when no module files are named)
+    #[argh(switch, short = 'a')]
+    pub all: bool,
+    /// only run if some module is newer than modules.dep
+    #[argh(switch, short = 'A')]
+    pub quick: bool,
+    /// root directory of the target system; everything is read inside it
+    #[argh(option, short = 'b')]
+    pub basedir: Option<PathBuf>,
+    /// configuration file or directory (host path), replacing the target's depmod.d; repeatable
+    #[argh(option, short = 'C')]
+    pub config: Vec<PathBuf>,
+    /// the kernel's Module.symvers, for symbol version checks
+    #[argh(option, short = 'E')]
+    pub symvers: Option<PathBuf>,
+    /// the kernel's System.map, to report unknown symbols
+    #[argh(option, short = 'F')]
+    pub filesyms: Option<PathBuf>,
+    /// report symbols no module or the kernel provides (needs -E or -F)
+    #[argh(switch, short = 'e')]
+    pub errsyms: bool,
+    /// write the text files to stdout instead of the module directory
+    #[argh(switch, short = 'n')]
+    pub dry_run: bool,
+    /// architecture symbol prefix character
+    #[argh(option, short = 'P')]
+    pub symbol_prefix: Option<String>,
+    /// print each dependency found
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+    /// warn about duplicate index entries
+    #[argh(switch, short = 'w')]
+    pub warn: bool,
+    /// accepted and ignored, as by kmod 30 (-u, -q, -r, -m)
+    #[argh(switch, short = 'u')]
+    pub unresolved_error: bool,
+    /// accepted and ignored, as by kmod 30
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    /// accepted and ignored, as by kmod 30
+    #[argh(switch, short = 'r')]
+    pub root: bool,
+    /// accepted and ignored, as by kmod 30
+    #[argh(switch, short = 'm')]
+    pub map: bool,
+    /// print the version
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+    /// write indexes as this kmod release does: 30 (default; also 31, 32), 33 (adds
+    /// modules.weakdep) or 34 (parent-first .bin layout, first modules.order line wins)
+    #[argh(option, default = "30")]
+    pub kmod_version: u32,
+    /// kernel version, then optional module files (absolute paths) to index alone
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+/// kmod depmod's getopt table: short options taking an argument, and long names.
+const DEPMOD_SHORT_WITH_ARG: &str = "bCEFP";
+const DEPMOD_LONG: &[(&str, char)] = &[
+    ("all", 'a'),
+    ("quick", 'A'),
+    ("basedir", 'b'),
+    ("config", 'C'),
+    ("symvers", 'E'),
+    ("filesyms", 'F'),
+    ("errsyms", 'e'),
+    ("unresolved-error", 'u'),
+    ("quiet", 'q'),
+    ("root", 'r'),
+    ("verbose", 'v'),
+    ("show", 'n'),
+    ("dry-run", 'n'),
+    ("symbol-prefix", 'P'),
+    ("warn", 'w'),
+    ("map", 'm'),
+    ("version", 'V'),
+    ("help", 'h'),
+];
+
+/// Rewrites getopt-style words into one option per word: `-ae` → `-a -e`, `-bDIR` → `-b DIR`,
+/// `--basedir=DIR` → `-b DIR`. Long options unknown to the table are passed on as they are
+/// (argh's own, such as `--kmod-version`). Everything after `--` is left alone.
+pub fn normalize_getopt(args: &[String], short_with_arg: &str, long: &[(&str, char)]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            out.push(word.clone());
+            out.extend(words.by_ref().cloned());
+            break;
+        }
+        if let Some(long_word) = word.strip_prefix("--") {
+            let (name, value) = match long_word.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long_word, None),
+            };
+            match long.iter().find(|(n, _)| *n == name) {
+                Some(&(_, 'h')) => out.push("--help".into()),
+                Some(&(_, short)) => {
+                    out.push(format!("-{short}"));
+                    if let Some(v) = value {
+                        out.push(v.to_string());
+                    }
+                }
+                None => {
+                    out.push(format!("--{name}"));
+                    if let Some(v) = value {
+                        out.push(v.to_string());
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) else {
+            out.push(word.clone());
+            continue;
+        };
+        for (at, short) in cluster.char_indices() {
+            if short == 'h' {
+                out.push("--help".into());
+                continue;
+            }
+            out.push(format!("-{short}"));
+            if short_with_arg.contains(short) {
+                let rest = &cluster[at + short.len_utf8()..];
+                if !rest.is_empty() {
+                    out.push(rest.to_string());
+                } else if let Some(next) = words.next() {
+                    out.push(next.clone());
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Parses and runs a command line; returns the process exit status.
+pub fn main_with_args(argv: Vec<String>) -> i32 {
+    let program = argv.first().cloned().unwrap_or_else(|| "xdkms".into());
+    let invoked_as = program.rsplit('/').next().unwrap_or("xdkms").to_string();
+    // `depmod` as a symlink to xdkms acts as `xdkms depmod`, as busybox applets do.
+    let (command_words, rest): (Vec<String>, &[String]) = if invoked_as == "depmod" {
+        (vec!["depmod".into()], argv.get(1..).unwrap_or(&[]))
+    } else {
+        match argv.get(1) {
+            Some(cmd) if !cmd.starts_with('-') => (vec![cmd.clone()], argv.get(2..).unwrap_or(&[])),
+            _ => (Vec::new(), argv.get(1..).unwrap_or(&[])),
+        }
+    };
+    let normalized = match command_words.first().map(String::as_str) {
+        Some("depmod") => normalize_getopt(rest, DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG),
+        _ => rest.to_vec(),
+    };
+    let mut words: Vec<&str> = command_words.iter().map(String::as_str).collect();
+    words.extend(normalized.iter().map(String::as_str));
+    let parsed = match Xdkms::from_args(&[invoked_as.as_str()], &words) {
+        Ok(parsed) => parsed,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    0
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output);
+                    EXIT_USAGE
+                }
+            };
+        }
+    };
+    match parsed.command {
+        Command::Depmod(args) => run_depmod(args),
+    }
+}
+
+fn run_depmod(args: DepmodArgs) -> i32 {
+    if args.version {
+        println!("xdkms {} (depmod compatible with kmod 30)", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    for (flag, set) in [('u', args.unresolved_error), ('q', args.quiet), ('r', args.root), ('m', args.map)] {
+        if set {
+            eprintln!("depmod: WARNING: Ignored deprecated option -{flag}");
+        }
+    }
+    let sym_prefix = match args.symbol_prefix.as_deref() {
+        None => None,
+        Some(p) if p.len() == 1 => p.bytes().next(),
+        Some(_) => {
+            eprintln!("depmod: FATAL: -P only takes a single char");
+            return EXIT_USAGE;
+        }
+    };
+    let mut positional = args.args.into_iter();
+    let Some(version) = positional.next() else {
+        eprintln!(
+            "depmod: FATAL: no kernel version given; xdkms never defaults to the build host's `uname -r`. \
+             Pass the target kernel's version, e.g. `depmod -b ROOT 6.1.0-56-amd64`."
+        );
+        return EXIT_USAGE;
+    };
+    if !is_version_number(&version) {
+        eprintln!("depmod: ERROR: Bad version passed {version}");
+        return EXIT_USAGE;
+    }
+    let format = match args.kmod_version {
+        0..=32 => depmod::Format::Kmod30,
+        33 => depmod::Format::Kmod33,
+        _ => depmod::Format::Kmod34,
+    };
+    let options = depmod::Options {
+        basedir: args.basedir.map(absolute),
+        version,
+        config_paths: args.config,
+        symvers: args.symvers,
+        system_map: args.filesyms,
+        print_unknown: args.errsyms,
+        dry_run: args.dry_run,
+        quick: args.quick,
+        verbose: args.verbose,
+        warn_dups: args.warn,
+        sym_prefix,
+        files: positional.map(PathBuf::from).collect(),
+        format,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = depmod::run(&options, &mut out);
+    let flushed = out.flush();
+    match (result, flushed) {
+        (Ok(_), Ok(())) => 0,
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        (Ok(_), Err(e)) => {
+            eprintln!("depmod: FATAL: could not write to stdout: {e}");
+            1
+        }
+        (Err(e), _) => {
+            match e.downcast_ref::<depmod::Failure>() {
+                Some(failure) => failure.errors.iter().for_each(|line| eprintln!("depmod: ERROR: {line}")),
+                None => eprintln!("depmod: FATAL: {e:#}"),
+            }
+            1
+        }
+    }
+}
+
+/// kmod's test: the version must start with `%u.%u`.
+fn is_version_number(version: &str) -> bool {
+    let mut parts = version.splitn(2, '.');
+    let major = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("");
+    let digits = |s: &str| s.trim_start().trim_start_matches('+').chars().take_while(char::is_ascii_digit).count() > 0;
+    digits(major) && digits(rest)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir().map(|cwd| cwd.join(&path)).unwrap_or(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn getopt_clusters_and_attached_arguments() {
+        let got = normalize_getopt(
+            &words("-ae -FSystem.map -b /r --config=/c 6.1 -- -x"),
+            DEPMOD_SHORT_WITH_ARG,
+            DEPMOD_LONG,
+        );
+        assert_eq!(got, words("-a -e -F System.map -b /r -C /c 6.1 -- -x"));
+    }
+
+    #[test]
+    fn getopt_long_aliases() {
+        let got =
+            normalize_getopt(&words("--show --basedir /r --kmod-version=34 -h"), DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG);
+        assert_eq!(got, words("-n -b /r --kmod-version 34 --help"));
+    }
+
+    #[test]
+    fn version_numbers() {
+        assert!(is_version_number("6.1.0-56-amd64"));
+        assert!(!is_version_number("6"));
+        assert!(!is_version_number("abc.1"));
+    }
+}

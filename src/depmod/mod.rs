@@ -1,0 +1,363 @@
+//! `xdkms depmod`: kmod's depmod, natively, reading everything inside the target root.
+
+pub mod config;
+pub mod graph;
+pub mod hash;
+pub mod output;
+pub mod scan;
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use cross::Sysroot;
+use rayon::prelude::*;
+
+use crate::module::elf::ReadOptions;
+use crate::module::{ModuleElf, ModuleImage};
+use config::Config;
+use graph::Symbols;
+pub use output::Format;
+use scan::{show, FoundModule};
+
+/// What `depmod` was asked to do (kmod's options, same meanings).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `-b`: the target root. Module directory, depmod.d and externals are read inside it.
+    pub basedir: Option<PathBuf>,
+    pub version: String,
+    /// `-C`: configuration files or directories (host paths), replacing the defaults.
+    pub config_paths: Vec<PathBuf>,
+    /// `-E`: Module.symvers of the kernel, for `-e` version checks.
+    pub symvers: Option<PathBuf>,
+    /// `-F`: System.map of the kernel.
+    pub system_map: Option<PathBuf>,
+    /// `-e`: report unresolved symbols.
+    pub print_unknown: bool,
+    /// `-n`: text files to stdout, nothing written.
+    pub dry_run: bool,
+    /// `-A`: do nothing if no module is newer than modules.dep.
+    pub quick: bool,
+    /// `-v`: print each dependency found.
+    pub verbose: bool,
+    /// `-w`: warn about duplicate index values.
+    pub warn_dups: bool,
+    /// `-P`: symbol prefix character.
+    pub sym_prefix: Option<u8>,
+    /// Module files named on the command line (absolute host paths); empty means scan everything.
+    pub files: Vec<PathBuf>,
+    pub format: Format,
+}
+
+/// How a run ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    Printed,
+    /// `-A` found modules.dep up to date.
+    UpToDate,
+}
+
+/// A run that must exit non-zero, with what kmod would print before exiting.
+#[derive(Debug)]
+pub struct Failure {
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.errors.join("\n"))
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn warn(message: &str) {
+    eprintln!("depmod: WARNING: {message}");
+}
+
+fn error(message: &str) {
+    eprintln!("depmod: ERROR: {message}");
+}
+
+/// The module directory as the target sees it: `/lib/modules/VERSION`, or on a root that has only
+/// `/usr/lib/modules` (merged /usr without the `lib` link yet), that one.
+pub fn module_dir(root: &Sysroot, version: &str) -> Vec<u8> {
+    let lib = format!("/lib/modules/{version}");
+    let usr = format!("/usr/lib/modules/{version}");
+    let exists = |p: &str| root.resolve(p).map(|h| h.is_dir()).unwrap_or(false);
+    if !exists(&lib) && exists(&usr) {
+        usr.into_bytes()
+    } else {
+        lib.into_bytes()
+    }
+}
+
+/// Runs depmod. `stdout` receives `-n` output and `-v` lines; diagnostics go to stderr.
+pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let root = match &options.basedir {
+        Some(dir) => Sysroot::new(dir).with_context(|| format!("could not open base directory {}", dir.display()))?,
+        None => Sysroot::host(),
+    };
+    let dirname = module_dir(&root, &options.version);
+    let input_dir = root
+        .resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))
+        .with_context(|| format!("could not open directory {}", show(&dirname)))?;
+
+    if options.quick && (options.dry_run || up_to_date(&input_dir)) {
+        return Ok(Outcome::UpToDate);
+    }
+
+    let mut symbols = Symbols::new(options.sym_prefix);
+    let check_symvers = options.symvers.is_some();
+    let mut print_unknown = options.print_unknown;
+    if let Some(path) = &options.symvers {
+        load_symvers(&mut symbols, path)?;
+    } else if let Some(path) = &options.system_map {
+        load_system_map(&mut symbols, path)?;
+    } else if print_unknown {
+        warn("-e needs -E or -F");
+        print_unknown = false;
+    }
+
+    let mut modules: Vec<FoundModule> = if options.files.is_empty() {
+        let mut warnings = Vec::new();
+        let config = Config::load(&root, &options.config_paths, &options.version, &mut warnings);
+        warnings.iter().for_each(|w| error(w));
+        let found = scan::search(&root, &dirname, &config).map_err(|e| {
+            error(&e);
+            anyhow::anyhow!("could not search modules")
+        })?;
+        found.errors.iter().for_each(|e| error(e));
+        found.modules.into_values().collect()
+    } else {
+        let host_dirname = input_dir.as_os_str().as_bytes();
+        let mut by_name = std::collections::HashMap::new();
+        for path in &options.files {
+            if !path.is_absolute() {
+                bail!("{}: not absolute path.", path.display());
+            }
+            if !path.is_file() {
+                bail!("could not create module {}: No such file or directory", path.display());
+            }
+            let module = scan::explicit_module(path, host_dirname);
+            if by_name.contains_key(&module.modname) {
+                bail!("could not add module {}: File exists", path.display());
+            }
+            by_name.insert(module.modname.clone(), module);
+        }
+        by_name.into_values().collect()
+    };
+
+    hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
+    sort_by_modules_order(&mut modules, &input_dir, &dirname, options.format);
+
+    // Parse every module in parallel; order is restored by index.
+    let read_options = ReadOptions { export_crcs: check_symvers };
+    let elves: Vec<Option<ModuleElf>> = modules
+        .par_iter()
+        .map(|m| match ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)) {
+            Ok(elf) => Some(elf),
+            Err(e) => {
+                error(&format!("failed to load symbols from {}: {}", show(&m.path), strerror(&e)));
+                None
+            }
+        })
+        .collect();
+
+    for (index, elf) in elves.iter().enumerate() {
+        if let Some(elf) = elf {
+            for export in &elf.exports {
+                symbols.add(&export.name, false, export.crc, Some(index as u32));
+            }
+        }
+    }
+
+    let resolution = graph::resolve(&elves, &symbols, print_unknown, check_symvers);
+    if options.verbose {
+        for (module, symbol, owner) in &resolution.verbose {
+            writeln!(
+                stdout,
+                "{} needs \"{}\": {}",
+                show(&modules[*module as usize].path),
+                show(symbol),
+                show(&modules[*owner as usize].path)
+            )?;
+        }
+    }
+    for (module, symbol, mismatch) in &resolution.problems {
+        let path = show(&modules[*module as usize].path);
+        if *mismatch {
+            warn(&format!("{path} disagrees about version of symbol {}", show(symbol)));
+        } else {
+            warn(&format!("{path} needs unknown symbol {}", show(symbol)));
+        }
+    }
+
+    let order = match graph::topological_order(&resolution.deps) {
+        Ok(order) => order,
+        Err(users) => {
+            let names: Vec<&[u8]> = modules.iter().map(|m| m.modname.as_slice()).collect();
+            let (lines, count) = graph::report_cycles(&resolution.deps, &users, &names);
+            let mut errors = lines;
+            errors.push(format!("Found {count} modules in dependency cycles!"));
+            return Err(Failure { errors }.into());
+        }
+    };
+    let mut seen = vec![0u32; modules.len()];
+    let all_deps: Vec<Vec<u32>> = (0..modules.len() as u32)
+        .map(|m| graph::all_dependencies(m, &resolution.deps, &order, &mut seen, m + 1))
+        .collect();
+
+    let model = output::Model {
+        modules: &modules,
+        elves: &elves,
+        all_deps: &all_deps,
+        symbols: &symbols,
+        format: options.format,
+        warn_dups: options.warn_dups,
+    };
+    let files = output::output_files(options.format);
+    if options.dry_run {
+        for file in files.iter().filter(|f| f.text) {
+            let bytes = model.render(file.name, &input_dir, &mut |w| warn(&w))?;
+            stdout.write_all(&bytes)?;
+        }
+        return Ok(Outcome::Printed);
+    }
+    // Render everything first (in parallel), so a failure leaves every old file in place.
+    let rendered: Vec<(&'static str, Vec<u8>, Vec<String>)> = files
+        .par_iter()
+        .map(|file| {
+            let mut warnings = Vec::new();
+            model.render(file.name, &input_dir, &mut |w| warnings.push(w)).map(|bytes| (file.name, bytes, warnings))
+        })
+        .collect::<Result<_, _>>()?;
+    for (name, bytes, warnings) in rendered {
+        warnings.iter().for_each(|w| warn(w));
+        crate::fsio::replace_file(&input_dir.join(name), &bytes)
+            .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
+    }
+    Ok(Outcome::Written)
+}
+
+/// strerror's text for an I/O error, without Rust's "(os error N)" suffix.
+fn strerror(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+/// Orders modules listed in modules.order by that file, the rest after them in hash order
+/// (stable). kmod 30 keys each module by its last line, kmod 34 by its first.
+fn sort_by_modules_order(modules: &mut [FoundModule], input_dir: &Path, dirname: &[u8], format: Format) {
+    let Ok(text) = std::fs::read(input_dir.join("modules.order")) else { return };
+    let lines: Vec<&[u8]> = output::fgets_lines(&text).collect();
+    if let Some(bad) = lines.iter().position(|l| !l.is_empty() && !l.ends_with(b"\n")) {
+        error(&format!("{}/modules.order:{} corrupted line misses '\\n'", show(dirname), bad + 1));
+        return;
+    }
+    let by_path: std::collections::HashMap<&[u8], usize> =
+        modules.iter().enumerate().filter_map(|(i, m)| m.uncrelpath.as_deref().map(|p| (p, i))).collect();
+    let mut keys = vec![1i64; modules.len()];
+    let total = lines.len() as i64 + 1;
+    let mut next = -(modules.len() as i64);
+    for (line_no, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some(&m) = by_path.get(&line[..line.len() - 1]) else { continue };
+        match format {
+            Format::Kmod30 | Format::Kmod33 => keys[m] = line_no as i64 + 1 - total,
+            Format::Kmod34 => {
+                if keys[m] >= 0 {
+                    keys[m] = next;
+                    next += 1;
+                }
+            }
+        }
+    }
+    let mut indexed: Vec<(i64, usize)> = keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect();
+    indexed.sort_by_key(|&(k, _)| k); // stable, like glibc's merge-sort qsort
+    let sorted: Vec<FoundModule> = indexed.iter().map(|&(_, i)| modules[i].clone()).collect();
+    modules.clone_from_slice(&sorted);
+}
+
+/// `-A`: modules.dep exists and no module file under the module directory is newer (seconds).
+fn up_to_date(input_dir: &Path) -> bool {
+    let Ok(dep) = std::fs::metadata(input_dir.join("modules.dep")).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let dep_secs = seconds(dep);
+    let mut stack = vec![input_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == "build" || name == "source" {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if crate::module::is_module_file_name(name.as_bytes())
+                && meta.modified().map(seconds).unwrap_or(i64::MAX) > dep_secs
+            {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn seconds(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// `-E`: kernel symbols with CRCs from Module.symvers (`crc symbol vmlinux ...`).
+fn load_symvers(symbols: &mut Symbols, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("could not load {}", path.display()))?;
+    for (line_no, line) in output::fgets_lines(&text).enumerate() {
+        let mut words = line.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
+        let (Some(crc), Some(symbol), Some(owner)) = (words.next(), words.next(), words.next()) else { continue };
+        if owner != b"vmlinux" {
+            continue;
+        }
+        let digits = crc.strip_prefix(b"0x").or_else(|| crc.strip_prefix(b"0X")).unwrap_or(crc);
+        match std::str::from_utf8(digits).ok().and_then(|d| u64::from_str_radix(d, 16).ok()) {
+            Some(crc) => symbols.add(symbol, false, crc, None),
+            None => error(&format!("{}:{} Invalid symbol version {}", path.display(), line_no + 1, show(crc))),
+        }
+    }
+    symbols.add_fake_kernel_symbols();
+    Ok(())
+}
+
+/// `-F`: kernel symbols from System.map (`addr type __ksymtab_NAME`).
+fn load_system_map(symbols: &mut Symbols, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("could not load {}", path.display()))?;
+    for (line_no, line) in output::fgets_lines(&text).enumerate() {
+        let mut spaces = line.iter().enumerate().filter(|(_, &b)| b == b' ').map(|(i, _)| i);
+        let (Some(_), Some(second)) = (spaces.next(), spaces.next()) else {
+            error(&format!("{}:{}: invalid line: {}", path.display(), line_no + 1, show(line)));
+            continue;
+        };
+        let mut name = &line[second + 1..];
+        if let (Some(p), Some(&first)) = (symbols.prefix(), name.first()) {
+            if first == p {
+                name = &name[1..];
+            }
+        }
+        let Some(name) = name.strip_prefix(b"__ksymtab_") else { continue };
+        let name = name.strip_suffix(b"\n").unwrap_or(name);
+        symbols.add(name, true, 0, None);
+    }
+    symbols.add_fake_kernel_symbols();
+    Ok(())
+}

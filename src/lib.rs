@@ -1,0 +1,7 @@
+//! xdkms: DKMS for image builds. The library behind the `xdkms` binary.
+
+pub mod cli;
+pub mod depmod;
+pub mod fsio;
+pub mod index;
+pub mod module;

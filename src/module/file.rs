@@ -1,0 +1,113 @@
+//! Opening a module file: the codec is chosen by magic bytes, as libkmod does, not by extension.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// How a module file is stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Xz,
+    Zstd,
+    Gzip,
+}
+
+impl Compression {
+    /// The codec whose magic starts `head` (at least 6 bytes read from the file).
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// A module's ELF image: read lazily from the file when stored plain (only the sections a caller
+/// asks for are read), or held in memory after decompression.
+pub enum ModuleImage {
+    Plain { file: File, len: u64 },
+    Decompressed(Vec<u8>),
+}
+
+impl ModuleImage {
+    /// Opens `path` and decompresses it if its magic says so. Files shorter than 6 bytes are
+    /// rejected like libkmod does (EINVAL).
+    pub fn open(path: &Path) -> io::Result<ModuleImage> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut head = [0u8; 6];
+        if len < head.len() as u64 {
+            return Err(io::Error::from_raw_os_error(22));
+        }
+        file.read_exact_at(&mut head, 0)?;
+        let compression = Compression::sniff(&head);
+        if compression == Compression::None {
+            return Ok(ModuleImage::Plain { file, len });
+        }
+        // Modules are a few MiB at most; capacity from the compressed size avoids most regrowth.
+        let mut out = Vec::with_capacity((len as usize).saturating_mul(4));
+        match compression {
+            Compression::Xz => {
+                // A single-stream decoder: trailing garbage after the stream is an error.
+                let stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other)?;
+                xz2::read::XzDecoder::new_stream(&mut file, stream).read_to_end(&mut out)?;
+            }
+            Compression::Zstd => {
+                zstd::stream::read::Decoder::new(&mut file)?.read_to_end(&mut out)?;
+            }
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(&mut file).read_to_end(&mut out)?;
+            }
+            Compression::None => {}
+        }
+        Ok(ModuleImage::Decompressed(out))
+    }
+
+    /// The image's size in bytes (decompressed).
+    pub fn len(&self) -> u64 {
+        match self {
+            ModuleImage::Plain { len, .. } => *len,
+            ModuleImage::Decompressed(bytes) => bytes.len() as u64,
+        }
+    }
+
+    /// True for an empty image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `len` bytes at `offset`; the range must lie inside the image.
+    pub fn read(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
+        let end =
+            offset.checked_add(len).filter(|&end| end <= self.len()).ok_or_else(|| io::Error::from_raw_os_error(22))?;
+        match self {
+            ModuleImage::Decompressed(bytes) => Ok(Cow::Borrowed(&bytes[offset as usize..end as usize])),
+            ModuleImage::Plain { file, .. } => {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_magic() {
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"\xfd7zXZ\0"), Compression::Xz);
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0, 0, 0]), Compression::Gzip);
+        assert_eq!(Compression::sniff(b"\x7fELF\x02\x01"), Compression::None);
+    }
+}

@@ -1,0 +1,3 @@
+//! xdkms's integration tests: one binary, each test against a real reference tool or property.
+
+mod util;
