@@ -240,11 +240,6 @@ fn run_depmod(args: DepmodArgs) -> i32 {
         eprintln!("depmod: ERROR: Bad version passed {version}");
         return EXIT_USAGE;
     }
-    let format = match args.kmod_version {
-        0..=32 => depmod::Format::Kmod30,
-        33 => depmod::Format::Kmod33,
-        _ => depmod::Format::Kmod34,
-    };
     let options = depmod::Options {
         basedir: args.basedir.map(absolute),
         version,
@@ -258,7 +253,7 @@ fn run_depmod(args: DepmodArgs) -> i32 {
         warn_dups: args.warn,
         sym_prefix,
         files: positional.map(PathBuf::from).collect(),
-        format,
+        kmod_version: args.kmod_version,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -17,6 +17,8 @@ SUDO=
 # 1. Host packages. Only call apt when something is missing, so a warm run is quick.
 host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-tools-core
            gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-x86 qemu-system-arm
+           binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
+           binutils-arm-linux-gnueabihf
            make gcc bc bison flex libelf-dev libssl-dev file)
 missing=()
 for p in "${host_pkgs[@]}"; do

@@ -7,10 +7,16 @@ use std::path::{Path, PathBuf};
 
 use cross::Sysroot;
 
-/// The directories kmod 30 reads, in precedence order, plus `/usr/lib/depmod.d` (kmod 32+, where
-/// Debian and Fedora packages put their files).
-pub const DEFAULT_DIRS: [&str; 5] =
-    ["/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/usr/lib/depmod.d", "/lib/depmod.d"];
+/// The directories kmod reads, in precedence order. `/usr/lib/depmod.d` is read from kmod 32 on;
+/// kmod 30 and 31 see it only where `/lib` links to `/usr/lib` (merged /usr).
+pub fn default_dirs(kmod_version: u32) -> Vec<&'static str> {
+    let mut dirs = vec!["/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d"];
+    if kmod_version >= 32 {
+        dirs.push("/usr/lib/depmod.d");
+    }
+    dirs.push("/lib/depmod.d");
+    dirs
+}
 
 /// One `search` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +43,18 @@ pub type Warnings = Vec<String>;
 
 impl Config {
     /// Loads the configuration for kernel `version`. `explicit` are the `-C` paths (host paths,
-    /// files or directories); without them the default directories are read inside `root`.
-    pub fn load(root: &Sysroot, explicit: &[PathBuf], version: &str, warnings: &mut Warnings) -> Config {
+    /// files or directories); without them the default directories of `kmod_version` are read
+    /// inside `root`.
+    pub fn load(
+        root: &Sysroot,
+        explicit: &[PathBuf],
+        version: &str,
+        kmod_version: u32,
+        warnings: &mut Warnings,
+    ) -> Config {
         let mut files: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         if explicit.is_empty() {
-            for dir in DEFAULT_DIRS {
+            for dir in default_dirs(kmod_version) {
                 if let Ok(host) = root.resolve(dir) {
                     list_config_files(&host, dir.as_ref(), &mut files, warnings);
                 }
@@ -210,6 +223,12 @@ mod tests {
         let mut warnings = Vec::new();
         config.parse_file(text.as_bytes(), Path::new("t.conf"), "6.1.0-56-amd64", &mut warnings);
         (config, warnings)
+    }
+
+    #[test]
+    fn usr_lib_depmod_d_from_kmod_32() {
+        assert!(!default_dirs(30).contains(&"/usr/lib/depmod.d"));
+        assert_eq!(default_dirs(34)[3], "/usr/lib/depmod.d");
     }
 
     #[test]

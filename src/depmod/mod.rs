@@ -19,6 +19,7 @@ use crate::module::{ModuleElf, ModuleImage};
 use config::Config;
 use graph::Symbols;
 pub use output::Format;
+use output::Level;
 use scan::{show, FoundModule};
 
 /// What `depmod` was asked to do (kmod's options, same meanings).
@@ -47,7 +48,19 @@ pub struct Options {
     pub sym_prefix: Option<u8>,
     /// Module files named on the command line (absolute host paths); empty means scan everything.
     pub files: Vec<PathBuf>,
-    pub format: Format,
+    /// The kmod release whose behaviour and output to reproduce (30 = Debian 12).
+    pub kmod_version: u32,
+}
+
+impl Options {
+    /// The output format of the selected kmod release.
+    pub fn format(&self) -> Format {
+        match self.kmod_version {
+            0..=32 => Format::Kmod30,
+            33 => Format::Kmod33,
+            _ => Format::Kmod34,
+        }
+    }
 }
 
 /// How a run ended when it did not fail.
@@ -79,6 +92,13 @@ fn warn(message: &str) {
 
 fn error(message: &str) {
     eprintln!("depmod: ERROR: {message}");
+}
+
+fn report(level: Level, message: String) {
+    match level {
+        Level::Error => error(&message),
+        Level::Warning => warn(&message),
+    }
 }
 
 /// The module directory as the target sees it: `/lib/modules/VERSION`, or on a root that has only
@@ -123,7 +143,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
 
     let mut modules: Vec<FoundModule> = if options.files.is_empty() {
         let mut warnings = Vec::new();
-        let config = Config::load(&root, &options.config_paths, &options.version, &mut warnings);
+        let config = Config::load(&root, &options.config_paths, &options.version, options.kmod_version, &mut warnings);
         warnings.iter().for_each(|w| error(w));
         let found = scan::search(&root, &dirname, &config).map_err(|e| {
             error(&e);
@@ -151,7 +171,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
     };
 
     hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
-    sort_by_modules_order(&mut modules, &input_dir, &dirname, options.format);
+    sort_by_modules_order(&mut modules, &input_dir, &dirname, options.format());
 
     // Parse every module in parallel; order is restored by index.
     let read_options = ReadOptions { export_crcs: check_symvers };
@@ -160,7 +180,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         .map(|m| match ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)) {
             Ok(elf) => Some(elf),
             Err(e) => {
-                error(&format!("failed to load symbols from {}: {}", show(&m.path), strerror(&e)));
+                error(&format!("failed to load symbols from {}: {}", m.host.display(), strerror(&e)));
                 None
             }
         })
@@ -215,27 +235,30 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         elves: &elves,
         all_deps: &all_deps,
         symbols: &symbols,
-        format: options.format,
+        format: options.format(),
         warn_dups: options.warn_dups,
     };
-    let files = output::output_files(options.format);
+    let files = output::output_files(options.format());
     if options.dry_run {
         for file in files.iter().filter(|f| f.text) {
-            let bytes = model.render(file.name, &input_dir, &mut |w| warn(&w))?;
+            let bytes = model.render(file.name, &input_dir, &mut report)?;
             stdout.write_all(&bytes)?;
         }
         return Ok(Outcome::Printed);
     }
     // Render everything first (in parallel), so a failure leaves every old file in place.
-    let rendered: Vec<(&'static str, Vec<u8>, Vec<String>)> = files
+    type Rendered = (&'static str, Vec<u8>, Vec<(Level, String)>);
+    let rendered: Vec<Rendered> = files
         .par_iter()
         .map(|file| {
-            let mut warnings = Vec::new();
-            model.render(file.name, &input_dir, &mut |w| warnings.push(w)).map(|bytes| (file.name, bytes, warnings))
+            let mut messages = Vec::new();
+            model
+                .render(file.name, &input_dir, &mut |level, text| messages.push((level, text)))
+                .map(|bytes| (file.name, bytes, messages))
         })
         .collect::<Result<_, _>>()?;
-    for (name, bytes, warnings) in rendered {
-        warnings.iter().for_each(|w| warn(w));
+    for (name, bytes, messages) in rendered {
+        messages.into_iter().for_each(|(level, text)| report(level, text));
         crate::fsio::replace_file(&input_dir.join(name), &bytes)
             .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
     }
@@ -254,7 +277,13 @@ fn strerror(e: &std::io::Error) -> String {
 /// Orders modules listed in modules.order by that file, the rest after them in hash order
 /// (stable). kmod 30 keys each module by its last line, kmod 34 by its first.
 fn sort_by_modules_order(modules: &mut [FoundModule], input_dir: &Path, dirname: &[u8], format: Format) {
-    let Ok(text) = std::fs::read(input_dir.join("modules.order")) else { return };
+    let text = match std::fs::read(input_dir.join("modules.order")) {
+        Ok(text) => text,
+        Err(e) => {
+            warn(&format!("could not open modules.order at {}: {}", show(dirname), strerror(&e)));
+            return;
+        }
+    };
     let lines: Vec<&[u8]> = output::fgets_lines(&text).collect();
     if let Some(bad) = lines.iter().position(|l| !l.is_empty() && !l.ends_with(b"\n")) {
         error(&format!("{}/modules.order:{} corrupted line misses '\\n'", show(dirname), bad + 1));

@@ -73,6 +73,16 @@ pub struct Model<'a> {
     pub warn_dups: bool,
 }
 
+/// How serious a message is; kmod prints ERROR or WARNING before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// Receives the messages a renderer reports and goes on from.
+pub type Report<'r> = &'r mut dyn FnMut(Level, String);
+
 /// Why an output could not be produced.
 #[derive(Debug)]
 pub enum RenderError {
@@ -112,12 +122,12 @@ impl Model<'_> {
     }
 
     /// Renders `file`; `input_dir` is where modules.builtin* are read. Warnings go to `warn`.
-    pub fn render(&self, file: &str, input_dir: &Path, warn: &mut dyn FnMut(String)) -> Result<Vec<u8>, RenderError> {
+    pub fn render(&self, file: &str, input_dir: &Path, report: Report) -> Result<Vec<u8>, RenderError> {
         let layout = self.format.layout();
         let index_error = |e| RenderError::Index(static_name(file), e);
-        let dup = |warn: &mut dyn FnMut(String), what: &str, text: String| {
+        let dup = |report: Report, what: &str, text: String| {
             if self.warn_dups {
-                warn(format!("duplicate module {what}:\n{text}"));
+                report(Level::Warning, format!("duplicate module {what}:\n{text}"));
             }
         };
         let n = self.modules.len();
@@ -135,7 +145,7 @@ impl Model<'_> {
                 for m in 0..n {
                     let line = self.dep_line(m);
                     if index.insert(&self.modules[m].modname, &line, m as u32).map_err(index_error)? {
-                        dup(warn, "deps", String::from_utf8_lossy(&line).into_owned());
+                        dup(report, "deps", String::from_utf8_lossy(&line).into_owned());
                     }
                 }
                 index.to_bytes(layout)
@@ -159,11 +169,11 @@ impl Model<'_> {
                     let modname = &self.modules[m].modname;
                     for value in self.modinfo(m, b"alias") {
                         let Some(alias) = alias_normalize(value) else {
-                            warn(format!("Unmatched bracket in {}", String::from_utf8_lossy(value)));
+                            report(Level::Warning, format!("Unmatched bracket in {}", String::from_utf8_lossy(value)));
                             continue;
                         };
                         if index.insert(&alias, modname, m as u32).map_err(index_error)? {
-                            dup(warn, "alias", format!("{} {}", lossy(&alias), lossy(modname)));
+                            dup(report, "alias", format!("{} {}", lossy(&alias), lossy(modname)));
                         }
                     }
                 }
@@ -206,19 +216,19 @@ impl Model<'_> {
                     key.extend_from_slice(name);
                     let modname = &self.modules[owner as usize].modname;
                     if index.insert(&key, modname, owner).map_err(index_error)? {
-                        dup(warn, "syms", format!("{} {}", lossy(&key), lossy(modname)));
+                        dup(report, "syms", format!("{} {}", lossy(&key), lossy(modname)));
                     }
                 }
                 index.to_bytes(layout)
             }
-            "modules.builtin.bin" => match read_optional(&input_dir.join("modules.builtin"))? {
+            "modules.builtin.bin" => match read_optional(input_dir, "modules.builtin", report)? {
                 // kmod leaves the file empty when its input is missing.
                 None => Vec::new(),
                 Some(text) => {
                     let mut index = IndexBuilder::new();
                     for line in fgets_lines(&text) {
                         if !line.first().is_some_and(u8::is_ascii_alphabetic) {
-                            warn(format!("Invalid modules.builtin line: {}", lossy(line)));
+                            report(Level::Error, format!("Invalid modules.builtin line: {}", lossy(line)));
                             continue;
                         }
                         index.insert(&builtin_modname(line), b"", 0).map_err(index_error)?;
@@ -226,13 +236,13 @@ impl Model<'_> {
                     index.to_bytes(layout)
                 }
             },
-            "modules.builtin.alias.bin" => match read_optional(&input_dir.join("modules.builtin.modinfo"))? {
+            "modules.builtin.alias.bin" => match read_optional(input_dir, "modules.builtin.modinfo", report)? {
                 None => Vec::new(),
                 Some(data) => {
                     let mut index = IndexBuilder::new();
                     for (modname, value) in builtin_aliases(&data) {
                         let Some(alias) = alias_normalize(&value) else {
-                            warn(format!("Unmatched bracket in {}", lossy(&value)));
+                            report(Level::Warning, format!("Unmatched bracket in {}", lossy(&value)));
                             continue;
                         };
                         index.insert(&alias, &modname, 0).map_err(index_error)?;
@@ -268,11 +278,14 @@ impl Model<'_> {
                             out.extend_from_slice(devname);
                             out.extend_from_slice(format!(" {}{major}:{minor}\n", kind as char).as_bytes());
                         }
-                        (Some(devname), None) => warn(format!(
-                            "Module '{}' has devname ({}) but lacks major and minor information. Ignoring.",
-                            lossy(modname),
-                            lossy(devname)
-                        )),
+                        (Some(devname), None) => report(
+                            Level::Error,
+                            format!(
+                                "Module '{}' has devname ({}) but lacks major and minor information. Ignoring.",
+                                lossy(modname),
+                                lossy(devname)
+                            ),
+                        ),
                         _ => {}
                     }
                 }
@@ -303,10 +316,15 @@ fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, RenderError> {
-    match std::fs::read(path) {
+/// An input kmod reads if it is there (warning as kmod does when it is not).
+fn read_optional(dir: &Path, name: &str, report: Report) -> Result<Option<Vec<u8>>, RenderError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
         Ok(data) => Ok(Some(data)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            report(Level::Warning, format!("could not open {name} at {}: No such file or directory", dir.display()));
+            Ok(None)
+        }
         Err(e) => Err(RenderError::Read(path.display().to_string(), e)),
     }
 }

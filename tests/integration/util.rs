@@ -1,2 +1,152 @@
 //! Shared test helpers: the cached real artefacts, temp dirs, and running commands.
-#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The artefacts tests/setup.sh cached (kernels, sysroots, busybox). Tests that need them fail
+/// with instructions when they are missing: they never pass by skipping.
+pub struct Refs {
+    vars: HashMap<String, String>,
+}
+
+impl Refs {
+    pub fn get(&self, key: &str) -> String {
+        match self.vars.get(key) {
+            Some(v) => v.clone(),
+            None => panic!("{key} is not in the test cache's env.sh: re-run tests/setup.sh"),
+        }
+    }
+
+    pub fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(self.get(key))
+    }
+}
+
+pub fn refs() -> &'static Refs {
+    static REFS: OnceLock<Refs> = OnceLock::new();
+    REFS.get_or_init(|| {
+        let cache = std::env::var("XDKMS_TEST_CACHE").unwrap_or_else(|_| "/var/cache/xdkms-test".into());
+        let env = Path::new(&cache).join("env.sh");
+        let text = std::fs::read_to_string(&env)
+            .unwrap_or_else(|e| panic!("{}: {e}. Run `bash tests/setup.sh` first.", env.display()));
+        let vars = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .filter(|(k, _)| !k.starts_with('#'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('\'').to_string()))
+            .collect();
+        Refs { vars }
+    })
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("xdkms-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn xdkms_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xdkms"))
+}
+
+pub fn xdkms() -> Command {
+    Command::new(xdkms_bin())
+}
+
+/// Runs `cmd`, failing the test with its stderr unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd` and returns its output whatever the status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
+}
+
+/// Copies a module directory `ROOT/lib/modules/VERSION` to `dest/lib/modules/VERSION`. Module
+/// files are hard-linked when possible (depmod only replaces its own files, by rename), so a
+/// 400 MiB tree costs nothing; `build`/`source` links are left out.
+pub fn copy_module_dir(root: &Path, version: &str, dest: &Path) -> PathBuf {
+    let from = root.join("lib/modules").join(version);
+    let to_parent = dest.join("lib/modules");
+    std::fs::create_dir_all(&to_parent).expect("mkdir");
+    let to = to_parent.join(version);
+    let linked = Command::new("cp").arg("-al").arg(&from).arg(&to).status().is_ok_and(|s| s.success());
+    if !linked {
+        let _ = std::fs::remove_dir_all(&to);
+        run_ok(Command::new("cp").arg("-a").arg(&from).arg(&to));
+    }
+    for link in ["build", "source"] {
+        let _ = std::fs::remove_file(to.join(link));
+    }
+    to
+}
+
+/// Runs the fixture generator (tests/fixtures/make-modules.sh).
+pub fn make_fixture(kind: &str, root: &Path, version: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-modules.sh");
+    run_ok(Command::new("bash").arg(script).arg(kind).arg(root).arg(version));
+    root.join("lib/modules").join(version)
+}
+
+/// Copies a whole directory tree (symlinks kept).
+pub fn copy_all(from: &Path, to: &Path) {
+    run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// The names of the files that differ (or exist on one side only) among `names` in two dirs.
+pub fn differing_files(a: &Path, b: &Path, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| std::fs::read(a.join(name)).ok() != std::fs::read(b.join(name)).ok())
+        .map(|name| name.to_string())
+        .collect()
+}
+
+/// What kmod 30 writes.
+pub const KMOD30_FILES: [&str; 11] = [
+    "modules.dep",
+    "modules.dep.bin",
+    "modules.alias",
+    "modules.alias.bin",
+    "modules.softdep",
+    "modules.symbols",
+    "modules.symbols.bin",
+    "modules.builtin.bin",
+    "modules.builtin.alias.bin",
+    "modules.devname",
+    // Never written by depmod: checked so that a tool that touched it would be caught.
+    "modules.order",
+];
