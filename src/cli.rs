@@ -26,7 +26,68 @@ pub struct Xdkms {
 #[argh(subcommand)]
 pub enum Command {
     Depmod(DepmodArgs),
+    Modinfo(ModinfoArgs),
 }
+
+#[derive(FromArgs, Debug)]
+/// Show what kmod's modinfo shows for a module file, name or alias, looked up through the
+/// indexes in BASEDIR/lib/modules/VERSION.
+#[argh(subcommand, name = "modinfo")]
+pub struct ModinfoArgs {
+    /// print only 'author'
+    #[argh(switch, short = 'a')]
+    pub author: bool,
+    /// print only 'description'
+    #[argh(switch, short = 'd')]
+    pub description: bool,
+    /// print only 'license'
+    #[argh(switch, short = 'l')]
+    pub license: bool,
+    /// print only 'parm'
+    #[argh(switch, short = 'p')]
+    pub parameters: bool,
+    /// print only 'filename'
+    #[argh(switch, short = 'n')]
+    pub filename: bool,
+    /// end each line with NUL instead of newline
+    #[argh(switch, short = '0')]
+    pub null: bool,
+    /// treat arguments as module names, not aliases
+    #[argh(switch, short = 'm')]
+    pub modname: bool,
+    /// print only this field
+    #[argh(option, short = 'F')]
+    pub field: Option<String>,
+    /// kernel version (default: the only kernel in BASEDIR, or the running one)
+    #[argh(option, short = 'k')]
+    pub set_version: Option<String>,
+    /// root directory of the target system
+    #[argh(option, short = 'b')]
+    pub basedir: Option<PathBuf>,
+    /// print the version
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+    /// module files, names or aliases
+    #[argh(positional, greedy)]
+    pub modules: Vec<String>,
+}
+
+/// kmod modinfo's getopt table.
+const MODINFO_SHORT_WITH_ARG: &str = "Fkb";
+const MODINFO_LONG: &[(&str, char)] = &[
+    ("author", 'a'),
+    ("description", 'd'),
+    ("license", 'l'),
+    ("parameters", 'p'),
+    ("filename", 'n'),
+    ("null", '0'),
+    ("modname", 'm'),
+    ("field", 'F'),
+    ("set-version", 'k'),
+    ("basedir", 'b'),
+    ("version", 'V'),
+    ("help", 'h'),
+];
 
 #[derive(FromArgs, Debug)]
 /// Generate modules.dep and the module index files, byte-identical to kmod's depmod. With -b,
@@ -175,9 +236,9 @@ pub fn normalize_getopt(args: &[String], short_with_arg: &str, long: &[(&str, ch
 pub fn main_with_args(argv: Vec<String>) -> i32 {
     let program = argv.first().cloned().unwrap_or_else(|| "xdkms".into());
     let invoked_as = program.rsplit('/').next().unwrap_or("xdkms").to_string();
-    // `depmod` as a symlink to xdkms acts as `xdkms depmod`, as busybox applets do.
-    let (command_words, rest): (Vec<String>, &[String]) = if invoked_as == "depmod" {
-        (vec!["depmod".into()], argv.get(1..).unwrap_or(&[]))
+    // `depmod` or `modinfo` as a symlink to xdkms acts as that command, as busybox applets do.
+    let (command_words, rest): (Vec<String>, &[String]) = if invoked_as == "depmod" || invoked_as == "modinfo" {
+        (vec![invoked_as.clone()], argv.get(1..).unwrap_or(&[]))
     } else {
         match argv.get(1) {
             Some(cmd) if !cmd.starts_with('-') => (vec![cmd.clone()], argv.get(2..).unwrap_or(&[])),
@@ -186,6 +247,7 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
     };
     let normalized = match command_words.first().map(String::as_str) {
         Some("depmod") => normalize_getopt(rest, DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG),
+        Some("modinfo") => normalize_getopt(rest, MODINFO_SHORT_WITH_ARG, MODINFO_LONG),
         _ => rest.to_vec(),
     };
     let mut words: Vec<&str> = command_words.iter().map(String::as_str).collect();
@@ -207,6 +269,49 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
     };
     match parsed.command {
         Command::Depmod(args) => run_depmod(args),
+        Command::Modinfo(args) => run_modinfo(args),
+    }
+}
+
+fn run_modinfo(args: ModinfoArgs) -> i32 {
+    if args.version {
+        println!("xdkms {} (modinfo compatible with kmod 30)", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let shortcut = [
+        (args.author, "author"),
+        (args.description, "description"),
+        (args.license, "license"),
+        (args.parameters, "parm"),
+        (args.filename, "filename"),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, field)| field.to_string())
+    .next_back();
+    if args.modules.is_empty() {
+        eprintln!("modinfo: ERROR: missing module or filename.");
+        return EXIT_USAGE;
+    }
+    let options = crate::modinfo::Options {
+        basedir: args.basedir.map(absolute),
+        version: args.set_version,
+        field: shortcut.or(args.field),
+        null: args.null,
+        modname_only: args.modname,
+        targets: args.modules,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = crate::modinfo::run(&options, &mut out).and_then(|ok| out.flush().map(|()| ok));
+    match result {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("modinfo: ERROR: {e}");
+            1
+        }
     }
 }
 

@@ -4,4 +4,5 @@ pub mod cli;
 pub mod depmod;
 pub mod fsio;
 pub mod index;
+pub mod modinfo;
 pub mod module;

@@ -102,9 +102,9 @@ pub fn resolve(
 
 /// kmod's topological order: Kahn's algorithm with a LIFO stack of modules nobody needs, seeded in
 /// array order. Returns each module's position, or the modules left in cycles.
-pub fn topological_order(deps: &[Vec<u32>]) -> Result<Vec<u32>, Vec<u16>> {
+pub fn topological_order(deps: &[Vec<u32>]) -> Result<Vec<u32>, Vec<u32>> {
     let n = deps.len();
-    let mut users = vec![0u16; n];
+    let mut users = vec![0u32; n];
     for list in deps {
         for &d in list {
             users[d as usize] += 1;
@@ -131,7 +131,7 @@ pub fn topological_order(deps: &[Vec<u32>]) -> Result<Vec<u32>, Vec<u16>> {
 
 /// The lines kmod prints for dependency cycles (`Cycle detected: a -> b -> a` ...) and the number
 /// of distinct modules in them, given the leftover user counts of a failed sort.
-pub fn report_cycles(deps: &[Vec<u32>], users: &[u16], names: &[&[u8]]) -> (Vec<String>, usize) {
+pub fn report_cycles(deps: &[Vec<u32>], users: &[u32], names: &[&[u8]]) -> (Vec<String>, usize) {
     let mut roots: Vec<u32> = (0..deps.len() as u32).filter(|&i| users[i as usize] > 0).collect();
     // kmod's explicit stack has room for this many vertices and it asserts past that; stopping
     // there keeps graphs with several interlocked cycles from walking forever.

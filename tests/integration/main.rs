@@ -1,4 +1,8 @@
 //! xdkms's integration tests: one binary, each test against a real reference tool or property.
 
+mod atomic;
 mod depmod;
+mod kmod34;
+mod modinfo;
+mod robustness;
 mod util;

@@ -1,0 +1,71 @@
+//! Killing xdkms at random points never leaves a truncated file: each is the old or the new one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::util::{copy_module_dir, refs, run_ok, xdkms, TempDir, KMOD30_FILES};
+
+fn outputs(dir: &Path) -> HashMap<&'static str, Vec<u8>> {
+    KMOD30_FILES.iter().map(|&name| (name, std::fs::read(dir.join(name)).expect(name))).collect()
+}
+
+#[test]
+fn killed_depmod_leaves_each_index_old_or_new() {
+    let r = refs();
+    let version = r.get("XDKMS_KVER_ARM64");
+    let work = TempDir::new("kill");
+    let dir = copy_module_dir(&r.path("XDKMS_ROOT_ARM64"), &version, work.path());
+    let module = dir.join("kernel/fs/ext4/ext4.ko");
+    let saved = work.join("ext4.ko");
+    std::fs::rename(&module, &saved).expect("move ext4 out");
+    run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
+    let old = outputs(&dir);
+    std::fs::rename(&saved, &module).expect("move ext4 back");
+    let started = Instant::now();
+    run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
+    let full_run = started.elapsed();
+    let new = outputs(&dir);
+    assert_ne!(old["modules.dep"], new["modules.dep"], "the two states must differ");
+
+    // A fixed-seed LCG: kill points spread over the run, half of them in its last part where the
+    // files are written.
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let (mut killed, mut mixed) = (0, 0);
+    for round in 0..24 {
+        for (name, bytes) in &old {
+            let path = dir.join(name);
+            std::fs::remove_file(&path).expect("remove");
+            std::fs::write(&path, bytes).expect("restore old file");
+        }
+        let fraction = if round % 2 == 0 { next() } else { 0.75 + 0.3 * next() };
+        let delay = full_run.mul_f64(fraction);
+        let mut child = xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version).spawn().expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if !status.success() {
+            killed += 1;
+        }
+        let (mut olds, mut news) = (0, 0);
+        for name in KMOD30_FILES {
+            let now = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("round {round}: {name} missing: {e}"));
+            if now == old[name] {
+                olds += 1;
+            } else if now == new[name] {
+                news += 1;
+            } else {
+                panic!("round {round} (killed after {delay:?}): {name} is neither the old nor the new file");
+            }
+        }
+        if olds > 0 && news > 0 && olds + news == KMOD30_FILES.len() {
+            mixed += 1;
+        }
+    }
+    assert!(killed >= 12, "only {killed} of 24 runs were killed before finishing: the test is not testing");
+    eprintln!("{killed} of 24 runs killed, {mixed} left a mix of old and new files");
+}
