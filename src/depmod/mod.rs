@@ -170,17 +170,28 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         by_name.into_values().collect()
     };
 
+    // Messages name a module as kmod does: the root as given, then the path as scanned.
+    let root_prefix =
+        if root.is_host() || !options.files.is_empty() { String::new() } else { root.root().display().to_string() };
+    let shown = |m: &FoundModule| format!("{root_prefix}{}", show(&m.path));
+
     hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
     sort_by_modules_order(&mut modules, &input_dir, &dirname, options.format());
 
     // Parse every module in parallel; order is restored by index.
     let read_options = ReadOptions { export_crcs: check_symvers };
-    let elves: Vec<Option<ModuleElf>> = modules
+    let parsed: Vec<std::io::Result<ModuleElf>> = modules
         .par_iter()
-        .map(|m| match ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)) {
+        .map(|m| ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)))
+        .collect();
+    // Reported in module order, as kmod's sequential loop does.
+    let elves: Vec<Option<ModuleElf>> = parsed
+        .into_iter()
+        .zip(&modules)
+        .map(|(result, m)| match result {
             Ok(elf) => Some(elf),
             Err(e) => {
-                error(&format!("failed to load symbols from {}: {}", m.host.display(), strerror(&e)));
+                error(&format!("failed to load symbols from {}: {}", shown(m), strerror(&e)));
                 None
             }
         })
@@ -200,14 +211,14 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
             writeln!(
                 stdout,
                 "{} needs \"{}\": {}",
-                show(&modules[*module as usize].path),
+                shown(&modules[*module as usize]),
                 show(symbol),
-                show(&modules[*owner as usize].path)
+                shown(&modules[*owner as usize])
             )?;
         }
     }
     for (module, symbol, mismatch) in &resolution.problems {
-        let path = show(&modules[*module as usize].path);
+        let path = shown(&modules[*module as usize]);
         if *mismatch {
             warn(&format!("{path} disagrees about version of symbol {}", show(symbol)));
         } else {
