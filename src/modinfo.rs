@@ -35,9 +35,10 @@ enum Found {
 }
 
 struct Indexes {
+    /// The module directory on the build host.
     dir: PathBuf,
-    /// The module directory as printed: the root as given, then `/lib/modules/VERSION`.
-    shown_dir: String,
+    /// The module directory as the target sees it (`/lib/modules/VERSION`).
+    target_dir: String,
     root: Sysroot,
 }
 
@@ -88,25 +89,17 @@ impl Indexes {
         let line = self.exact("modules.dep.bin", name)?;
         let path = &line[..line.iter().position(|&b| b == b':').unwrap_or(line.len())];
         let path = String::from_utf8_lossy(path).into_owned();
+        // kmod prints the root, then the module directory and the path from modules.dep;
+        // external modules (absolute paths in modules.dep) are printed as they are.
         let (shown, target) = if path.starts_with('/') {
-            (path.clone(), PathBuf::from(&path))
+            (path.clone(), path)
         } else {
-            (format!("{}/{path}", self.shown_dir), PathBuf::from(format!("{}/{path}", self.target_dir())))
+            let target = format!("{}/{path}", self.target_dir);
+            let root = if self.root.is_host() { String::new() } else { self.root.root().display().to_string() };
+            (format!("{root}{target}"), target)
         };
-        let host = self.root.resolve(&target).unwrap_or(target);
+        let host = self.root.resolve(&target).unwrap_or_else(|_| PathBuf::from(&target));
         Some(Found::File { shown, host })
-    }
-
-    fn target_dir(&self) -> String {
-        self.shown_dir.strip_prefix(&self.root_shown()).unwrap_or(&self.shown_dir).to_string()
-    }
-
-    fn root_shown(&self) -> String {
-        if self.root.is_host() {
-            String::new()
-        } else {
-            self.root.root().display().to_string()
-        }
     }
 
     fn builtin(&self, name: &[u8]) -> Vec<Found> {
@@ -195,17 +188,9 @@ pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
             return Ok(false);
         }
     };
-    let target_dir = module_dir(&root, &version);
-    let target_dir_str = String::from_utf8_lossy(&target_dir).into_owned();
-    let indexes = Indexes {
-        dir: root.resolve(&target_dir_str).unwrap_or_else(|_| PathBuf::from(&target_dir_str)),
-        shown_dir: if root.is_host() {
-            target_dir_str.clone()
-        } else {
-            format!("{}{target_dir_str}", root.root().display())
-        },
-        root,
-    };
+    let target_dir = String::from_utf8_lossy(&module_dir(&root, &version)).into_owned();
+    let indexes =
+        Indexes { dir: root.resolve(&target_dir).unwrap_or_else(|_| PathBuf::from(&target_dir)), target_dir, root };
     let separator = if options.null { b'\0' } else { b'\n' };
     let mut all_ok = true;
     for target in &options.targets {

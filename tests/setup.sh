@@ -29,7 +29,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $SUDO dpkg --add-architecture arm64
   need_update=1
 fi
-lists_age() { find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -1440 | grep -q arm64; }
+lists_age() { find /var/lib/apt/lists -maxdepth 1 -name '*binary-arm64_Packages*' -mmin -1440 | grep -q .; }
 if [ "${need_update:-0}" = 1 ] || [ ${#missing[@]} -gt 0 ] || ! lists_age; then
   log "apt-get update"
   $SUDO apt-get update -q >/dev/null
