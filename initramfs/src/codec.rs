@@ -1,0 +1,256 @@
+//! The compressions the kernel's initramfs unpacker accepts: detection, one-member decoding,
+//! and encoding with settings every kernel decoder accepts.
+
+use std::fmt;
+use std::io::{self, Cursor, Read, Write};
+
+/// A compression method, as the kernel's `decompress_method()` tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    None,
+    Gzip,
+    Bzip2,
+    Lzma,
+    Xz,
+    Lzo,
+    Lz4,
+    Zstd,
+}
+
+/// The LZ4 "legacy" frame magic (`lz4 -l`), the only LZ4 framing the kernel unpacks.
+const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+/// The kernel decompresses each legacy block into at most this much.
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+
+impl Codec {
+    /// The codec whose magic starts `head`, with the kernel's two-byte test.
+    pub fn detect(head: &[u8]) -> Option<Codec> {
+        match head {
+            [0x1f, 0x8b, ..] | [0x1f, 0x9e, ..] => Some(Codec::Gzip),
+            [b'B', b'Z', ..] => Some(Codec::Bzip2),
+            [0x5d, 0x00, ..] => Some(Codec::Lzma),
+            [0xfd, 0x37, ..] => Some(Codec::Xz),
+            [0x89, 0x4c, ..] => Some(Codec::Lzo),
+            [0x02, 0x21, ..] => Some(Codec::Lz4),
+            [0x28, 0xb5, ..] => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Bzip2 => "bzip2",
+            Codec::Lzma => "lzma",
+            Codec::Xz => "xz",
+            Codec::Lzo => "lzo",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// Parses a codec name as [`Codec::name`] prints it.
+    pub fn from_name(name: &str) -> Option<Codec> {
+        [Codec::None, Codec::Gzip, Codec::Bzip2, Codec::Lzma, Codec::Xz, Codec::Lz4, Codec::Zstd]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Decodes the one compressed member at the start of `input` and returns its content and the
+/// number of input bytes it occupied. Decoding stops at the member's end, as the kernel's does,
+/// so whatever follows (padding, another member) is left to the caller.
+pub fn decode_member(codec: Codec, input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
+    let mut out = Vec::new();
+    let mut cursor = Cursor::new(input);
+    match codec {
+        Codec::None => return Ok((input.to_vec(), input.len())),
+        Codec::Gzip => {
+            flate2::bufread::GzDecoder::new(&mut cursor).read_to_end(&mut out)?;
+        }
+        Codec::Bzip2 => {
+            bzip2::bufread::BzDecoder::new(&mut cursor).read_to_end(&mut out)?;
+        }
+        Codec::Xz | Codec::Lzma => {
+            let stream = if codec == Codec::Xz {
+                // Without the CONCATENATED flag the decoder ends with the first stream.
+                xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
+            } else {
+                xz2::stream::Stream::new_lzma_decoder(u64::MAX)
+            }
+            .map_err(io::Error::other)?;
+            return decode_lzma_stream(stream, input);
+        }
+        Codec::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut cursor)?.single_frame();
+            decoder.read_to_end(&mut out)?;
+            decoder.finish();
+        }
+        Codec::Lz4 => return decode_lz4_legacy(input),
+        Codec::Lzo => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "lzo-compressed members are not supported; recompress the image with gzip, xz or zstd",
+            ))
+        }
+    }
+    Ok((out, cursor.position() as usize))
+}
+
+/// Runs a liblzma decoder over `input` until its stream ends (xz2's `Read` adapters treat data
+/// after the end as corruption, but here it is the next segment).
+fn decode_lzma_stream(mut stream: xz2::stream::Stream, input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
+    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(1 << 30));
+    loop {
+        if out.capacity() - out.len() < (64 << 10) {
+            out.reserve(out.capacity().max(1 << 20));
+        }
+        let consumed = stream.total_in() as usize;
+        let produced = out.len();
+        let status = stream
+            .process_vec(&input[consumed..], &mut out, xz2::stream::Action::Run)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if status == xz2::stream::Status::StreamEnd {
+            return Ok((out, stream.total_in() as usize));
+        }
+        // With output space always available, no progress means the input ran out (or liblzma
+        // refuses it), never that it needs another call.
+        if stream.total_in() as usize == consumed && out.len() == produced {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the compressed member is truncated"));
+        }
+    }
+}
+
+/// The kernel's legacy LZ4 reader: magic, then `[u32 LE length][block]` until the input ends or a
+/// zero length word; a repeated magic starts a concatenated stream.
+fn decode_lz4_legacy(input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
+    let word = |at: usize| input.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if word(0) != Some(LZ4_LEGACY_MAGIC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an LZ4 legacy stream"));
+    }
+    let mut out = Vec::new();
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
+    let mut at = 4;
+    while let Some(len) = word(at) {
+        if len == 0 {
+            break;
+        }
+        at += 4;
+        if len == LZ4_LEGACY_MAGIC {
+            continue;
+        }
+        let data = input.get(at..at + len as usize).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "LZ4 legacy block runs past the end of the image")
+        })?;
+        let n = lz4_flex::block::decompress_into(data, &mut block)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("LZ4 block: {e}")))?;
+        out.extend_from_slice(&block[..n]);
+        at += len as usize;
+    }
+    Ok((out, at.min(input.len())))
+}
+
+/// Compression effort: the codec's default for images, or an explicit level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Level(pub Option<i32>);
+
+/// Compresses `data` as one member the kernel can unpack: gzip without name or mtime, xz with a
+/// CRC32 check and a 1 MiB dictionary, zstd as a single frame, LZ4 in legacy frames.
+pub fn encode(codec: Codec, data: &[u8], level: Level) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 3 + 64);
+    match codec {
+        Codec::None => out.extend_from_slice(data),
+        Codec::Gzip => {
+            let level = flate2::Compression::new(level.0.unwrap_or(9).clamp(0, 9) as u32);
+            let mut encoder = flate2::GzBuilder::new().mtime(0).write(&mut out, level);
+            encoder.write_all(data)?;
+            encoder.finish()?;
+        }
+        Codec::Bzip2 => {
+            let level = bzip2::Compression::new(level.0.unwrap_or(9).clamp(1, 9) as u32);
+            let mut encoder = bzip2::write::BzEncoder::new(&mut out, level);
+            encoder.write_all(data)?;
+            encoder.finish()?;
+        }
+        Codec::Xz | Codec::Lzma => {
+            let mut options = xz2::stream::LzmaOptions::new_preset(level.0.unwrap_or(6).clamp(0, 9) as u32)
+                .map_err(io::Error::other)?;
+            options.dict_size(1 << 20);
+            let stream = if codec == Codec::Xz {
+                let mut filters = xz2::stream::Filters::new();
+                filters.lzma2(&options);
+                xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32)
+            } else {
+                xz2::stream::Stream::new_lzma_encoder(&options)
+            }
+            .map_err(io::Error::other)?;
+            let mut encoder = xz2::write::XzEncoder::new_stream(&mut out, stream);
+            encoder.write_all(data)?;
+            encoder.finish()?;
+        }
+        Codec::Zstd => {
+            let mut encoder = zstd::stream::write::Encoder::new(&mut out, level.0.unwrap_or(15))?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            if threads > 1 {
+                encoder.multithread(threads)?;
+            }
+            encoder.include_checksum(true)?;
+            encoder.write_all(data)?;
+            encoder.finish()?;
+        }
+        Codec::Lz4 => {
+            out.extend_from_slice(&LZ4_LEGACY_MAGIC.to_le_bytes());
+            for chunk in data.chunks(LZ4_LEGACY_BLOCK) {
+                let block = lz4_flex::block::compress(chunk);
+                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+                out.extend_from_slice(&block);
+            }
+        }
+        Codec::Lzo => {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "xdkms does not write lzo; choose gzip, xz or zstd"))
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn every_codec_round_trips_and_stops_at_member_end() {
+        let data = sample();
+        for codec in [Codec::Gzip, Codec::Bzip2, Codec::Lzma, Codec::Xz, Codec::Lz4, Codec::Zstd] {
+            let mut member = encode(codec, &data, Level::default()).expect("encode");
+            assert_eq!(Codec::detect(&member), Some(codec), "{codec}");
+            let len = member.len();
+            // What follows a member is not part of it.
+            member.extend_from_slice(&[0, 0, 0, 0, b'0', b'7', b'0', b'7']);
+            let (decoded, used) = decode_member(codec, &member).unwrap_or_else(|e| panic!("{codec}: {e}"));
+            assert_eq!(decoded, data, "{codec}");
+            assert_eq!(used, len, "{codec}: the member's own bytes, no more, no less");
+        }
+    }
+
+    #[test]
+    fn truncated_members_are_errors() {
+        let data = sample();
+        for codec in [Codec::Gzip, Codec::Bzip2, Codec::Xz, Codec::Lz4, Codec::Zstd] {
+            let member = encode(codec, &data, Level::default()).expect("encode");
+            let cut = &member[..member.len() / 2];
+            assert!(decode_member(codec, cut).is_err(), "{codec} accepted a truncated member");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Linux initramfs images: newc archives, the kernel's segment layout rules and its codecs.
+//! Knows nothing of kernel modules.
+
+pub mod codec;
+pub mod image;
+pub mod newc;
+
+pub use codec::{Codec, Level};
+pub use image::{Image, ImageError, Merged, Segment};
+pub use newc::Entry;
