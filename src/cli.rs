@@ -27,6 +27,92 @@ pub struct Xdkms {
 pub enum Command {
     Depmod(DepmodArgs),
     Modinfo(ModinfoArgs),
+    Initramfs(InitramfsArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Read, create and inject initramfs images: every layout the kernel unpacks (concatenated
+/// uncompressed and gzip, xz, zstd, lz4, lzma or bzip2 members).
+#[argh(subcommand, name = "initramfs")]
+pub struct InitramfsArgs {
+    #[argh(subcommand)]
+    pub command: InitramfsCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum InitramfsCommand {
+    List(ListArgs),
+    Extract(ExtractArgs),
+    Create(CreateArgs),
+    Inject(InjectArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// List every member of every segment, in order.
+#[argh(subcommand, name = "list")]
+pub struct ListArgs {
+    /// show each segment's offset, length, compression and member count
+    #[argh(switch)]
+    pub segments: bool,
+    /// the image
+    #[argh(positional)]
+    pub image: PathBuf,
+}
+
+#[derive(FromArgs, Debug)]
+/// Extract what the kernel would unpack into a new directory (device nodes are skipped).
+#[argh(subcommand, name = "extract")]
+pub struct ExtractArgs {
+    /// the image
+    #[argh(positional)]
+    pub image: PathBuf,
+    /// the directory to create
+    #[argh(positional)]
+    pub dir: PathBuf,
+}
+
+#[derive(FromArgs, Debug)]
+/// Create an image from a directory: sorted, owned by 0:0, mtime SOURCE_DATE_EPOCH (else 0).
+#[argh(subcommand, name = "create")]
+pub struct CreateArgs {
+    /// the directory tree to archive
+    #[argh(positional)]
+    pub dir: PathBuf,
+    /// output image, or - for standard output
+    #[argh(option, short = 'o')]
+    pub output: PathBuf,
+    /// none, gzip, xz, zstd, lz4, bzip2 or lzma (default none)
+    #[argh(option, default = "String::from(\"none\")")]
+    pub compress: String,
+}
+
+#[derive(FromArgs, Debug)]
+/// Add modules (names, aliases, modaliases or .ko files) with their dependencies, softdeps and
+/// firmware from ROOT to an image, and regenerate its module indexes.
+#[argh(subcommand, name = "inject")]
+pub struct InjectArgs {
+    /// the root whose lib/modules/VERSION and lib/firmware provide the modules
+    #[argh(option)]
+    pub root: PathBuf,
+    /// kernel version
+    #[argh(option, short = 'k')]
+    pub kernel: String,
+    /// rewrite (default: recompress the main segment) or append (add one segment)
+    #[argh(option, default = "String::from(\"rewrite\")")]
+    pub mode: String,
+    /// keep (default), none, gzip, xz, zstd, lz4, bzip2 or lzma
+    #[argh(option, default = "String::from(\"keep\")")]
+    pub compress: String,
+    /// output image (default: replace IMAGE), or - for standard output
+    #[argh(option, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// index layout of this kmod release (default 30)
+    #[argh(option, default = "30")]
+    pub kmod_version: u32,
+    /// the image, then the modules to add
+    #[argh(positional)]
+    pub args: Vec<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -68,7 +154,7 @@ pub struct ModinfoArgs {
     #[argh(switch, short = 'V')]
     pub version: bool,
     /// module files, names or aliases
-    #[argh(positional, greedy)]
+    #[argh(positional)]
     pub modules: Vec<String>,
 }
 
@@ -147,7 +233,7 @@ pub struct DepmodArgs {
     #[argh(option, default = "30")]
     pub kmod_version: u32,
     /// kernel version, then optional module files (absolute paths) to index alone
-    #[argh(positional, greedy)]
+    #[argh(positional)]
     pub args: Vec<String>,
 }
 
@@ -270,6 +356,73 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
     match parsed.command {
         Command::Depmod(args) => run_depmod(args),
         Command::Modinfo(args) => run_modinfo(args),
+        Command::Initramfs(args) => match run_initramfs(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("xdkms initramfs: error: {e:#}");
+                1
+            }
+        },
+    }
+}
+
+fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
+    use crate::initramfs_cmd::{create, extract, list, parse_compress};
+    match args.command {
+        InitramfsCommand::List(a) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            list(&a.image, a.segments, &mut out)?;
+            match out.flush() {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        InitramfsCommand::Extract(a) => {
+            let skipped = extract(&a.image, &a.dir)?;
+            if skipped > 0 {
+                eprintln!("xdkms initramfs: {skipped} device nodes, FIFOs or sockets were not extracted");
+            }
+            Ok(())
+        }
+        InitramfsCommand::Create(a) => {
+            let codec = parse_compress(&a.compress)?
+                .ok_or_else(|| anyhow::anyhow!("--compress keep needs an image to keep the codec of"))?;
+            create(&a.dir, &a.output, codec)
+        }
+        InitramfsCommand::Inject(a) => {
+            let mode = match a.mode.as_str() {
+                "rewrite" => crate::inject::Mode::Rewrite,
+                "append" => crate::inject::Mode::Append,
+                other => anyhow::bail!("--mode {other:?}: use rewrite or append"),
+            };
+            let mut positional = a.args.into_iter();
+            let image = positional.next().ok_or_else(|| anyhow::anyhow!("missing IMAGE"))?;
+            let items: Vec<String> = positional.collect();
+            if items.is_empty() {
+                anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
+            }
+            let options = crate::inject::Options {
+                image: PathBuf::from(image),
+                root: a.root,
+                version: a.kernel,
+                mode,
+                compress: parse_compress(&a.compress)?,
+                output: a.output,
+                items,
+                kmod_version: a.kmod_version,
+            };
+            let report = crate::inject::run(&options)?;
+            for warning in &report.warnings {
+                eprintln!("xdkms initramfs: warning: {warning}");
+            }
+            eprintln!(
+                "xdkms initramfs: added {} modules and {} firmware files",
+                report.modules.len(),
+                report.firmware.len()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -4,5 +4,7 @@ pub mod cli;
 pub mod depmod;
 pub mod fsio;
 pub mod index;
+pub mod initramfs_cmd;
+pub mod inject;
 pub mod modinfo;
 pub mod module;

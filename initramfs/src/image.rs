@@ -119,10 +119,10 @@ impl Image {
     pub fn merged_from(&self, from: usize) -> Merged {
         let mut files = BTreeMap::new();
         for segment in &self.segments[from.min(self.segments.len())..] {
-            for entry in &segment.entries {
-                let path = normalize(&entry.name);
+            for entry in with_hard_link_data(&segment.entries) {
+                let path = normalize(&entry.name).to_string();
                 if !path.is_empty() {
-                    files.insert(path.to_string(), entry.clone());
+                    files.insert(path, entry);
                 }
             }
         }
@@ -133,6 +133,24 @@ impl Image {
     pub fn merged(&self) -> Merged {
         self.merged_from(0)
     }
+}
+
+/// The members of one segment with hard links filled in: members with two or more links and the
+/// same (device, inode, type) are one file whose data is the last non-empty data among them, as
+/// the kernel links them (cpio(1) and gen_init_cpio put the data on the last link only).
+fn with_hard_link_data(entries: &[Entry]) -> Vec<Entry> {
+    let key = |e: &Entry| (e.dev_major, e.dev_minor, e.ino, e.file_type());
+    let mut data: std::collections::HashMap<(u32, u32, u32, u32), &[u8]> = std::collections::HashMap::new();
+    for e in entries.iter().filter(|e| e.nlink >= 2 && !e.is_dir() && !e.data.is_empty()) {
+        data.insert(key(e), &e.data);
+    }
+    entries
+        .iter()
+        .map(|e| match data.get(&key(e)) {
+            Some(shared) if e.nlink >= 2 && !e.is_dir() => Entry { data: shared.to_vec(), ..e.clone() },
+            _ => e.clone(),
+        })
+        .collect()
 }
 
 /// Paths (normalized) to their final member.

@@ -114,8 +114,69 @@ pub fn module_dir(root: &Sysroot, version: &str) -> Vec<u8> {
     }
 }
 
+/// A module tree as depmod sees it, before anything is written.
+pub struct Analysis {
+    /// The module directory on the build host.
+    pub input_dir: PathBuf,
+    /// Modules in depmod's order (hash order, then modules.order).
+    pub modules: Vec<FoundModule>,
+    /// Each module's ELF contents; `None` for a module that could not be read.
+    pub elves: Vec<Option<ModuleElf>>,
+    /// Every module's dependencies, transitively, dependents first (modules.dep's order).
+    pub all_deps: Vec<Vec<u32>>,
+    symbols: Symbols,
+}
+
+impl Analysis {
+    /// The module called `modname` (normalized: `_` for `-`).
+    pub fn find(&self, modname: &[u8]) -> Option<usize> {
+        self.modules.iter().position(|m| m.modname == modname)
+    }
+
+    /// The module that exports `symbol`, as depmod resolves it.
+    pub fn exporter(&self, symbol: &[u8]) -> Option<usize> {
+        self.symbols.find(symbol).and_then(|s| s.owner).map(|o| o as usize)
+    }
+}
+
 /// Runs depmod. `stdout` receives `-n` output and `-v` lines; diagnostics go to stderr.
 pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let Some(analysis) = analyze(options, stdout)? else {
+        return Ok(Outcome::UpToDate);
+    };
+    let Analysis { input_dir, modules, elves, all_deps, symbols } = &analysis;
+    let model =
+        output::Model { modules, elves, all_deps, symbols, format: options.format(), warn_dups: options.warn_dups };
+    let files = output::output_files(options.format());
+    if options.dry_run {
+        for file in files.iter().filter(|f| f.text) {
+            let bytes = model.render(file.name, input_dir, &mut report)?;
+            stdout.write_all(&bytes)?;
+        }
+        return Ok(Outcome::Printed);
+    }
+    // Render everything first (in parallel), so a failure leaves every old file in place.
+    type Rendered = (&'static str, Vec<u8>, Vec<(Level, String)>);
+    let rendered: Vec<Rendered> = files
+        .par_iter()
+        .map(|file| {
+            let mut messages = Vec::new();
+            model
+                .render(file.name, input_dir, &mut |level, text| messages.push((level, text)))
+                .map(|bytes| (file.name, bytes, messages))
+        })
+        .collect::<Result<_, _>>()?;
+    for (name, bytes, messages) in rendered {
+        messages.into_iter().for_each(|(level, text)| report(level, text));
+        crate::fsio::replace_file(&input_dir.join(name), &bytes)
+            .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
+    }
+    Ok(Outcome::Written)
+}
+
+/// Everything depmod does before writing: configuration, walk, parse, symbols, dependency order.
+/// `None` when `-A` finds the tree up to date. A dependency cycle is a [`Failure`].
+pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Option<Analysis>> {
     let root = match &options.basedir {
         Some(dir) => Sysroot::new(dir).with_context(|| format!("could not open base directory {}", dir.display()))?,
         None => Sysroot::host(),
@@ -126,7 +187,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         .with_context(|| format!("could not open directory {}", show(&dirname)))?;
 
     if options.quick && (options.dry_run || up_to_date(&input_dir)) {
-        return Ok(Outcome::UpToDate);
+        return Ok(None);
     }
 
     let mut symbols = Symbols::new(options.sym_prefix);
@@ -241,39 +302,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         .map(|m| graph::all_dependencies(m, &resolution.deps, &order, &mut seen, m + 1))
         .collect();
 
-    let model = output::Model {
-        modules: &modules,
-        elves: &elves,
-        all_deps: &all_deps,
-        symbols: &symbols,
-        format: options.format(),
-        warn_dups: options.warn_dups,
-    };
-    let files = output::output_files(options.format());
-    if options.dry_run {
-        for file in files.iter().filter(|f| f.text) {
-            let bytes = model.render(file.name, &input_dir, &mut report)?;
-            stdout.write_all(&bytes)?;
-        }
-        return Ok(Outcome::Printed);
-    }
-    // Render everything first (in parallel), so a failure leaves every old file in place.
-    type Rendered = (&'static str, Vec<u8>, Vec<(Level, String)>);
-    let rendered: Vec<Rendered> = files
-        .par_iter()
-        .map(|file| {
-            let mut messages = Vec::new();
-            model
-                .render(file.name, &input_dir, &mut |level, text| messages.push((level, text)))
-                .map(|bytes| (file.name, bytes, messages))
-        })
-        .collect::<Result<_, _>>()?;
-    for (name, bytes, messages) in rendered {
-        messages.into_iter().for_each(|(level, text)| report(level, text));
-        crate::fsio::replace_file(&input_dir.join(name), &bytes)
-            .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
-    }
-    Ok(Outcome::Written)
+    Ok(Some(Analysis { input_dir, modules, elves, all_deps, symbols }))
 }
 
 /// strerror's text for an I/O error, without Rust's "(os error N)" suffix.
