@@ -1,6 +1,7 @@
 //! xdkms's integration tests: one binary, each test against a real reference tool or property.
 
 mod atomic;
+mod boot;
 mod depmod;
 mod kmod34;
 mod modinfo;

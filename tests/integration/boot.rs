@@ -1,0 +1,123 @@
+//! Boot proofs: a busybox initramfs with no modules, modules injected by xdkms, the Debian kernel
+//! under qemu loading them by the devices' modaliases and reading a marker from the disk.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{refs, run_ok, xdkms, TempDir};
+
+const MARKER: &str = "XDKMS-MARKER-5f3a";
+
+#[derive(Clone, Copy)]
+enum Disk {
+    Virtio,
+    Nvme,
+}
+
+fn base_image(work: &TempDir, busybox: &Path, codec: &str) -> PathBuf {
+    let image = work.join(format!("base-{codec}.img"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-busybox-initramfs.sh");
+    run_ok(Command::new("bash").arg(script).arg(busybox).arg(&image).arg(codec));
+    image
+}
+
+fn disk(work: &TempDir) -> PathBuf {
+    let disk = work.join("disk.img");
+    let mut sector = MARKER.as_bytes().to_vec();
+    sector.resize(1 << 20, 0);
+    std::fs::write(&disk, sector).expect("disk");
+    disk
+}
+
+/// Boots `image` under qemu (TCG: works without KVM) and returns the `xdkms-boot:` lines.
+fn boot(arch: &str, kernel: &Path, image: &Path, disk: &Path, kind: Disk) -> String {
+    let drive = format!("file={},if=none,id=d0,format=raw", disk.display());
+    let mut qemu = match arch {
+        "amd64" => {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args(["-accel", "tcg", "-append", "console=ttyS0 panic=-1 quiet"]);
+            c
+        }
+        _ => {
+            let mut c = Command::new("qemu-system-aarch64");
+            c.args(["-M", "virt", "-cpu", "cortex-a57", "-append", "console=ttyAMA0 panic=-1 quiet"]);
+            c
+        }
+    };
+    qemu.args(["-m", "512", "-nographic", "-no-reboot"]).arg("-kernel").arg(kernel).arg("-initrd").arg(image);
+    qemu.arg("-drive").arg(drive);
+    match kind {
+        Disk::Virtio => qemu.args(["-device", "virtio-blk-pci,drive=d0"]),
+        Disk::Nvme => qemu.args(["-device", "nvme,serial=xdkms,drive=d0"]),
+    };
+    let out = Command::new("timeout").arg("180").arg(qemu.get_program()).args(qemu.get_args()).output().expect("qemu");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    console.lines().filter(|l| l.contains("xdkms-boot:")).map(|l| format!("{l}\n")).collect()
+}
+
+/// Injects `items` into a fresh base image of `codec`, boots it, and checks the marker was read
+/// through the expected driver.
+fn inject_and_boot(arch: &str, codec: &str, mode: &str, kind: Disk, items: &[&str], driver: &str) {
+    let r = refs();
+    let (root, version, busybox) = match arch {
+        "amd64" => (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"), r.path("XDKMS_BUSYBOX_AMD64")),
+        _ => (r.path("XDKMS_ROOT_ARM64"), r.get("XDKMS_KVER_ARM64"), r.path("XDKMS_BUSYBOX_ARM64")),
+    };
+    let work = TempDir::new(&format!("boot-{arch}-{codec}-{mode}"));
+    let base = base_image(&work, &busybox, codec);
+    let disk = disk(&work);
+    let kernel = root.join("boot").join(format!("vmlinuz-{version}"));
+    // Without modules the disk is never seen: the proof depends on the injection.
+    let before = boot(arch, &kernel, &base, &disk, kind);
+    assert!(before.contains("xdkms-boot: kernel"), "the base image did not boot:\n{before}");
+    assert!(!before.contains(MARKER), "the disk was readable without injected drivers:\n{before}");
+    let image = work.join("injected.img");
+    run_ok(
+        xdkms()
+            .args(["initramfs", "inject", "--mode", mode, "--root"])
+            .arg(&root)
+            .args(["-k", &version, "-o"])
+            .arg(&image)
+            .arg(&base)
+            .args(items),
+    );
+    let after = boot(arch, &kernel, &image, &disk, kind);
+    assert!(
+        after.contains(&format!("marker on /dev/")) && after.contains(MARKER),
+        "{arch} {codec} {mode}: no marker:\n{after}"
+    );
+    let loaded = after.lines().find(|l| l.contains("modules:")).unwrap_or_default();
+    assert!(loaded.split_whitespace().any(|m| m == driver), "{driver} not loaded: {loaded}");
+}
+
+#[test]
+fn amd64_gzip_virtio_and_nvme_both_modes() {
+    inject_and_boot("amd64", "gzip", "rewrite", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
+    inject_and_boot("amd64", "gzip", "append", Disk::Nvme, &["nvme"], "nvme");
+}
+
+#[test]
+fn amd64_xz_virtio_and_nvme_both_modes() {
+    inject_and_boot("amd64", "xz", "append", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
+    inject_and_boot("amd64", "xz", "rewrite", Disk::Nvme, &["nvme"], "nvme");
+}
+
+#[test]
+fn amd64_zstd_virtio_and_nvme_both_modes() {
+    // The virtio drivers named by the modaliases the devices report.
+    inject_and_boot(
+        "amd64",
+        "zstd",
+        "rewrite",
+        Disk::Virtio,
+        &["pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00", "virtio:d00000002v00001AF4"],
+        "virtio_blk",
+    );
+    inject_and_boot("amd64", "zstd", "append", Disk::Nvme, &["nvme"], "nvme");
+}
+
+#[test]
+fn arm64_virt_machine_virtio_both_modes() {
+    inject_and_boot("arm64", "xz", "rewrite", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
+    inject_and_boot("arm64", "zstd", "append", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
+}
