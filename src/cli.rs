@@ -110,6 +110,9 @@ pub struct InjectArgs {
     /// index layout of this kmod release (default 30)
     #[argh(option, default = "30")]
     pub kmod_version: u32,
+    /// compression level (default: zstd 15, xz 6, gzip 9; zstd 9 when appending)
+    #[argh(option)]
+    pub level: Option<i32>,
     /// the image, then the modules to add
     #[argh(positional)]
     pub args: Vec<String>,
@@ -411,6 +414,7 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
                 output: a.output,
                 items,
                 kmod_version: a.kmod_version,
+                level: a.level,
             };
             let report = crate::inject::run(&options)?;
             for warning in &report.warnings {

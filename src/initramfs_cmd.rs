@@ -12,8 +12,13 @@ use initramfs::{Codec, Entry, Image, Level};
 
 /// Reads and parses an image, naming the file in every error.
 pub fn read_image(path: &Path) -> anyhow::Result<(Vec<u8>, Image)> {
+    read_image_keeping(path, &|_| true)
+}
+
+/// [`read_image`], keeping only the file data `keep_data` asks for (by normalized path).
+pub fn read_image_keeping(path: &Path, keep_data: &dyn Fn(&str) -> bool) -> anyhow::Result<(Vec<u8>, Image)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read the image {}", path.display()))?;
-    let image = Image::parse(&bytes)
+    let image = Image::parse_keeping(&bytes, keep_data)
         .with_context(|| format!("{} is not an initramfs image the kernel would unpack", path.display()))?;
     Ok((bytes, image))
 }

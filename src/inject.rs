@@ -10,7 +10,7 @@ use initramfs::image::{append, archive_entries, rewrite};
 use initramfs::{Codec, Entry, Level};
 
 use crate::depmod::{self, output::alias_normalize, Analysis};
-use crate::initramfs_cmd::{read_image, source_date_epoch, write_output};
+use crate::initramfs_cmd::{read_image, read_image_keeping, source_date_epoch, write_output};
 use crate::module::elf::ReadOptions;
 use crate::module::{is_module_file_name, modname_from_path, ModuleElf, ModuleImage};
 
@@ -35,7 +35,12 @@ pub struct Options {
     pub items: Vec<String>,
     /// The kmod release whose index layout the image's tools expect.
     pub kmod_version: u32,
+    /// Compression level; default: the codec's image default (zstd 15), zstd 9 when appending.
+    pub level: Option<i32>,
 }
+
+/// zstd level for appended segments.
+const APPEND_ZSTD_LEVEL: i32 = 9;
 
 /// What an inject added, for the summary line.
 #[derive(Debug, Default)]
@@ -56,8 +61,16 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         bail!("ROOT {} does not exist or is not a directory", options.root.display());
     }
     let root = Sysroot::new(&options.root)?;
-    let (original, image) = read_image(&options.image)?;
-    let analysis = analyze_root(&options.root, &options.version)?;
+    // The image and ROOT's modules are read at the same time. Appending needs the image's
+    // layout and its modules, not the rest of its data.
+    let (image, analysis) = rayon::join(
+        || match options.mode {
+            Mode::Rewrite => read_image(&options.image),
+            Mode::Append => read_image_keeping(&options.image, &|path| path.contains("lib/modules/")),
+        },
+        || analyze_root(&options.root, &options.version),
+    );
+    let ((original, image), analysis) = (image?, analysis?);
     let mut report = Report::default();
 
     // Modules by index into the analysis, plus modules from outside ROOT.
@@ -122,22 +135,26 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     add_firmware(&root, &options.version, &elves, &firmware_dir, &mut new_files, &mut report)?;
 
     // Fresh indexes over every module the image will hold.
-    for (name, data) in indexes_for(&image.merged(), &module_dir, &new_files, &options.version, options.kmod_version)? {
+    for (name, data) in indexes_for(&merged, &module_dir, &new_files, &options.version, options.kmod_version)? {
         new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
     }
 
     let mtime = source_date_epoch()?;
     let codec = options.compress.unwrap_or(image.main_codec());
+    // An appended segment is small: a fast zstd level costs little space there.
+    let level = match (options.level, options.mode, codec) {
+        (Some(level), _, _) => Level(Some(level)),
+        (None, Mode::Append, Codec::Zstd) => Level(Some(APPEND_ZSTD_LEVEL)),
+        _ => Level::default(),
+    };
     let bytes = match options.mode {
         Mode::Rewrite => {
             let start = image.rewrite_start();
             let mut files = image.merged_from(start).files;
             files.extend(new_files);
-            rewrite(&original, &image, &archive_entries(&files, None, mtime), codec, Level::default())?
+            rewrite(&original, &image, &archive_entries(&files, None, mtime), codec, level)?
         }
-        Mode::Append => {
-            append(&original, &image, &archive_entries(&new_files, Some(&merged), mtime), codec, Level::default())?
-        }
+        Mode::Append => append(&original, &image, &archive_entries(&new_files, Some(&merged), mtime), codec, level)?,
     };
     write_output(options.output.as_deref().unwrap_or(&options.image), &bytes)?;
     Ok(report)
@@ -297,7 +314,12 @@ fn indexes_for(
     version: &str,
     kmod_version: u32,
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let scratch = tempfile::Builder::new().prefix("xdkms-inject-").tempdir()?;
+    // The image's modules are written out for depmod: in memory (tmpfs) where the host has it.
+    let shm = Path::new("/dev/shm");
+    let scratch = match tempfile::Builder::new().prefix("xdkms-inject-").tempdir_in(shm) {
+        Ok(dir) => dir,
+        Err(_) => tempfile::Builder::new().prefix("xdkms-inject-").tempdir()?,
+    };
     let dir = scratch.path().join("lib/modules").join(version);
     std::fs::create_dir_all(&dir)?;
     let prefix = format!("{module_dir}/");

@@ -90,6 +90,16 @@ pub fn decode_member(codec: Codec, input: &[u8]) -> io::Result<(Vec<u8>, usize)>
             return decode_lzma_stream(stream, input);
         }
         Codec::Zstd => {
+            // A frame that declares its size is decoded in one pass into a buffer of that size.
+            let frame_len = zstd::zstd_safe::find_frame_compressed_size(input).ok();
+            let content =
+                frame_len.and_then(|len| zstd::zstd_safe::get_frame_content_size(&input[..len]).ok().flatten());
+            if let (Some(len), Some(size)) = (frame_len, content) {
+                if size <= (4 << 30) {
+                    let out = zstd::bulk::Decompressor::new()?.decompress(&input[..len], size as usize)?;
+                    return Ok((out, len));
+                }
+            }
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut cursor)?.single_frame();
             decoder.read_to_end(&mut out)?;
             decoder.finish();
@@ -158,6 +168,9 @@ fn decode_lz4_legacy(input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
     Ok((out, at.min(input.len())))
 }
 
+/// Inputs larger than this are compressed by zstd's worker threads.
+const ZSTD_THREADED_ABOVE: usize = 16 << 20;
+
 /// Compression effort: the codec's default for images, or an explicit level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Level(pub Option<i32>);
@@ -198,8 +211,10 @@ pub fn encode(codec: Codec, data: &[u8], level: Level) -> io::Result<Vec<u8>> {
         }
         Codec::Zstd => {
             let mut encoder = zstd::stream::write::Encoder::new(&mut out, level.0.unwrap_or(15))?;
+            // Worker threads pay off for big archives only; setting them up costs more than
+            // compressing a few MiB.
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            if threads > 1 {
+            if threads > 1 && data.len() > ZSTD_THREADED_ABOVE {
                 encoder.multithread(threads)?;
             }
             encoder.include_checksum(true)?;

@@ -67,6 +67,14 @@ impl Image {
     /// an uncompressed archive must start on a 4-byte boundary, anything else must be the magic of
     /// a compressed member, decoded one member at a time.
     pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
+        Image::parse_keeping(bytes, &|_| true)
+    }
+
+    /// Like [`Image::parse`], but keeps file data only for members whose normalized path
+    /// `keep_data` accepts (symlink targets are always kept): the layout of a large image and the
+    /// contents of a few of its files, without copying the rest.
+    pub fn parse_keeping(bytes: &[u8], keep_data: &dyn Fn(&str) -> bool) -> Result<Image, ImageError> {
+        let keep = |name: &str| keep_data(normalize(name));
         let mut segments = Vec::new();
         let mut pos = 0;
         let fail = |offset: usize, message: String| ImageError { offset, message };
@@ -76,7 +84,8 @@ impl Image {
                 continue;
             }
             if bytes[pos] == b'0' && pos % 4 == 0 {
-                let (entries, used) = newc::parse(&bytes[pos..], true).map_err(|e| fail(pos + e.offset, e.message))?;
+                let (entries, used) =
+                    newc::parse_keeping(&bytes[pos..], true, &keep).map_err(|e| fail(pos + e.offset, e.message))?;
                 segments.push(Segment { offset: pos, len: used, codec: Codec::None, entries });
                 pos += used;
                 continue;
@@ -92,8 +101,8 @@ impl Image {
             };
             let (content, used) = decode_member(codec, &bytes[pos..])
                 .map_err(|e| fail(pos, format!("{codec} member cannot be decompressed: {e}")))?;
-            let (entries, _) =
-                newc::parse(&content, false).map_err(|e| fail(pos, format!("inside the {codec} member, {e}")))?;
+            let (entries, _) = newc::parse_keeping(&content, false, &keep)
+                .map_err(|e| fail(pos, format!("inside the {codec} member, {e}")))?;
             segments.push(Segment { offset: pos, len: used, codec, entries });
             pos += used.max(1);
         }

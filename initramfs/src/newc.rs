@@ -95,6 +95,16 @@ fn hex_field(header: &[u8], index: usize) -> Option<u32> {
 /// a compressed member), skipping the NUL padding between archives, and anything else left over
 /// is an error. Returns the members (trailers excluded) and the bytes used.
 pub fn parse(stream: &[u8], until_trailer: bool) -> Result<(Vec<Entry>, usize), ParseError> {
+    parse_keeping(stream, until_trailer, &|_| true)
+}
+
+/// [`parse`], keeping file data only for members whose name `keep_data` accepts (symlink
+/// targets, and data with a checksum to verify, are always read).
+pub fn parse_keeping(
+    stream: &[u8],
+    until_trailer: bool,
+    keep_data: &dyn Fn(&str) -> bool,
+) -> Result<(Vec<Entry>, usize), ParseError> {
     let mut entries = Vec::new();
     let mut pos = 0;
     let err = |offset: usize, message: String| ParseError { offset, message };
@@ -131,10 +141,16 @@ pub fn parse(stream: &[u8], until_trailer: bool) -> Result<(Vec<Entry>, usize), 
         let mut rest = &stream[pos..];
         let reader = cpio::newc::Reader::new(&mut rest).map_err(|e| err(pos, format!("bad cpio entry: {e}")))?;
         let meta = reader.entry().clone();
-        let mut data = Vec::with_capacity((meta.file_size() as usize).min(stream.len()));
+        let wanted = keep_data(meta.name()) || meta.mode() & S_IFMT == S_IFLNK || meta.checksum().is_some();
+        let mut data = Vec::with_capacity(if wanted { (meta.file_size() as usize).min(stream.len()) } else { 0 });
         let mut reader = reader;
-        reader.by_ref().read_to_end(&mut data).map_err(|e| err(pos, format!("reading data: {e}")))?;
-        if data.len() != meta.file_size() as usize {
+        let read = if wanted {
+            reader.by_ref().read_to_end(&mut data)
+        } else {
+            std::io::copy(&mut reader.by_ref(), &mut std::io::sink()).map(|n| n as usize)
+        }
+        .map_err(|e| err(pos, format!("reading data: {e}")))?;
+        if read != meta.file_size() as usize {
             return Err(err(pos, format!("{}: file data is truncated", meta.name())));
         }
         if let Some(sum) = meta.checksum() {

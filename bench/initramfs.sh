@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# initramfs injection benchmark on a zstd image of about 100 MiB uncompressed (Debian's amd64
+# modules for fs/ and drivers/scsi/ plus the kernel headers, as an image's bulk), injecting
+# virtio_blk, nvme and e1000e with their closures.
+# Bounds (issue "initramfs images"): append mode <= 5% of rewrite mode's time; rewrite mode
+# <= 1.3 x `zstd -dc | zstd -c -T0` at the same level (15). Medians of alternating runs.
+#   bash bench/initramfs.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}
+# shellcheck source=/dev/null
+. "$cache/env.sh"
+cargo build --release --quiet
+xdkms=$PWD/target/x86_64-unknown-linux-gnu/release/xdkms
+work=$(mktemp -d "${TMPDIR:-/tmp}/xdkms-bench-initramfs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+level=15
+
+tree=$work/tree
+moddir=$tree/lib/modules/$XDKMS_KVER_AMD64
+mkdir -p "$moddir" "$tree/bin" "$tree/usr/src"
+(cd "$XDKMS_ROOT_AMD64/lib/modules/$XDKMS_KVER_AMD64" && find kernel/fs kernel/drivers/scsi -name '*.ko' | cpio --quiet -pdm "$moddir")
+headers=$(ls -d "$XDKMS_ROOT_AMD64"/usr/src/linux-headers-*-common | head -n1)
+cp -a "$headers" "$tree/usr/src/headers"
+for arch in "$tree"/usr/src/headers/arch/*; do [ "$(basename "$arch")" = x86 ] || rm -rf "$arch"; done
+cp /bin/busybox "$tree/bin/busybox"
+(cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) > "$work/image.cpio"
+zstd -q -"$level" -T0 "$work/image.cpio" -o "$work/image.img"
+size=$(stat -c %s "$work/image.cpio")
+
+inject() { "$xdkms" initramfs inject "$work/image.img" --root "$XDKMS_ROOT_AMD64" -k "$XDKMS_KVER_AMD64" \
+             -o "$work/out.img" "$@" virtio_blk nvme e1000e 2>/dev/null; }
+t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+for _ in $(seq "$rounds"); do
+  t sh -c "zstd -dcq '$work/image.img' | zstd -q -$level -c -T0 > /dev/null" >> "$work/zstd"
+  t inject --mode rewrite >> "$work/rewrite"
+  t inject --mode append >> "$work/append"
+done
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+z=$(median < "$work/zstd"); r=$(median < "$work/rewrite"); a=$(median < "$work/append")
+awk -v z="$z" -v r="$r" -v a="$a" -v n="$rounds" -v mib="$((size >> 20))" 'BEGIN {
+  printf "initramfs benchmark: %d MiB zstd-%d image, 3 modules, %d CPUs, median of %d\n", mib, 15, '"$(nproc)"', n
+  printf "zstd -dc | zstd -c -T0  %.2f s\nrewrite                 %.2f s  ratio to zstd %.2f (bound 1.30)\nappend                  %.2f s  ratio to rewrite %.3f (bound 0.050)\n", z, r, r / z, a, a / r
+  exit (r / z <= 1.3 && a / r <= 0.05) ? 0 : 1 }' || { echo "bench: a bound was missed" >&2; exit 1; }
+echo "bench: all bounds met"
