@@ -205,8 +205,7 @@ fn injection_is_reproducible() {
         let segments = run_ok(xdkms().args(["initramfs", "list", "--segments"]).arg(&image));
         let last = String::from_utf8_lossy(&segments.stdout)
             .lines()
-            .filter(|l| l.starts_with("segment"))
-            .last()
+            .rfind(|l| l.starts_with("segment"))
             .and_then(|l| l.split_whitespace().nth(3).map(String::from))
             .expect("a segment line");
         let decompressed = run_ok(Command::new("sh").arg("-c").arg(format!(
