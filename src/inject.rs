@@ -1,7 +1,7 @@
 //! `xdkms initramfs inject`: modules with their dependency closure and firmware into an existing
 //! image, offline, with fresh indexes from the native depmod.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -63,19 +63,20 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let root = Sysroot::new(&options.root)?;
     // The image and ROOT's modules are read at the same time. Appending needs the image's
     // layout and its modules, not the rest of its data.
-    let (image, analysis) = rayon::join(
+    let (image, modules) = rayon::join(
         || match options.mode {
             Mode::Rewrite => read_image(&options.image),
             Mode::Append => read_image_keeping(&options.image, &|path| path.contains("lib/modules/")),
         },
-        || analyze_root(&options.root, &options.version),
+        || RootModules::load(&root, &options.version),
     );
-    let ((original, image), analysis) = (image?, analysis?);
+    let ((original, image), modules) = (image?, modules?);
     let mut report = Report::default();
 
-    // Modules by index into the analysis, plus modules from outside ROOT.
+    // Modules of ROOT by index, plus module files from outside ROOT (they go to updates/).
     let mut wanted: BTreeSet<usize> = BTreeSet::new();
-    let mut outside: Vec<(Added, ModuleElf)> = Vec::new();
+    let mut added: Vec<Added> = Vec::new();
+    let mut outside_softdeps = Vec::new();
     for item in &options.items {
         let path = Path::new(item);
         if path.is_file() && is_module_file_name(item.as_bytes()) && !path_is_in(&root, path) {
@@ -83,55 +84,49 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
                 .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
                 .with_context(|| format!("{item} is not a readable kernel module"))?;
             let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            for import in elf.imports.iter().flatten() {
-                if let Some(owner) = analysis.exporter(&import.name) {
-                    wanted.insert(owner);
-                }
-            }
-            outside.push((Added { relpath: format!("updates/{base}"), host: path.to_path_buf() }, elf));
+            wanted.extend(elf.imports.iter().flatten().filter_map(|import| modules.symbols.get(&import.name)));
+            outside_softdeps.extend(elf.modinfo_values(b"softdep").flat_map(softdep_names));
+            added.push(Added { relpath: format!("updates/{base}"), host: path.to_path_buf() });
             continue;
         }
-        let found = lookup(&analysis, item);
+        let found = lookup(&modules, item);
         if found.is_empty() {
-            bail!("{}", not_found_message(&analysis, item, &options.version));
+            bail!("{}", not_found_message(&modules, item, &options.version));
         }
         wanted.extend(found);
     }
-    let closure = close_over(&analysis, wanted, outside.iter().map(|(_, elf)| elf));
+    let closure = close_over(&modules, wanted, &outside_softdeps);
 
     // Files to add, by path in the image.
     let merged = image.merged();
     let module_dir = merged.resolve(&format!("lib/modules/{}", options.version));
     let firmware_dir = merged.resolve("lib/firmware");
     let mut new_files: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut added: Vec<Added> = closure
+    let dirname = String::from_utf8_lossy(&depmod::module_dir(&root, &options.version)).into_owned();
+    let from_root = closure
         .iter()
-        .map(|&m| {
-            let module = &analysis.modules[m];
-            Added {
-                relpath: String::from_utf8_lossy(module.relpath.as_deref().unwrap_or(&module.path)).into_owned(),
-                host: module.host.clone(),
-            }
-        })
-        .collect();
-    let mut elves: Vec<&ModuleElf> = closure.iter().filter_map(|&m| analysis.elves[m].as_ref()).collect();
-    for (module, elf) in &outside {
-        elves.push(elf);
-        added.push(Added { relpath: module.relpath.clone(), host: module.host.clone() });
-    }
+        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(&root, &dirname, m)? }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    added.splice(0..0, from_root);
+    let mut elves = Vec::new();
     for module in &added {
         if module.relpath.starts_with('/') {
             bail!("{} lies outside the module directory (an `external` module); inject it by path", module.relpath);
         }
         let data = std::fs::read(&module.host).with_context(|| format!("cannot read {}", module.host.display()))?;
+        // Only the added modules' firmware lists are needed: parse just those.
+        if let Ok(elf) = ModuleImage::open(&module.host).and_then(|i| ModuleElf::parse(&i, ReadOptions::default())) {
+            elves.push(elf);
+        }
         new_files.insert(format!("{module_dir}/{}", module.relpath), Entry::file("", 0o644, data));
         report.modules.push(module.relpath.clone());
     }
     for name in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
-        if let Ok(data) = std::fs::read(analysis.input_dir.join(name)) {
+        if let Ok(data) = std::fs::read(modules.input_dir.join(name)) {
             new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
         }
     }
+    let elves: Vec<&ModuleElf> = elves.iter().collect();
     add_firmware(&root, &options.version, &elves, &firmware_dir, &mut new_files, &mut report)?;
 
     // Fresh indexes over every module the image will hold.
@@ -160,18 +155,161 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// depmod's view of ROOT's modules for `version`, read inside ROOT, nothing written.
-fn analyze_root(root: &Path, version: &str) -> anyhow::Result<Analysis> {
-    let options = depmod::Options {
-        basedir: Some(root.to_path_buf()),
-        version: version.to_string(),
-        kmod_version: 30,
-        ..depmod::Options::default()
-    };
-    let mut sink = std::io::sink();
-    depmod::analyze(&options, &mut sink)
-        .with_context(|| format!("cannot read the modules of {version} in {}", root.display()))?
-        .context("no modules")
+/// What inject needs to know about ROOT's modules.
+struct RootModules {
+    input_dir: PathBuf,
+    modules: Vec<RootModule>,
+    by_name: HashMap<Vec<u8>, usize>,
+    /// Each module's full dependency list, as in modules.dep.
+    deps: Vec<Vec<usize>>,
+    /// Normalized alias patterns and their module.
+    aliases: Vec<(String, usize)>,
+    /// Module names and aliases each module's softdeps name.
+    softdeps: Vec<Vec<String>>,
+    /// Exported symbol to its module.
+    symbols: HashMap<Vec<u8>, usize>,
+}
+
+struct RootModule {
+    modname: Vec<u8>,
+    /// The path as modules.dep has it: relative to the module directory, or absolute (external).
+    path: String,
+    /// Where it is on the build host, when already known (resolved on use otherwise).
+    host: Option<PathBuf>,
+}
+
+impl RootModules {
+    /// The build-host path of module `m`, resolved inside ROOT.
+    fn host(&self, root: &Sysroot, dirname: &str, m: usize) -> anyhow::Result<PathBuf> {
+        let module = &self.modules[m];
+        if let Some(host) = &module.host {
+            return Ok(host.clone());
+        }
+        let target =
+            if module.path.starts_with('/') { module.path.clone() } else { format!("{dirname}/{}", module.path) };
+        Ok(root.resolve(&target)?)
+    }
+}
+
+/// Words of a softdep value that name modules (`pre:`/`post:` dropped).
+fn softdep_names(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split_whitespace()
+        .filter(|w| *w != "pre:" && *w != "post:")
+        .map(String::from)
+        .collect()
+}
+
+impl RootModules {
+    /// ROOT's modules for `version`: from ROOT's own indexes when they are newer than every
+    /// module (depmod -A's rule), else from reading every module, as depmod would.
+    fn load(root: &Sysroot, version: &str) -> anyhow::Result<RootModules> {
+        let dirname = String::from_utf8_lossy(&depmod::module_dir(root, version)).into_owned();
+        let input_dir = root.resolve(&dirname)?;
+        if !input_dir.is_dir() {
+            bail!("ROOT has no {dirname}: is {version} the right kernel version?");
+        }
+        if depmod::up_to_date(&input_dir) {
+            if let Some(indexed) = RootModules::from_indexes(&input_dir) {
+                return Ok(indexed);
+            }
+        }
+        let options = depmod::Options {
+            basedir: Some(root.root().to_path_buf()),
+            version: version.to_string(),
+            kmod_version: 30,
+            ..depmod::Options::default()
+        };
+        let analysis = depmod::analyze(&options, &mut std::io::sink())
+            .with_context(|| format!("cannot read the modules of {version} in {}", root.root().display()))?
+            .context("no modules")?;
+        Ok(RootModules::from_analysis(analysis))
+    }
+
+    fn from_analysis(analysis: Analysis) -> RootModules {
+        let Analysis { input_dir, modules, elves, all_deps, .. } = analysis;
+        let mut aliases = Vec::new();
+        let mut softdeps = Vec::new();
+        let mut symbols = HashMap::new();
+        for (index, elf) in elves.iter().enumerate() {
+            let elf = elf.as_ref();
+            for alias in elf.into_iter().flat_map(|e| e.modinfo_values(b"alias")) {
+                if let Some(pattern) = alias_normalize(alias) {
+                    aliases.push((String::from_utf8_lossy(&pattern).into_owned(), index));
+                }
+            }
+            softdeps.push(elf.into_iter().flat_map(|e| e.modinfo_values(b"softdep")).flat_map(softdep_names).collect());
+            // The last exporter in depmod's order owns a symbol.
+            for export in elf.into_iter().flat_map(|e| &e.exports) {
+                symbols.insert(export.name.clone(), index);
+            }
+        }
+        let modules: Vec<RootModule> = modules
+            .into_iter()
+            .map(|m| RootModule {
+                path: String::from_utf8_lossy(m.relpath.as_deref().unwrap_or(&m.path)).into_owned(),
+                modname: m.modname,
+                host: Some(m.host),
+            })
+            .collect();
+        let by_name = modules.iter().enumerate().map(|(i, m)| (m.modname.clone(), i)).collect();
+        let deps = all_deps.into_iter().map(|d| d.into_iter().map(|x| x as usize).collect()).collect();
+        RootModules { input_dir, modules, by_name, deps, aliases, softdeps, symbols }
+    }
+
+    /// Reads modules.dep, modules.alias, modules.softdep and modules.symbols; `None` when one
+    /// is missing or names a module modules.dep does not list.
+    fn from_indexes(input_dir: &Path) -> Option<RootModules> {
+        let read = |name: &str| std::fs::read_to_string(input_dir.join(name)).ok();
+        let (dep, alias, softdep, symbols_text) =
+            (read("modules.dep")?, read("modules.alias")?, read("modules.softdep")?, read("modules.symbols")?);
+        let mut modules = Vec::new();
+        let mut dep_paths = Vec::new();
+        for line in dep.lines() {
+            let (path, deps) = line.split_once(':')?;
+            modules.push(RootModule {
+                modname: modname_from_path(path.as_bytes()),
+                path: path.to_string(),
+                host: None,
+            });
+            dep_paths.push(deps.split_whitespace().map(String::from).collect::<Vec<_>>());
+        }
+        let by_path: HashMap<&str, usize> = modules.iter().enumerate().map(|(i, m)| (m.path.as_str(), i)).collect();
+        let deps = dep_paths
+            .iter()
+            .map(|list| list.iter().map(|p| by_path.get(p.as_str()).copied()).collect::<Option<Vec<_>>>())
+            .collect::<Option<Vec<_>>>()?;
+        let by_name: HashMap<Vec<u8>, usize> =
+            modules.iter().enumerate().map(|(i, m)| (m.modname.clone(), i)).collect();
+        let mut aliases = Vec::new();
+        for line in alias.lines().filter(|l| !l.starts_with('#')) {
+            let mut words = line.split(' ');
+            let (Some("alias"), Some(pattern), Some(name)) = (words.next(), words.next(), words.next()) else {
+                continue;
+            };
+            if let Some(pattern) = alias_normalize(pattern.as_bytes()) {
+                aliases.push((String::from_utf8_lossy(&pattern).into_owned(), *by_name.get(name.as_bytes())?));
+            }
+        }
+        let mut softdeps = vec![Vec::new(); modules.len()];
+        for line in softdep.lines().filter(|l| !l.starts_with('#')) {
+            let mut words = line.splitn(3, ' ');
+            let (Some("softdep"), Some(name), Some(value)) = (words.next(), words.next(), words.next()) else {
+                continue;
+            };
+            softdeps[*by_name.get(name.as_bytes())?].extend(softdep_names(value.as_bytes()));
+        }
+        let mut symbols = HashMap::new();
+        for line in symbols_text.lines().filter(|l| !l.starts_with('#')) {
+            let mut words = line.split(' ');
+            let (Some("alias"), Some(symbol), Some(name)) = (words.next(), words.next(), words.next()) else {
+                continue;
+            };
+            let symbol = symbol.strip_prefix("symbol:")?;
+            symbols.insert(symbol.as_bytes().to_vec(), *by_name.get(name.as_bytes())?);
+        }
+        Some(RootModules { input_dir: input_dir.to_path_buf(), modules, by_name, deps, aliases, softdeps, symbols })
+    }
 }
 
 fn path_is_in(root: &Sysroot, path: &Path) -> bool {
@@ -180,10 +318,9 @@ fn path_is_in(root: &Sysroot, path: &Path) -> bool {
 
 /// Modules an item names: a module name, else every module with a matching alias (as modprobe
 /// loads all of them for a modalias).
-fn lookup(analysis: &Analysis, item: &str) -> Vec<usize> {
-    let name = modname_from_path(item.as_bytes());
+fn lookup(root: &RootModules, item: &str) -> Vec<usize> {
     if !item.contains(':') {
-        if let Some(m) = analysis.find(&name) {
+        if let Some(&m) = root.by_name.get(&modname_from_path(item.as_bytes())) {
             return vec![m];
         }
     }
@@ -194,29 +331,27 @@ fn lookup(analysis: &Analysis, item: &str) -> Vec<usize> {
         require_literal_separator: false,
         require_literal_leading_dot: false,
     };
-    (0..analysis.modules.len())
-        .filter(|&m| {
-            analysis.elves[m].as_ref().is_some_and(|elf| {
-                elf.modinfo_values(b"alias").any(|alias| {
-                    let Some(pattern) = alias_normalize(alias) else { return false };
-                    let pattern = String::from_utf8_lossy(&pattern);
-                    match glob::Pattern::new(&pattern) {
-                        Ok(p) => p.matches_with(&query, options),
-                        Err(_) => pattern == query,
-                    }
-                })
-            })
+    let mut found: Vec<usize> = root
+        .aliases
+        .iter()
+        .filter(|(pattern, _)| match glob::Pattern::new(pattern) {
+            Ok(p) => p.matches_with(&query, options),
+            Err(_) => *pattern == query,
         })
-        .collect()
+        .map(|&(_, m)| m)
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
-fn not_found_message(analysis: &Analysis, item: &str, version: &str) -> String {
-    let builtin = std::fs::read_to_string(analysis.input_dir.join("modules.builtin")).unwrap_or_default();
+fn not_found_message(root: &RootModules, item: &str, version: &str) -> String {
+    let builtin = std::fs::read_to_string(root.input_dir.join("modules.builtin")).unwrap_or_default();
     let name = String::from_utf8_lossy(&modname_from_path(item.as_bytes())).into_owned();
     if builtin.lines().any(|l| String::from_utf8_lossy(&modname_from_path(l.as_bytes())) == name) {
         return format!("{item} is built into the {version} kernel; there is nothing to inject");
     }
-    let mut close: Vec<(f64, String)> = analysis
+    let mut close: Vec<(f64, String)> = root
         .modules
         .iter()
         .map(|m| String::from_utf8_lossy(&m.modname).into_owned())
@@ -233,33 +368,19 @@ fn not_found_message(analysis: &Analysis, item: &str, version: &str) -> String {
 }
 
 /// Adds dependencies (transitively) and softdep pre/post modules, as modprobe would load them.
-fn close_over<'e>(
-    analysis: &Analysis,
-    wanted: BTreeSet<usize>,
-    outside: impl Iterator<Item = &'e ModuleElf>,
-) -> BTreeSet<usize> {
+fn close_over(root: &RootModules, wanted: BTreeSet<usize>, extra_softdeps: &[String]) -> BTreeSet<usize> {
     let mut closure = BTreeSet::new();
     let mut queue: Vec<usize> = wanted.into_iter().collect();
-    let softdeps_of = |elf: &ModuleElf| -> Vec<String> {
-        elf.modinfo_values(b"softdep")
-            .flat_map(|v| String::from_utf8_lossy(v).split_whitespace().map(String::from).collect::<Vec<_>>())
-            .filter(|word| word != "pre:" && word != "post:")
-            .collect()
-    };
-    for elf in outside {
-        for name in softdeps_of(elf) {
-            queue.extend(lookup(analysis, &name));
-        }
+    for name in extra_softdeps {
+        queue.extend(lookup(root, name));
     }
     while let Some(m) = queue.pop() {
         if !closure.insert(m) {
             continue;
         }
-        queue.extend(analysis.all_deps[m].iter().map(|&d| d as usize));
-        if let Some(elf) = &analysis.elves[m] {
-            for name in softdeps_of(elf) {
-                queue.extend(lookup(analysis, &name));
-            }
+        queue.extend(root.deps[m].iter().copied());
+        for name in &root.softdeps[m] {
+            queue.extend(lookup(root, name));
         }
     }
     closure

@@ -124,19 +124,7 @@ pub struct Analysis {
     pub elves: Vec<Option<ModuleElf>>,
     /// Every module's dependencies, transitively, dependents first (modules.dep's order).
     pub all_deps: Vec<Vec<u32>>,
-    symbols: Symbols,
-}
-
-impl Analysis {
-    /// The module called `modname` (normalized: `_` for `-`).
-    pub fn find(&self, modname: &[u8]) -> Option<usize> {
-        self.modules.iter().position(|m| m.modname == modname)
-    }
-
-    /// The module that exports `symbol`, as depmod resolves it.
-    pub fn exporter(&self, symbol: &[u8]) -> Option<usize> {
-        self.symbols.find(symbol).and_then(|s| s.owner).map(|o| o as usize)
-    }
+    pub symbols: Symbols,
 }
 
 /// Runs depmod. `stdout` receives `-n` output and `-v` lines; diagnostics go to stderr.
@@ -356,7 +344,7 @@ fn sort_by_modules_order(modules: &mut [FoundModule], input_dir: &Path, dirname:
 }
 
 /// `-A`: modules.dep exists and no module file under the module directory is newer (seconds).
-fn up_to_date(input_dir: &Path) -> bool {
+pub(crate) fn up_to_date(input_dir: &Path) -> bool {
     let Ok(dep) = std::fs::metadata(input_dir.join("modules.dep")).and_then(|m| m.modified()) else {
         return false;
     };

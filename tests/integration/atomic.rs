@@ -69,3 +69,64 @@ fn killed_depmod_leaves_each_index_old_or_new() {
     assert!(killed >= 12, "only {killed} of 24 runs were killed before finishing: the test is not testing");
     eprintln!("{killed} of 24 runs killed, {mixed} left a mix of old and new files");
 }
+
+/// `xdkms initramfs inject` in place, killed at random points: the image is always the original
+/// or the complete new one; with -o the original is never touched.
+#[test]
+fn killed_inject_leaves_the_image_whole() {
+    let r = refs();
+    let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("kill-inject");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/payload"), vec![3u8; 4 << 20]).expect("write");
+    let original = {
+        let out = run_ok(std::process::Command::new("sh").arg("-c").arg(format!(
+            "cd '{}' && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc | xz --check=crc32",
+            tree.display()
+        )));
+        out.stdout
+    };
+    let image = work.join("image.img");
+    let inject = |extra: &[&str]| {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").args(["initramfs", "inject", "--root"]).arg(&root).args(["-k", &version]);
+        cmd.args(extra).arg(&image).args(["nvme", "e1000e"]);
+        cmd
+    };
+    std::fs::write(&image, &original).expect("write");
+    let started = Instant::now();
+    run_ok(&mut inject(&[]));
+    let full_run = started.elapsed();
+    let new = std::fs::read(&image).expect("read");
+    assert_ne!(new, original);
+
+    let mut seed: u64 = 0xfeed;
+    let (mut killed, mut kept) = (0, 0);
+    for round in 0..16 {
+        std::fs::write(&image, &original).expect("restore");
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
+        let out = work.join("out.img");
+        let _ = std::fs::remove_file(&out);
+        let extra: &[&str] = if round % 2 == 0 { &[] } else { &["-o", out.to_str().expect("utf-8")] };
+        let mut child = inject(extra).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if !child.wait().expect("wait").success() {
+            killed += 1;
+        }
+        let now = std::fs::read(&image).expect("the image is always there");
+        if round % 2 == 0 {
+            assert!(now == original || now == new, "round {round}: the image is neither the original nor the new one");
+            kept += usize::from(now == original);
+        } else {
+            assert!(now == original, "round {round}: -o changed the input image");
+            if let Ok(written) = std::fs::read(&out) {
+                assert!(written == new, "round {round}: a partial output image");
+            }
+        }
+    }
+    assert!(killed >= 6, "only {killed} of 16 runs were killed before finishing");
+    eprintln!("{killed} of 16 injections killed; {kept} left the original in place");
+}

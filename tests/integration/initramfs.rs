@@ -325,3 +325,60 @@ fn firmware_comes_along_and_missing_firmware_warns() {
     assert!(listed.contains(&"lib/firmware/e100/d101m_ucode.bin".to_string()), "{listed:?}");
     assert!(listed.contains(&"lib/firmware/e100/d101s_ucode.bin.xz".to_string()), "{listed:?}");
 }
+
+/// ROOT's own indexes, when current, give the same image as reading every module; a stale index
+/// (a module newer than modules.dep) is not trusted.
+#[test]
+fn roots_own_indexes_give_the_same_image() {
+    let r = refs();
+    let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("root-indexes");
+    let indexed = work.join("indexed");
+    let moddir = crate::util::copy_module_dir(&root, &version, &indexed);
+    run_ok(xdkms().arg("depmod").arg("-b").arg(&indexed).arg(&version));
+    let tree = work.join("tree");
+    sample_tree(&tree);
+    let base = work.join("base.img");
+    std::fs::write(&base, reference_archive(&tree, "gzip -n")).expect("write");
+    let inject = |from: &Path, out: &str| {
+        let out = work.join(out);
+        run_ok(
+            xdkms()
+                .env("SOURCE_DATE_EPOCH", "1")
+                .args(inject_args(from, &version))
+                .arg("-o")
+                .arg(&out)
+                .arg(&base)
+                .args(["nvme", "e1000e", "virtio:d00000002v00001AF4", "fs-btrfs"]),
+        );
+        std::fs::read(out).expect("read")
+    };
+    let reference = inject(&root, "unindexed.img");
+    assert!(inject(&indexed, "indexed.img") == reference, "ROOT's indexes gave another image");
+    // Make the index stale and wrong: modules.dep no longer lists nvme's dependencies, and a
+    // module is newer than it. The modules themselves must be read again.
+    let dep = std::fs::read_to_string(moddir.join("modules.dep")).expect("modules.dep");
+    let broken: String = dep
+        .lines()
+        .map(|l| {
+            if l.contains("/nvme.ko:") {
+                format!("{}:\n", l.split(':').next().unwrap_or(l))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(moddir.join("modules.dep"), broken).expect("write");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(moddir.join("modules.dep"))
+        .expect("open")
+        .set_modified(old)
+        .expect("touch");
+    let module = moddir.join("kernel/drivers/block/loop.ko");
+    let copy = std::fs::read(&module).expect("read");
+    std::fs::remove_file(&module).expect("unlink the hard link");
+    std::fs::write(&module, copy).expect("a newer module");
+    assert!(inject(&indexed, "stale.img") == reference, "a stale index was trusted");
+}
