@@ -82,9 +82,9 @@ pub fn decode_member(codec: Codec, input: &[u8]) -> io::Result<(Vec<u8>, usize)>
         Codec::Xz | Codec::Lzma => {
             let stream = if codec == Codec::Xz {
                 // Without the CONCATENATED flag the decoder ends with the first stream.
-                xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
+                xz2::stream::Stream::new_stream_decoder(LZMA_MEMORY_LIMIT, 0)
             } else {
-                xz2::stream::Stream::new_lzma_decoder(u64::MAX)
+                xz2::stream::Stream::new_lzma_decoder(LZMA_MEMORY_LIMIT)
             }
             .map_err(io::Error::other)?;
             return decode_lzma_stream(stream, input);
@@ -95,7 +95,9 @@ pub fn decode_member(codec: Codec, input: &[u8]) -> io::Result<(Vec<u8>, usize)>
             let content =
                 frame_len.and_then(|len| zstd::zstd_safe::get_frame_content_size(&input[..len]).ok().flatten());
             if let (Some(len), Some(size)) = (frame_len, content) {
-                if size <= (4 << 30) {
+                // Trusted only when plausible for the frame's length: a forged header must not
+                // make us allocate gigabytes up front (streaming grows with the real output).
+                if size <= (len as u64).saturating_mul(ZSTD_TRUSTED_RATIO).saturating_add(1 << 20) {
                     let out = zstd::bulk::Decompressor::new()?.decompress(&input[..len], size as usize)?;
                     return Ok((out, len));
                 }
@@ -167,6 +169,13 @@ fn decode_lz4_legacy(input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
     }
     Ok((out, at.min(input.len())))
 }
+
+/// liblzma's memory limit for one member: the largest dictionary any preset uses is 64 MiB
+/// (`xz -9`, `lzma -9`); a header asking for more is refused instead of allocated.
+const LZMA_MEMORY_LIMIT: u64 = 256 << 20;
+/// A zstd frame's declared content size is used to size the output up front only when it is at
+/// most this many times the frame's length.
+const ZSTD_TRUSTED_RATIO: u64 = 64;
 
 /// Inputs larger than this are compressed by zstd's worker threads.
 const ZSTD_THREADED_ABOVE: usize = 16 << 20;
@@ -257,6 +266,19 @@ mod tests {
             assert_eq!(decoded, data, "{codec}");
             assert_eq!(used, len, "{codec}: the member's own bytes, no more, no less");
         }
+    }
+
+    /// Found by the initramfs_image fuzz target: a legacy .lzma header declaring a 4 GiB
+    /// dictionary made liblzma allocate it.
+    #[test]
+    fn lzma_header_with_4gib_dictionary_is_refused() {
+        let input = [
+            0x5d, 0x00, 0x00, 0x10, 0xff, 0xfe, 0x00, 0x7a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xe8, 0x00, 0x18, 0x0d, 0x2b,
+            0xe4, 0xad, 0x80, 0xff, 0xfe, 0x8e, 0xe6, 0x80,
+        ];
+        assert_eq!(Codec::detect(&input), Some(Codec::Lzma));
+        let error = decode_member(Codec::Lzma, &input).expect_err("refused");
+        assert!(error.to_string().contains("Memory usage limit"), "{error}");
     }
 
     #[test]
