@@ -127,9 +127,14 @@ fn decode_lzma_stream(mut stream: xz2::stream::Stream, input: &[u8]) -> io::Resu
         }
         let consumed = stream.total_in() as usize;
         let produced = out.len();
-        let status = stream
-            .process_vec(&input[consumed..], &mut out, xz2::stream::Action::Run)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let status =
+            stream.process_vec(&input[consumed..], &mut out, xz2::stream::Action::Run).map_err(|e| match e {
+                xz2::stream::Error::MemLimit => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the member's header asks for more than {} MiB to decompress", LZMA_MEMORY_LIMIT >> 20),
+                ),
+                other => io::Error::new(io::ErrorKind::InvalidData, other),
+            })?;
         if status == xz2::stream::Status::StreamEnd {
             return Ok((out, stream.total_in() as usize));
         }
@@ -278,7 +283,7 @@ mod tests {
         ];
         assert_eq!(Codec::detect(&input), Some(Codec::Lzma));
         let error = decode_member(Codec::Lzma, &input).expect_err("refused");
-        assert!(error.to_string().contains("Memory usage limit"), "{error}");
+        assert!(error.to_string().contains("asks for more than 256 MiB"), "{error}");
     }
 
     #[test]
