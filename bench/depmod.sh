@@ -5,15 +5,9 @@
 # <= 0.6 on the xz tree, peak RSS <= 1.5 x kmod's. Exits 1 when a bound is missed.
 #   bash bench/depmod.sh [ROUNDS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds=${1:-7}
-cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}
-# shellcheck source=/dev/null
-. "$cache/env.sh"
-cargo build --release --quiet
-xdkms=$PWD/target/x86_64-unknown-linux-gnu/release/xdkms
-work=$(mktemp -d "${TMPDIR:-/tmp}/xdkms-bench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # tree NAME ROOT: a hard-linked copy of ROOT's module directory for each tool.
 tree() {
@@ -31,7 +25,6 @@ measure() {
   cat "$out.one" >> "$out"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 fail=0
 # bench NAME ROOT TIME_BOUND

@@ -8,15 +8,9 @@
 # <= 1.3 x `zstd -dc | zstd -c -T0` at the same level (15). Medians of alternating runs.
 #   bash bench/initramfs.sh [ROUNDS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds=${1:-5}
-cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}
-# shellcheck source=/dev/null
-. "$cache/env.sh"
-cargo build --release --quiet
-xdkms=$PWD/target/x86_64-unknown-linux-gnu/release/xdkms
-work=$(mktemp -d "${TMPDIR:-/tmp}/xdkms-bench-initramfs.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 level=15
 
 root=$work/root
@@ -45,7 +39,6 @@ for _ in $(seq "$rounds"); do
   t inject --mode rewrite >> "$work/rewrite"
   t inject --mode append >> "$work/append"
 done
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 z=$(median < "$work/zstd"); r=$(median < "$work/rewrite"); a=$(median < "$work/append")
 awk -v z="$z" -v r="$r" -v a="$a" -v n="$rounds" -v mib="$((size >> 20))" 'BEGIN {
   printf "initramfs benchmark: %d MiB zstd-%d image, 3 modules, %d CPUs, median of %d\n", mib, 15, '"$(nproc)"', n

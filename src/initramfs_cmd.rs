@@ -131,7 +131,7 @@ pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
                     std::fs::create_dir_all(p)?;
                 }
                 let _ = std::fs::remove_file(&target);
-                let link = std::ffi::OsStr::new(std::str::from_utf8(&entry.data).unwrap_or_default());
+                let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&entry.data);
                 std::os::unix::fs::symlink(link, &target)?;
             }
             _ => skipped += 1,
