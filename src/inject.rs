@@ -66,7 +66,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let (image, modules) = rayon::join(
         || match options.mode {
             Mode::Rewrite => read_image(&options.image),
-            Mode::Append => read_image_keeping(&options.image, &|path| path.contains("lib/modules/")),
+            Mode::Append => {
+                read_image_keeping(&options.image, &|path| path.contains("lib/modules/") || path.contains("depmod.d/"))
+            }
         },
         || RootModules::load(&root, &options.version),
     );
@@ -456,6 +458,20 @@ fn indexes_for(
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&target, &entry.data)?;
+    }
+    // The image's own depmod.d (search, override, exclude) applies to its indexes; depmod reads
+    // it inside the scratch root, as the target's depmod would inside the image.
+    for (path, entry) in &merged.files {
+        let in_config_dir = depmod::config::default_dirs(kmod_version)
+            .iter()
+            .any(|dir| path.strip_prefix(dir.trim_start_matches('/')).is_some_and(|rest| rest.starts_with('/')));
+        if in_config_dir && entry.is_file() && !path.split('/').any(|c| c == "..") {
+            let target = scratch.path().join(path);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&target, &entry.data)?;
+        }
     }
     let options = depmod::Options {
         basedir: Some(scratch.path().to_path_buf()),

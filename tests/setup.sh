@@ -14,12 +14,14 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# 1. Host packages. Only call apt when something is missing, so a warm run is quick.
+# 1. Host packages. Only call apt when something is missing, so a warm run is quick. dkms is
+#    Debian's 3.0.10, the reference for the DKMS commands (installed without recommends: no
+#    host kernel headers).
 host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-tools-core
            gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-x86 qemu-system-arm
            binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
            binutils-arm-linux-gnueabihf
-           make gcc bc bison flex libelf-dev libssl-dev file)
+           make gcc bc bison flex libelf-dev libssl-dev file patch dkms)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -58,7 +60,8 @@ fetch() {
   done
   if [ ${#want[@]} -gt 0 ]; then
     log "downloading ${want[*]}"
-    (cd "$CACHE/debs" && apt-get download -q "${want[@]}" >/dev/null)
+    # The cache is root's: download as root rather than through the _apt sandbox user.
+    (cd "$CACHE/debs" && apt-get download -q -o APT::Sandbox::User=root "${want[@]}" >/dev/null)
   fi
 }
 deb() { ls "$CACHE/debs/${1}"_*_"$2".deb 2>/dev/null | head -n1; }

@@ -382,3 +382,42 @@ fn roots_own_indexes_give_the_same_image() {
     std::fs::write(&module, copy).expect("a newer module");
     assert!(inject(&indexed, "stale.img") == reference, "a stale index was trusted");
 }
+
+/// The image's own depmod.d shapes its indexes, as the target's depmod would apply it: here an
+/// `exclude` drops the virtio directory from them (checked against kmod's depmod given the same
+/// configuration).
+#[test]
+fn the_images_depmod_d_applies_to_its_indexes() {
+    let r = refs();
+    let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("image-depmod-d");
+    let tree = work.join("tree");
+    sample_tree(&tree);
+    std::fs::create_dir_all(tree.join("etc/depmod.d")).expect("mkdir");
+    std::fs::write(tree.join("etc/depmod.d/local.conf"), "exclude virtio\nsearch updates built-in\n").expect("write");
+    for (mode, compress) in [("rewrite", "gzip -n"), ("append", "zstd -q")] {
+        let image = work.join(format!("{mode}.img"));
+        std::fs::write(&image, reference_archive(&tree, compress)).expect("write");
+        run_ok(
+            xdkms().args(inject_args(&root, &version)).args(["--mode", mode]).arg(&image).args(["virtio_blk", "nvme"]),
+        );
+        let extracted = work.join(format!("x-{mode}"));
+        run_ok(xdkms().args(["initramfs", "extract"]).arg(&image).arg(&extracted));
+        let moddir = extracted.join("lib/modules").join(&version);
+        let dep = std::fs::read_to_string(moddir.join("modules.dep")).expect("modules.dep");
+        assert!(dep.contains("/nvme.ko:") && !dep.contains("kernel/drivers/virtio/"), "{mode}:\n{dep}");
+        let inside = std::fs::read(moddir.join("modules.dep.bin")).expect("dep.bin");
+        run_ok(
+            Command::new("depmod")
+                .arg("-C")
+                .arg(extracted.join("etc/depmod.d"))
+                .arg("-b")
+                .arg(&extracted)
+                .arg(&version),
+        );
+        assert!(
+            std::fs::read(moddir.join("modules.dep.bin")).expect("kmod's") == inside,
+            "{mode}: differs from kmod's"
+        );
+    }
+}
