@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quick start: builds xdkms, makes a small target root with three modules (one in
-# updates/dkms, as DKMS installs them), indexes it with `xdkms depmod -b`, and looks a module up
-# by its device alias with `xdkms modinfo`. Needs cargo and the host's assembler only.
+# updates/dkms, as DKMS installs them), indexes it with `xdkms depmod -b`, looks a module up by
+# its device alias with `xdkms modinfo`, and injects the driver a virtio disk needs, with its
+# dependencies, into an initramfs. Needs cargo and the host's assembler only.
 # When kmod's depmod is installed, the indexes are also checked byte for byte against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,13 @@ cat "$root/lib/modules/$version/modules.alias"
 
 echo "== xdkms modinfo -b ROOT virtio:d00000002v00001AF4 (the alias a virtio block device reports)"
 "$xdkms" modinfo -b "$root" -k "$version" virtio:d00000002v00001AF4
+
+echo "== xdkms initramfs inject: the virtio disk driver, by modalias, into a small image"
+mkdir -p "$root/image/etc"
+echo "demo" > "$root/image/etc/hostname"
+"$xdkms" initramfs create "$root/image" --compress zstd -o "$root/initrd.img"
+"$xdkms" initramfs inject "$root/initrd.img" --root "$root" -k "$version" virtio:d00000002v00001AF4
+"$xdkms" initramfs list --segments "$root/initrd.img"
 
 if command -v depmod >/dev/null; then
   cp -a "$root" "$root.kmod"

@@ -110,7 +110,7 @@ pub struct InjectArgs {
     /// index layout of this kmod release (default 30)
     #[argh(option, default = "30")]
     pub kmod_version: u32,
-    /// compression level (default: zstd 15, xz 6, gzip 9; zstd 9 when appending)
+    /// compression level (default: zstd 15, xz 6, gzip 9; zstd 3 when appending)
     #[argh(option)]
     pub level: Option<i32>,
     /// the image, then the modules to add

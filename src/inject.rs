@@ -35,12 +35,13 @@ pub struct Options {
     pub items: Vec<String>,
     /// The kmod release whose index layout the image's tools expect.
     pub kmod_version: u32,
-    /// Compression level; default: the codec's image default (zstd 15), zstd 9 when appending.
+    /// Compression level; default: the codec's image default (zstd 15), zstd 3 when appending.
     pub level: Option<i32>,
 }
 
-/// zstd level for appended segments.
-const APPEND_ZSTD_LEVEL: i32 = 9;
+/// zstd level for appended segments: they hold what was added (a few MiB), where a fast level
+/// costs little space.
+const APPEND_ZSTD_LEVEL: i32 = 3;
 
 /// What an inject added, for the summary line.
 #[derive(Debug, Default)]
@@ -104,10 +105,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let module_dir = merged.resolve(&format!("lib/modules/{}", options.version));
     let firmware_dir = merged.resolve("lib/firmware");
     let mut new_files: BTreeMap<String, Entry> = BTreeMap::new();
-    let dirname = String::from_utf8_lossy(&depmod::module_dir(&root, &options.version)).into_owned();
     let from_root = closure
         .iter()
-        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(&root, &dirname, m)? }))
+        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(&root, m)? }))
         .collect::<anyhow::Result<Vec<_>>>()?;
     added.splice(0..0, from_root);
     let mut elves = Vec::new();
@@ -117,7 +117,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         }
         let data = std::fs::read(&module.host).with_context(|| format!("cannot read {}", module.host.display()))?;
         // Only the added modules' firmware lists are needed: parse just those.
-        if let Ok(elf) = ModuleImage::open(&module.host).and_then(|i| ModuleElf::parse(&i, ReadOptions::default())) {
+        if let Ok(elf) = ModuleImage::from_bytes(&data).and_then(|i| ModuleElf::parse(&i, ReadOptions::default())) {
             elves.push(elf);
         }
         new_files.insert(format!("{module_dir}/{}", module.relpath), Entry::file("", 0o644, data));
@@ -128,7 +128,6 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
         }
     }
-    let elves: Vec<&ModuleElf> = elves.iter().collect();
     add_firmware(&root, &options.version, &elves, &firmware_dir, &mut new_files, &mut report)?;
 
     // Fresh indexes over every module the image will hold.
@@ -147,7 +146,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let bytes = match options.mode {
         Mode::Rewrite => {
             let start = image.rewrite_start();
-            let mut files = image.merged_from(start).files;
+            let mut files: BTreeMap<String, Entry> =
+                image.merged_from(start).files.into_iter().map(|(path, entry)| (path, entry.into_owned())).collect();
             files.extend(new_files);
             rewrite(&original, &image, &archive_entries(&files, None, mtime), codec, level)?
         }
@@ -159,6 +159,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
 
 /// What inject needs to know about ROOT's modules.
 struct RootModules {
+    /// The module directory as ROOT sees it (`/lib/modules/VERSION`) and on the build host.
+    dirname: String,
     input_dir: PathBuf,
     modules: Vec<RootModule>,
     by_name: HashMap<Vec<u8>, usize>,
@@ -180,19 +182,6 @@ struct RootModule {
     host: Option<PathBuf>,
 }
 
-impl RootModules {
-    /// The build-host path of module `m`, resolved inside ROOT.
-    fn host(&self, root: &Sysroot, dirname: &str, m: usize) -> anyhow::Result<PathBuf> {
-        let module = &self.modules[m];
-        if let Some(host) = &module.host {
-            return Ok(host.clone());
-        }
-        let target =
-            if module.path.starts_with('/') { module.path.clone() } else { format!("{dirname}/{}", module.path) };
-        Ok(root.resolve(&target)?)
-    }
-}
-
 /// Words of a softdep value that name modules (`pre:`/`post:` dropped).
 fn softdep_names(value: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(value)
@@ -212,7 +201,7 @@ impl RootModules {
             bail!("ROOT has no {dirname}: is {version} the right kernel version?");
         }
         if depmod::up_to_date(&input_dir) {
-            if let Some(indexed) = RootModules::from_indexes(&input_dir) {
+            if let Some(indexed) = RootModules::from_indexes(&dirname, &input_dir) {
                 return Ok(indexed);
             }
         }
@@ -225,10 +214,24 @@ impl RootModules {
         let analysis = depmod::analyze(&options, &mut std::io::sink())
             .with_context(|| format!("cannot read the modules of {version} in {}", root.root().display()))?
             .context("no modules")?;
-        Ok(RootModules::from_analysis(analysis))
+        Ok(RootModules::from_analysis(analysis, dirname))
     }
 
-    fn from_analysis(analysis: Analysis) -> RootModules {
+    /// The build-host path of module `m`, resolved inside ROOT.
+    fn host(&self, root: &Sysroot, m: usize) -> anyhow::Result<PathBuf> {
+        let module = &self.modules[m];
+        if let Some(host) = &module.host {
+            return Ok(host.clone());
+        }
+        let target = if module.path.starts_with('/') {
+            module.path.clone()
+        } else {
+            format!("{}/{}", self.dirname, module.path)
+        };
+        Ok(root.resolve(&target)?)
+    }
+
+    fn from_analysis(analysis: Analysis, dirname: String) -> RootModules {
         let Analysis { input_dir, modules, elves, all_deps, .. } = analysis;
         let mut aliases = Vec::new();
         let mut softdeps = Vec::new();
@@ -256,12 +259,12 @@ impl RootModules {
             .collect();
         let by_name = modules.iter().enumerate().map(|(i, m)| (m.modname.clone(), i)).collect();
         let deps = all_deps.into_iter().map(|d| d.into_iter().map(|x| x as usize).collect()).collect();
-        RootModules { input_dir, modules, by_name, deps, aliases, softdeps, symbols }
+        RootModules { dirname, input_dir, modules, by_name, deps, aliases, softdeps, symbols }
     }
 
     /// Reads modules.dep, modules.alias, modules.softdep and modules.symbols; `None` when one
     /// is missing or names a module modules.dep does not list.
-    fn from_indexes(input_dir: &Path) -> Option<RootModules> {
+    fn from_indexes(dirname: &str, input_dir: &Path) -> Option<RootModules> {
         let read = |name: &str| std::fs::read_to_string(input_dir.join(name)).ok();
         let (dep, alias, softdep, symbols_text) =
             (read("modules.dep")?, read("modules.alias")?, read("modules.softdep")?, read("modules.symbols")?);
@@ -310,7 +313,16 @@ impl RootModules {
             let symbol = symbol.strip_prefix("symbol:")?;
             symbols.insert(symbol.as_bytes().to_vec(), *by_name.get(name.as_bytes())?);
         }
-        Some(RootModules { input_dir: input_dir.to_path_buf(), modules, by_name, deps, aliases, softdeps, symbols })
+        Some(RootModules {
+            dirname: dirname.to_string(),
+            input_dir: input_dir.to_path_buf(),
+            modules,
+            by_name,
+            deps,
+            aliases,
+            softdeps,
+            symbols,
+        })
     }
 }
 
@@ -393,7 +405,7 @@ fn close_over(root: &RootModules, wanted: BTreeSet<usize>, extra_softdeps: &[Str
 fn add_firmware(
     root: &Sysroot,
     version: &str,
-    elves: &[&ModuleElf],
+    elves: &[ModuleElf],
     firmware_dir: &str,
     files: &mut BTreeMap<String, Entry>,
     report: &mut Report,
@@ -446,8 +458,12 @@ fn indexes_for(
     let dir = scratch.path().join("lib/modules").join(version);
     std::fs::create_dir_all(&dir)?;
     let prefix = format!("{module_dir}/");
-    let in_module_dir =
-        merged.files.iter().chain(new_files.iter()).filter(|(path, e)| path.starts_with(&prefix) && e.is_file());
+    let in_module_dir = merged
+        .files
+        .iter()
+        .map(|(path, entry)| (path, &**entry))
+        .chain(new_files.iter())
+        .filter(|(path, e)| path.starts_with(&prefix) && e.is_file());
     for (path, entry) in in_module_dir {
         let rel = &path[prefix.len()..];
         if rel.split('/').any(|c| c == "..") {

@@ -1,6 +1,7 @@
 //! A whole initramfs image: the ordered segments the kernel unpacks, their merged view, and
 //! writing a new image by rewriting its main part or appending a segment.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -125,7 +126,7 @@ impl Image {
     }
 
     /// What the kernel ends up with from segments `from..`: each path's last member wins.
-    pub fn merged_from(&self, from: usize) -> Merged {
+    pub fn merged_from(&self, from: usize) -> Merged<'_> {
         let mut files = BTreeMap::new();
         for segment in &self.segments[from.min(self.segments.len())..] {
             for entry in with_hard_link_data(&segment.entries) {
@@ -139,7 +140,7 @@ impl Image {
     }
 
     /// The merged view of the whole image.
-    pub fn merged(&self) -> Merged {
+    pub fn merged(&self) -> Merged<'_> {
         self.merged_from(0)
     }
 }
@@ -147,7 +148,7 @@ impl Image {
 /// The members of one segment with hard links filled in: members with two or more links and the
 /// same (device, inode, type) are one file whose data is the last non-empty data among them, as
 /// the kernel links them (cpio(1) and gen_init_cpio put the data on the last link only).
-fn with_hard_link_data(entries: &[Entry]) -> Vec<Entry> {
+fn with_hard_link_data(entries: &[Entry]) -> Vec<Cow<'_, Entry>> {
     let key = |e: &Entry| (e.dev_major, e.dev_minor, e.ino, e.file_type());
     let mut data: std::collections::HashMap<(u32, u32, u32, u32), &[u8]> = std::collections::HashMap::new();
     for e in entries.iter().filter(|e| e.nlink >= 2 && !e.is_dir() && !e.data.is_empty()) {
@@ -156,22 +157,24 @@ fn with_hard_link_data(entries: &[Entry]) -> Vec<Entry> {
     entries
         .iter()
         .map(|e| match data.get(&key(e)) {
-            Some(shared) if e.nlink >= 2 && !e.is_dir() => Entry { data: shared.to_vec(), ..e.clone() },
-            _ => e.clone(),
+            Some(shared) if e.nlink >= 2 && !e.is_dir() && e.data != *shared => {
+                Cow::Owned(Entry { data: shared.to_vec(), ..e.clone() })
+            }
+            _ => Cow::Borrowed(e),
         })
         .collect()
 }
 
-/// Paths (normalized) to their final member.
+/// Paths (normalized) to their final member, borrowed from the image where it can be.
 #[derive(Debug, Clone, Default)]
-pub struct Merged {
-    pub files: BTreeMap<String, Entry>,
+pub struct Merged<'a> {
+    pub files: BTreeMap<String, Cow<'a, Entry>>,
 }
 
 /// Symlinks followed in one lookup, as Linux's limit.
 const MAX_SYMLINKS: usize = 40;
 
-impl Merged {
+impl Merged<'_> {
     /// `path` with every symlink in the image resolved (absolute targets start at the image's
     /// root, `..` stops there). Missing components are kept as they are.
     pub fn resolve(&self, path: &str) -> String {
@@ -218,7 +221,7 @@ pub fn archive_entries(files: &BTreeMap<String, Entry>, existing: Option<&Merged
                 continue;
             }
             let dir = match existing.and_then(|m| m.files.get(parent)) {
-                Some(e) if e.is_dir() => Entry { name: parent.to_string(), ..e.clone() },
+                Some(e) if e.is_dir() => Entry { name: parent.to_string(), ..Entry::clone(e) },
                 _ => Entry::directory(parent),
             };
             all.insert(parent.to_string(), dir);
@@ -368,7 +371,7 @@ mod tests {
             ]
         );
         assert!(entries.iter().all(|e| e.mtime == 7 && e.uid == 0));
-        let merged = Merged { files: entries.into_iter().map(|e| (e.name.clone(), e)).collect() };
+        let merged = Merged { files: entries.into_iter().map(|e| (e.name.clone(), Cow::Owned(e))).collect() };
         assert_eq!(merged.resolve("lib/modules/6"), "usr/lib/modules/6");
         assert_eq!(merged.resolve("/abs/modules/../modules"), "usr/lib/modules");
     }

@@ -52,23 +52,18 @@ impl ModuleImage {
         if compression == Compression::None {
             return Ok(ModuleImage::Plain { file, len });
         }
-        // Modules are a few MiB at most; capacity from the compressed size avoids most regrowth.
-        let mut out = Vec::with_capacity((len as usize).saturating_mul(4));
-        match compression {
-            Compression::Xz => {
-                // A single-stream decoder: trailing garbage after the stream is an error.
-                let stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other)?;
-                xz2::read::XzDecoder::new_stream(&mut file, stream).read_to_end(&mut out)?;
-            }
-            Compression::Zstd => {
-                zstd::stream::read::Decoder::new(&mut file)?.read_to_end(&mut out)?;
-            }
-            Compression::Gzip => {
-                flate2::read::GzDecoder::new(&mut file).read_to_end(&mut out)?;
-            }
-            Compression::None => {}
+        decompress(&mut file, compression, len).map(ModuleImage::Decompressed)
+    }
+
+    /// A module held in memory (read from an archive or already read from disk).
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<ModuleImage> {
+        if bytes.len() < 6 {
+            return Err(io::Error::from_raw_os_error(22));
         }
-        Ok(ModuleImage::Decompressed(out))
+        match Compression::sniff(bytes) {
+            Compression::None => Ok(ModuleImage::Decompressed(bytes.to_vec())),
+            compression => decompress(&mut &bytes[..], compression, bytes.len() as u64).map(ModuleImage::Decompressed),
+        }
     }
 
     /// The image's size in bytes (decompressed).
@@ -97,6 +92,29 @@ impl ModuleImage {
             }
         }
     }
+}
+
+/// The whole content of a compressed module.
+fn decompress(input: &mut dyn Read, compression: Compression, compressed_len: u64) -> io::Result<Vec<u8>> {
+    // Modules are a few MiB at most; capacity from the compressed size avoids most regrowth.
+    let mut out = Vec::with_capacity((compressed_len as usize).saturating_mul(4));
+    match compression {
+        Compression::Xz => {
+            // A single-stream decoder: trailing garbage after the stream is an error.
+            let stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other)?;
+            xz2::read::XzDecoder::new_stream(input, stream).read_to_end(&mut out)?;
+        }
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(input)?.read_to_end(&mut out)?;
+        }
+        Compression::Gzip => {
+            flate2::read::GzDecoder::new(input).read_to_end(&mut out)?;
+        }
+        Compression::None => {
+            input.read_to_end(&mut out)?;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
