@@ -156,7 +156,7 @@ pub fn create(dir: &Path, output: &Path, codec: Codec) -> anyhow::Result<()> {
     }
     let mut files = BTreeMap::new();
     collect(dir, dir, &mut files)?;
-    let entries = archive_entries(&files, None, source_date_epoch()?);
+    let entries = archive_entries(files, None, source_date_epoch()?);
     let bytes = segment_bytes(&entries, codec, Level::default())?;
     write_output(output, &bytes)
 }

@@ -149,9 +149,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             let mut files: BTreeMap<String, Entry> =
                 image.merged_from(start).files.into_iter().map(|(path, entry)| (path, entry.into_owned())).collect();
             files.extend(new_files);
-            rewrite(&original, &image, &archive_entries(&files, None, mtime), codec, level)?
+            rewrite(&original, &image, &archive_entries(files, None, mtime), codec, level)?
         }
-        Mode::Append => append(&original, &image, &archive_entries(&new_files, Some(&merged), mtime), codec, level)?,
+        Mode::Append => append(&original, &image, &archive_entries(new_files, Some(&merged), mtime), codec, level)?,
     };
     write_output(options.output.as_deref().unwrap_or(&options.image), &bytes)?;
     Ok(report)

@@ -211,9 +211,9 @@ impl Merged<'_> {
 /// Turns path → member into an archive's member list: every missing parent directory added
 /// (taking an existing directory's metadata from `existing` when it has one, else 0755), sorted
 /// so parents precede children, owned by 0:0, with `mtime`, one link each.
-pub fn archive_entries(files: &BTreeMap<String, Entry>, existing: Option<&Merged>, mtime: u32) -> Vec<Entry> {
+pub fn archive_entries(files: BTreeMap<String, Entry>, existing: Option<&Merged>, mtime: u32) -> Vec<Entry> {
     let mut all: BTreeMap<String, Entry> = BTreeMap::new();
-    for (path, entry) in files {
+    for path in files.keys() {
         let mut parent = path.as_str();
         while let Some(slash) = parent.rfind('/') {
             parent = &parent[..slash];
@@ -226,8 +226,9 @@ pub fn archive_entries(files: &BTreeMap<String, Entry>, existing: Option<&Merged
             };
             all.insert(parent.to_string(), dir);
         }
-        all.insert(path.clone(), Entry { name: path.clone(), ..entry.clone() });
     }
+    // The members themselves are moved, not copied: an image's data is large.
+    all.extend(files.into_iter().map(|(path, entry)| (path.clone(), Entry { name: path, ..entry })));
     all.into_values()
         .map(|mut e| {
             e.uid = 0;
@@ -291,13 +292,13 @@ mod tests {
     #[test]
     fn every_layout_parses_and_later_segments_win() {
         let early = segment_bytes(
-            &archive_entries(&files(&[("kernel/x86/microcode/GenuineIntel.bin", "ucode")]), None, 0),
+            &archive_entries(files(&[("kernel/x86/microcode/GenuineIntel.bin", "ucode")]), None, 0),
             Codec::None,
             Level::default(),
         )
         .expect("early");
         for main_codec in [Codec::Gzip, Codec::Xz, Codec::Zstd, Codec::Lz4, Codec::Bzip2, Codec::Lzma, Codec::None] {
-            let main = archive_entries(&files(&[("init", "v1"), ("etc/a", "a")]), None, 0);
+            let main = archive_entries(files(&[("init", "v1"), ("etc/a", "a")]), None, 0);
             let mut image = Vec::new();
             push_segment(&mut image, None, &early, Codec::None);
             push_segment(
@@ -306,7 +307,7 @@ mod tests {
                 &segment_bytes(&main, main_codec, Level::default()).expect("main"),
                 main_codec,
             );
-            let over = archive_entries(&files(&[("init", "v2")]), None, 0);
+            let over = archive_entries(files(&[("init", "v2")]), None, 0);
             for tail_codec in [Codec::None, Codec::Gzip, Codec::Lz4] {
                 let mut full = image.clone();
                 push_segment(
@@ -329,10 +330,10 @@ mod tests {
     #[test]
     fn rewrite_keeps_early_bytes_and_append_keeps_everything() {
         let early =
-            segment_bytes(&archive_entries(&files(&[("kernel/x", "e")]), None, 0), Codec::None, Level::default())
+            segment_bytes(&archive_entries(files(&[("kernel/x", "e")]), None, 0), Codec::None, Level::default())
                 .expect("early");
         let mut original = early.clone();
-        let main = archive_entries(&files(&[("init", "v1")]), None, 0);
+        let main = archive_entries(files(&[("init", "v1")]), None, 0);
         push_segment(
             &mut original,
             Some(Codec::None),
@@ -340,7 +341,7 @@ mod tests {
             Codec::Gzip,
         );
         let image = Image::parse(&original).expect("parse");
-        let new = archive_entries(&files(&[("init", "v2")]), None, 0);
+        let new = archive_entries(files(&[("init", "v2")]), None, 0);
         let rewritten = rewrite(&original, &image, &new, Codec::Xz, Level::default()).expect("rewrite");
         assert!(rewritten.starts_with(&early));
         let parsed = Image::parse(&rewritten).expect("parse");
@@ -355,7 +356,7 @@ mod tests {
         let mut listed = files(&[("usr/lib/modules/6/kernel/a.ko", "x")]);
         listed.insert("lib".into(), Entry::symlink("lib", "usr/lib"));
         listed.insert("abs".into(), Entry::symlink("abs", "/usr/lib/../lib"));
-        let entries = archive_entries(&listed, None, 7);
+        let entries = archive_entries(listed, None, 7);
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
@@ -378,7 +379,7 @@ mod tests {
 
     #[test]
     fn bad_images_are_errors() {
-        let good = segment_bytes(&archive_entries(&files(&[("init", "v")]), None, 0), Codec::Gzip, Level::default())
+        let good = segment_bytes(&archive_entries(files(&[("init", "v")]), None, 0), Codec::Gzip, Level::default())
             .expect("segment");
         assert!(Image::parse(&good[..good.len() - 5]).is_err(), "truncated");
         let mut junk = good.clone();
