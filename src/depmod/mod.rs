@@ -304,7 +304,7 @@ fn strerror(e: &std::io::Error) -> String {
 
 /// Orders modules listed in modules.order by that file, the rest after them in hash order
 /// (stable). kmod 30 keys each module by its last line, kmod 34 by its first.
-fn sort_by_modules_order(modules: &mut [FoundModule], input_dir: &Path, dirname: &[u8], format: Format) {
+fn sort_by_modules_order(modules: &mut Vec<FoundModule>, input_dir: &Path, dirname: &[u8], format: Format) {
     let text = match std::fs::read(input_dir.join("modules.order")) {
         Ok(text) => text,
         Err(e) => {
@@ -337,10 +337,9 @@ fn sort_by_modules_order(modules: &mut [FoundModule], input_dir: &Path, dirname:
             }
         }
     }
-    let mut indexed: Vec<(i64, usize)> = keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect();
-    indexed.sort_by_key(|&(k, _)| k); // stable, like glibc's merge-sort qsort
-    let sorted: Vec<FoundModule> = indexed.iter().map(|&(_, i)| modules[i].clone()).collect();
-    modules.clone_from_slice(&sorted);
+    let mut keyed: Vec<(i64, FoundModule)> = keys.into_iter().zip(std::mem::take(modules)).collect();
+    keyed.sort_by_key(|(key, _)| *key); // stable, like glibc's merge-sort qsort
+    *modules = keyed.into_iter().map(|(_, module)| module).collect();
 }
 
 /// `-A`: modules.dep exists and no module file under the module directory is newer (seconds).
