@@ -16,7 +16,9 @@ pub const EXIT_USAGE: i32 = 1;
 
 #[derive(FromArgs, Debug)]
 /// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
-/// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`.
+/// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`. The DKMS
+/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall) take dkms's
+/// options: `xdkms add --help`.
 pub struct Xdkms {
     #[argh(subcommand)]
     pub command: Command,
@@ -334,6 +336,10 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
             _ => (Vec::new(), argv.get(1..).unwrap_or(&[])),
         }
     };
+    if let Some(action) = command_words.first().filter(|a| crate::dkms::ACTIONS.contains(&a.as_str())) {
+        let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+        return crate::dkms::main(action, &words);
+    }
     let normalized = match command_words.first().map(String::as_str) {
         Some("depmod") => normalize_getopt(rest, DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG),
         Some("modinfo") => normalize_getopt(rest, MODINFO_SHORT_WITH_ARG, MODINFO_LONG),

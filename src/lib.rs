@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod depmod;
+pub mod dkms;
 pub mod fsio;
 pub mod index;
 pub mod initramfs_cmd;

@@ -1,5 +1,6 @@
-//! xdkms's view of a target system: paths inside a sysroot (and, later, kernels and toolchains).
+//! xdkms's view of a target system: paths inside a sysroot, its kernels and their headers.
 
+pub mod kernel;
 pub mod sysroot;
 
 pub use sysroot::Sysroot;

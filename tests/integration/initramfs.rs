@@ -268,7 +268,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         patched.extend_from_slice(&bytes[102..110]);
         patched.extend_from_slice(evil.as_bytes());
         patched.push(0);
-        while patched.len() % 4 != 0 {
+        while !patched.len().is_multiple_of(4) {
             patched.push(0);
         }
         let data_at = (110 + 2usize).next_multiple_of(4);

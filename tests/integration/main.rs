@@ -3,6 +3,7 @@
 mod atomic;
 mod boot;
 mod depmod;
+mod dkms;
 mod initramfs;
 mod kmod34;
 mod modinfo;

@@ -1,0 +1,532 @@
+//! `install`, `uninstall`, `unbuild`, `remove` and `autoinstall`, and the one native depmod per
+//! kernel at the end of a run.
+//!
+//! Install follows dkms 3.x: the version check against a module of the same name already in the
+//! kernel, the original module archived (except on Debian and Ubuntu, where dkms leaves it in
+//! place and `updates/` wins), each file written beside its destination and renamed, then the
+//! `kernel-<k>-<a>` link. The host's depmod is never run: the kernel's indexes are regenerated
+//! natively inside the root, once per kernel per run.
+
+use std::path::{Path, PathBuf};
+
+use super::conf::ver_key;
+use super::tree::{self, module_file};
+use super::{build, exit, Ctx, Failure, Result, Target};
+use crate::module::{ModuleElf, ModuleImage};
+
+/// `(version, srcversion)` from a module's .modinfo; empty strings when absent or unreadable.
+pub fn module_version(path: &Path) -> (String, String) {
+    let Ok(image) = ModuleImage::open(path) else { return Default::default() };
+    let Ok(elf) = ModuleElf::parse(&image, Default::default()) else { return Default::default() };
+    let field = |key: &[u8]| {
+        elf.modinfo_values(key).next().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+    };
+    (field(b"version"), field(b"srcversion"))
+}
+
+/// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir`, sorted.
+fn find_module(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if tree::MODULE_SUFFIXES.iter().any(|s| file_name == format!("{name}{s}")) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn is_debian_like(ctx: &Ctx) -> bool {
+    ctx.distro.starts_with("debian") || ctx.distro.starts_with("ubuntu")
+}
+
+/// dkms's maybe_install_module.
+pub fn maybe_install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    if tree::is_broken(ctx, module, version) {
+        return Err(build::broken(module, version));
+    }
+    if tree::is_built(ctx, module, version, target) && tree::is_installed_link(ctx, module, version, target) {
+        if ctx.force {
+            uninstall(ctx, module, version, target)?;
+        } else {
+            ctx.say(format!(
+                "Module {module}/{version} already installed on kernel {} ({}), skip. You may override by specifying --force.",
+                target.kernel, target.arch
+            ));
+            return Ok(());
+        }
+    }
+    install(ctx, module, version, target)
+}
+
+/// dkms's do_install for one kernel.
+pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    if !tree::is_built(ctx, module, version, target) {
+        build::maybe_build(ctx, module, version, target)?;
+    }
+    let kernel_dir = ctx.install_tree.join(&target.kernel);
+    if !kernel_dir.exists() {
+        return Err(Failure::new(
+            6,
+            [
+                format!("The directory {} doesn't exist.", kernel_dir.display()),
+                "You cannot install a module onto a non-existant kernel.".to_string(),
+            ],
+        ));
+    }
+    let conf = ctx.module_conf(module, version, target, true)?;
+    let built_dir = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch).join("module");
+    let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
+    let archive_dir = ctx.dkms_tree.join(module).join("original_module").join(&target.kernel).join(&target.arch);
+    let mut installed_any = false;
+    for (index, record) in conf.modules.iter().enumerate() {
+        let Some(built) = module_file(&built_dir, &record.dest_name) else {
+            return Err(Failure::new(6, [format!("Missing module {} in {}", record.dest_name, built_dir.display())]));
+        };
+        if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
+            continue;
+        }
+        if index == 0
+            && !build::run_script(ctx, "pre_install", &conf.pre_install, &ctx.source_dir(module, version))
+            && !ctx.force
+        {
+            return Err(Failure::new(
+                101,
+                ["pre_install failed, aborting install.", "You may override by specifying --force."],
+            ));
+        }
+        if !link.is_symlink() && !is_debian_like(ctx) {
+            archive_original(ctx, &kernel_dir, &record.dest_name, &record.dest_location, &archive_dir)?;
+        }
+        let dest_dir = kernel_dir.join(record.dest_location.trim_start_matches('/'));
+        let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let dest = dest_dir.join(&file_name);
+        ctx.say(format!("Installing {}", dest.display()));
+        let bytes = std::fs::read(&built).map_err(|e| Failure::io(format!("reading {}", built.display()), e))?;
+        std::fs::create_dir_all(&dest_dir).map_err(|e| Failure::io(format!("creating {}", dest_dir.display()), e))?;
+        // A module of the same name with another suffix would shadow or duplicate this one.
+        for other in tree::MODULE_SUFFIXES {
+            let stale = dest_dir.join(format!("{}{other}", record.dest_name));
+            if stale != dest && stale.exists() {
+                let _ = std::fs::remove_file(stale);
+            }
+        }
+        crate::fsio::replace_file(&dest, &bytes).map_err(|e| Failure::io(format!("writing {}", dest.display()), e))?;
+        installed_any = true;
+    }
+    if !installed_any && !conf.modules.is_empty() {
+        return Err(Failure::new(6, ["Installation aborted."]));
+    }
+    replace_symlink(&link, &Path::new(version).join(&target.kernel).join(&target.arch))
+        .map_err(|e| Failure::io(format!("creating {}", link.display()), e))?;
+    build::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version));
+    ctx.depmod_pending.borrow_mut().insert(target.kernel.clone());
+    Ok(())
+}
+
+/// Creates or replaces a symlink atomically.
+fn replace_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".{}.xdkms-tmp", link.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)?;
+    std::fs::rename(&temp, link)
+}
+
+/// dkms's check_version_sanity: false (after saying why) when the module must not be installed.
+fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, built: &Path) -> Result<bool> {
+    let kernel = &target.kernel;
+    if !obsolete_by.is_empty() && !ctx.force && is_obsoleted(obsolete_by, kernel) {
+        eprintln!();
+        eprintln!("Module has been obsoleted due to being included");
+        eprintln!("in kernel {obsolete_by}.  We will avoid installing");
+        eprintln!("for future kernels above {obsolete_by}.");
+        eprintln!("You may override by specifying --force.");
+        return Ok(false);
+    }
+    let existing = find_module(&ctx.install_tree.join(kernel), name);
+    if existing.is_empty() || ctx.force_version_override {
+        return Ok(true);
+    }
+    if existing.len() > 1 {
+        ctx.warn(format!(
+            "Warning! Cannot do version sanity checking because multiple {name} modules were found in kernel {kernel}."
+        ));
+        return Ok(true);
+    }
+    // dkms compares `version` only; srcversion just tells its two messages apart.
+    let (old_version, _) = module_version(&existing[0]);
+    let (new_version, _) = module_version(built);
+    let suffix = built.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if ctx.force {
+        return Ok(true);
+    }
+    if old_version == new_version {
+        eprintln!("Module version {new_version} for {suffix}");
+        eprintln!("exactly matches what is already found in kernel {kernel}.");
+        eprintln!("DKMS will not replace this module.");
+        eprintln!("You may override by specifying --force.");
+        return Ok(false);
+    }
+    if !old_version.is_empty() && !new_version.is_empty() && ver_key(&old_version) > ver_key(&new_version) {
+        eprintln!(
+            "Error! Module version {new_version} for {suffix}\nis not newer than what is already found in kernel {kernel} ({old_version}).\nYou may override by specifying --force."
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// OBSOLETE_BY: the module is part of the kernel from that release (and ABI) on.
+fn is_obsoleted(obsolete_by: &str, kernel: &str) -> bool {
+    let split = |s: &str| {
+        let mut parts = s.splitn(3, '-');
+        (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string())
+    };
+    let (obs, obs_abi) = split(obsolete_by);
+    let (my, my_abi) = split(kernel);
+    if obs.is_empty() || my.is_empty() {
+        return false;
+    }
+    if ver_key(&obs) == ver_key(&my) {
+        obs_abi.is_empty() || ver_key(&my_abi) >= ver_key(&obs_abi)
+    } else {
+        ver_key(&my) > ver_key(&obs)
+    }
+}
+
+/// Moves the kernel's own module of this name aside, as dkms does on distributions other than
+/// Debian and Ubuntu: the first of extra/, updates/, the destination, or a single match anywhere.
+fn archive_original(ctx: &Ctx, kernel_dir: &Path, name: &str, dest_location: &str, archive: &Path) -> Result<()> {
+    let everywhere = find_module(kernel_dir, name);
+    let candidates = [
+        module_file(&kernel_dir.join("extra"), name),
+        module_file(&kernel_dir.join("updates"), name),
+        module_file(&kernel_dir.join(dest_location.trim_start_matches('/')), name),
+        (everywhere.len() == 1).then(|| everywhere[0].clone()),
+    ];
+    let io = |p: &Path| {
+        let what = format!("archiving {}", p.display());
+        move |e| Failure::io(what, e)
+    };
+    if let Some(original) = candidates.into_iter().flatten().next() {
+        ctx.say(format!(" - Found {}", original.display()));
+        ctx.say(format!(" - Storing in {}/", archive.display()));
+        std::fs::create_dir_all(archive).map_err(io(archive))?;
+        let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let stored = archive.join(&file_name);
+        std::fs::rename(&original, &stored).map_err(io(&original))?;
+        let origin = format!("{}\n", original.strip_prefix(kernel_dir).unwrap_or(&original).display());
+        let _ = std::fs::write(archive.join(format!("{}.origin", file_name.to_string_lossy())), origin);
+    } else if everywhere.len() > 1 {
+        let collisions = archive.join("collisions");
+        for duplicate in everywhere {
+            let relative = duplicate.strip_prefix(kernel_dir).unwrap_or(&duplicate).to_path_buf();
+            let stored = collisions.join(&relative);
+            if let Some(parent) = stored.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            ctx.say(format!("     - Stored {}", duplicate.display()));
+            std::fs::rename(&duplicate, &stored).map_err(io(&duplicate))?;
+        }
+    }
+    Ok(())
+}
+
+/// dkms's do_uninstall for one kernel.
+pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    let kernel_dir = ctx.install_tree.join(&target.kernel);
+    let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
+    let conf = ctx.module_conf(module, version, target, false)?;
+    ctx.say(format!("Module {module}-{version} for kernel {} ({}).", target.kernel, target.arch));
+    let archive_dir = ctx.dkms_tree.join(module).join("original_module").join(&target.kernel).join(&target.arch);
+    let was_active = tree::is_installed_link(ctx, module, version, target);
+    if was_active {
+        ctx.say("Before uninstall, this module version was ACTIVE on this kernel.");
+        let built_dir = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch).join("module");
+        for record in &conf.modules {
+            let built = tree::BuiltModule {
+                dest_name: record.dest_name.clone(),
+                dest_location: record.dest_location.clone(),
+                dest_location_raw: record.dest_location_raw.clone(),
+            };
+            let location = module_file(&built_dir, &record.dest_name)
+                .and_then(|b| tree::installed_location(ctx, target, &built, &b));
+            match location {
+                Some(dir) => {
+                    ctx.say(format!(" - Deleting from: {}/", dir.display()));
+                    for suffix in tree::MODULE_SUFFIXES {
+                        let _ = std::fs::remove_file(dir.join(format!("{}{suffix}", record.dest_name)));
+                    }
+                    remove_empty_dirs(&dir, &kernel_dir);
+                }
+                None => ctx.say(format!(" - Module was not found within {}/", kernel_dir.display())),
+            }
+            if !is_debian_like(ctx) {
+                if let Some(original) = module_file(&archive_dir, &record.dest_name) {
+                    let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                    let origin =
+                        std::fs::read_to_string(archive_dir.join(format!("{}.origin", file_name.to_string_lossy())))
+                            .ok()
+                            .map(|o| kernel_dir.join(o.trim()))
+                            .unwrap_or_else(|| {
+                                kernel_dir.join(record.dest_location_raw.trim_start_matches('/')).join(&file_name)
+                            });
+                    ctx.say(format!(
+                        " - Archived original module found in the DKMS tree, moving it to {}",
+                        origin.display()
+                    ));
+                    if let Some(parent) = origin.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    std::fs::rename(&original, &origin)
+                        .map_err(|e| Failure::io(format!("restoring {}", original.display()), e))?;
+                }
+            }
+        }
+        std::fs::remove_file(&link).map_err(|e| Failure::io(format!("removing {}", link.display()), e))?;
+    } else {
+        ctx.say("This module version was INACTIVE for this kernel.");
+    }
+    build::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version));
+    ctx.depmod_pending.borrow_mut().insert(target.kernel.clone());
+    if was_active && archive_dir.is_dir() && !archive_dir.join("collisions").is_dir() {
+        let _ = std::fs::remove_dir_all(&archive_dir);
+        if let Some(kernel_archive) = archive_dir.parent() {
+            let _ = std::fs::remove_dir(kernel_archive);
+        }
+    }
+    let _ = std::fs::remove_dir(ctx.dkms_tree.join(module).join("original_module"));
+    Ok(())
+}
+
+/// `rmdir -p --ignore-fail-on-non-empty`, stopping at the kernel's directory.
+fn remove_empty_dirs(from: &Path, stop: &Path) {
+    let mut dir = from.to_path_buf();
+    while dir.starts_with(stop) && dir != stop {
+        if std::fs::remove_dir(&dir).is_err() {
+            break;
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+}
+
+/// dkms's do_unbuild: uninstall if installed, then delete `<m>/<v>/<k>/<a>`.
+pub fn unbuild(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    let kernel_dir = ctx.version_dir(module, version).join(&target.kernel);
+    let dir = kernel_dir.join(&target.arch);
+    std::fs::remove_dir_all(&dir).map_err(|e| Failure::io(format!("removing {}", dir.display()), e))?;
+    let _ = std::fs::remove_dir(&kernel_dir);
+    Ok(())
+}
+
+/// uninstall, unbuild and remove over their kernels.
+pub fn remove_family(ctx: &Ctx, action: &str, module: &str, version: &str, targets: &[Target]) -> Result<()> {
+    if tree::is_broken(ctx, module, version) {
+        return Err(build::broken(module, version));
+    }
+    for target in targets {
+        if tree::is_built(ctx, module, version, target) && tree::is_installed_link(ctx, module, version, target) {
+            uninstall(ctx, module, version, target)?;
+        } else {
+            ctx.say(format!(
+                "Module {module} {version} is not installed for kernel {} ({}). Skipping...",
+                target.kernel, target.arch
+            ));
+        }
+        if action == "uninstall" {
+            continue;
+        }
+        if tree::is_built(ctx, module, version, target) {
+            unbuild(ctx, module, version, target)?;
+        } else {
+            ctx.say(format!(
+                "Module {module} {version} is not built for kernel {} ({}). Skipping...",
+                target.kernel, target.arch
+            ));
+        }
+    }
+    if action == "remove" {
+        let version_dir = ctx.version_dir(module, version);
+        let keep = tree::sorted_dirs(&version_dir)
+            .into_iter()
+            .any(|d| !matches!(d.as_str(), "build" | "tarball" | "driver_disk" | "rpm" | "deb" | "source"));
+        if !keep {
+            ctx.say(format!("Deleting module {module}-{version} completely from the DKMS tree."));
+            std::fs::remove_dir_all(&version_dir)
+                .map_err(|e| Failure::io(format!("removing {}", version_dir.display()), e))?;
+        }
+        let module_dir = ctx.dkms_tree.join(module);
+        if std::fs::read_dir(&module_dir).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::fs::remove_dir(&module_dir);
+        }
+    }
+    Ok(())
+}
+
+/// `autoinstall`: for each kernel, install the newest version of every module with AUTOINSTALL
+/// set that is not installed there, in BUILD_DEPENDS order (dkms's repeated passes).
+pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
+    let mut failed_any = false;
+    for target in targets {
+        // Newest version of each module, from everything added.
+        let mut candidates: Vec<(String, String, Vec<String>)> = Vec::new();
+        let mut installed: Vec<String> = Vec::new();
+        for module in tree::sorted_dirs(&ctx.dkms_tree) {
+            let mut best: Option<(String, Vec<String>)> = None;
+            let mut is_installed = false;
+            for version in tree::sorted_dirs(&ctx.dkms_tree.join(&module)) {
+                if !tree::is_added(ctx, &module, &version) {
+                    continue;
+                }
+                if tree::is_broken(ctx, &module, &version) {
+                    eprintln!("Error! {module}/{version} is broken! Skipping it.");
+                    continue;
+                }
+                if tree::is_installed_link(ctx, &module, &version, target) {
+                    is_installed = true;
+                    continue;
+                }
+                let Ok(conf) = ctx.module_conf(&module, &version, target, false) else { continue };
+                if !conf.autoinstall {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(v, _)| ver_key(&version) > ver_key(v)) {
+                    best = Some((version, conf.build_depends));
+                }
+            }
+            if is_installed {
+                installed.push(module);
+            } else if let Some((version, depends)) = best {
+                candidates.push((module, version, depends));
+            }
+        }
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let mut progress = false;
+            let mut waiting = Vec::new();
+            for (module, version, depends) in std::mem::take(&mut candidates) {
+                if depends.iter().any(|d| !installed.contains(d)) {
+                    waiting.push((module, version, depends));
+                    continue;
+                }
+                match maybe_install(ctx, &module, &version, target) {
+                    Ok(()) => {
+                        installed.push(module);
+                        progress = true;
+                    }
+                    Err(failure) => {
+                        super::report(ctx, &failure);
+                        failed.push(format!("{module}({})", failure.code));
+                    }
+                }
+            }
+            candidates = waiting;
+            if !progress || candidates.is_empty() {
+                break;
+            }
+        }
+        for (module, version, depends) in &candidates {
+            let missing: Vec<&str> = depends.iter().filter(|d| !installed.contains(d)).map(String::as_str).collect();
+            ctx.say(format!(
+                "{module}/{version} autoinstall failed due to missing dependencies: {}",
+                missing.join(" ")
+            ));
+        }
+        failed_any |= !failed.is_empty() || !candidates.is_empty();
+    }
+    if failed_any {
+        return Err(Failure::new(
+            exit::AUTOINSTALL_FAILED,
+            [
+                "One or more modules failed to install during autoinstall.",
+                "Refer to previous errors for more information.",
+            ],
+        ));
+    }
+    Ok(())
+}
+
+/// Regenerates the indexes of every kernel this run changed, natively and inside the root.
+pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
+    let kernels: Vec<String> = std::mem::take(&mut *ctx.depmod_pending.borrow_mut()).into_iter().collect();
+    if ctx.no_depmod {
+        return Ok(());
+    }
+    for kernel in kernels {
+        // depmod works on BASEDIR/lib/modules/KERNEL: find BASEDIR from the install tree.
+        let default_tree = ctx.root.resolve("/lib/modules").ok();
+        let basedir = if ctx.image_mode() && default_tree.as_deref() == Some(ctx.install_tree.as_path()) {
+            Some(ctx.root.root().to_path_buf())
+        } else {
+            basedir_of(&ctx.install_tree)
+        };
+        let Some(basedir) = basedir else {
+            ctx.warn(format!(
+                "not running depmod: the install tree {} does not end in lib/modules",
+                ctx.install_tree.display()
+            ));
+            continue;
+        };
+        if !ctx.install_tree.join(&kernel).is_dir() {
+            continue;
+        }
+        let system_map = basedir.join("boot").join(format!("System.map-{kernel}"));
+        let options = crate::depmod::Options {
+            basedir: Some(basedir.clone()),
+            version: kernel.clone(),
+            system_map: system_map.is_file().then_some(system_map),
+            kmod_version: 30,
+            ..Default::default()
+        };
+        ctx.say(format!("Running depmod for {kernel}..."));
+        let mut sink = std::io::sink();
+        if let Err(e) = crate::depmod::run(&options, &mut sink) {
+            return Err(Failure::new(
+                6,
+                [
+                    format!("Problems with depmod detected for {kernel}: {e:#}"),
+                    "The modules are installed but the kernel's module indexes are stale.".to_string(),
+                ],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The directory whose `lib/modules` is `install_tree` (`/` for `/lib/modules`).
+fn basedir_of(install_tree: &Path) -> Option<PathBuf> {
+    let modules = install_tree.file_name()?;
+    let lib = install_tree.parent()?;
+    (modules == "modules" && lib.file_name()? == "lib").then(|| lib.parent().map(Path::to_path_buf)).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obsoleted_kernels() {
+        assert!(is_obsoleted("5.10", "6.1.0-56-amd64"));
+        assert!(!is_obsoleted("99.0", "6.1.0-56-amd64"));
+        assert!(is_obsoleted("6.1.0-50", "6.1.0-56-amd64"));
+        assert!(!is_obsoleted("6.1.0-60", "6.1.0-56-amd64"));
+    }
+
+    #[test]
+    fn basedir_from_install_tree() {
+        assert_eq!(basedir_of(Path::new("/lib/modules")), Some(PathBuf::from("/")));
+        assert_eq!(basedir_of(Path::new("/r/usr/lib/modules")), Some(PathBuf::from("/r/usr")));
+        assert_eq!(basedir_of(Path::new("/r/mods")), None);
+    }
+}

@@ -1,0 +1,767 @@
+//! The DKMS commands (add, build, install, uninstall, unbuild, remove, status, autoinstall) over
+//! dkms's own tree layout, on the host or, with `--root`, entirely inside a target root.
+
+pub mod build;
+pub mod conf;
+pub mod install;
+pub mod tree;
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use argh::FromArgs;
+use cross::Sysroot;
+
+use conf::{Conf, Derive, RawConf, Scope};
+
+/// The actions, as dkms spells them.
+pub const ACTIONS: &[&str] = &["add", "build", "install", "uninstall", "unbuild", "remove", "status", "autoinstall"];
+
+/// dkms's exit statuses that callers test for (the rest are plain numbers at their call sites).
+pub mod exit {
+    /// Module and version not given; -k and -a counts differ.
+    pub const USAGE: i32 = 1;
+    /// Already added; not added.
+    pub const TREE_STATE: i32 = 3;
+    /// The dkms.conf cannot be read.
+    pub const NO_CONF: i32 = 4;
+    /// The dkms.conf is invalid.
+    pub const BAD_CONF: i32 = 8;
+    /// make failed.
+    pub const MAKE_FAILED: i32 = 10;
+    /// autoinstall: one or more modules failed.
+    pub const AUTOINSTALL_FAILED: i32 = 11;
+    /// Kernel headers missing (dkms 3.1.5 and later; 3.0.10 used 1).
+    pub const NO_HEADERS: i32 = 21;
+    /// BUILD_EXCLUSIVE rules exclude this kernel.
+    pub const EXCLUDED: i32 = 77;
+}
+
+#[derive(FromArgs, Debug, Default)]
+/// DKMS commands, compatible with dkms 3.x: `xdkms ACTION [options] [module/version | source dir
+/// | path/dkms.conf]`. With --root, the dkms tree, sources, modules, /etc/dkms, os-release and
+/// System.map are all read and written inside ROOT, and the kernels default to every kernel in
+/// ROOT that has headers (never the build host's).
+pub struct Args {
+    /// module name, or module/version
+    #[argh(option, short = 'm')]
+    pub module: Option<String>,
+    /// module version
+    #[argh(option, short = 'v', long = "module-version")]
+    pub version: Option<String>,
+    /// kernel version, or kernel/arch (repeatable)
+    #[argh(option, short = 'k')]
+    pub kernelver: Vec<String>,
+    /// arch label (repeatable, paired with -k)
+    #[argh(option, short = 'a')]
+    pub arch: Vec<String>,
+    /// every kernel the module is built for (remove, unbuild, uninstall)
+    #[argh(switch)]
+    pub all: bool,
+    /// redo what is already done; skip version checks
+    #[argh(switch)]
+    pub force: bool,
+    /// skip only the comparison with modules already in the kernel
+    #[argh(switch)]
+    pub force_version_override: bool,
+    /// the dkms.conf to use instead of the module's own
+    #[argh(option, short = 'c')]
+    pub conf: Option<PathBuf>,
+    /// kernel build directory, for every kernel
+    #[argh(option)]
+    pub kernelsourcedir: Option<PathBuf>,
+    /// kernel configuration file (default: the headers' .config)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// dkms tree (default /var/lib/dkms)
+    #[argh(option)]
+    pub dkmstree: Option<PathBuf>,
+    /// source tree (default /usr/src)
+    #[argh(option)]
+    pub sourcetree: Option<PathBuf>,
+    /// module install tree (default /lib/modules)
+    #[argh(option)]
+    pub installtree: Option<PathBuf>,
+    /// the target root: every path above is inside it, and nothing outside it is written
+    #[argh(option)]
+    pub root: Option<PathBuf>,
+    /// make jobs (default: the number of CPUs)
+    #[argh(option, short = 'j')]
+    pub jobs: Option<String>,
+    /// print nothing
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    /// print the commands run
+    #[argh(switch)]
+    pub verbose: bool,
+    /// do not regenerate the kernel's module indexes on install and uninstall
+    #[argh(switch)]
+    pub no_depmod: bool,
+    /// NAME=value, applied after dkms.conf (repeatable)
+    #[argh(option)]
+    pub directive: Vec<String>,
+    /// module compression: none, gz, xz or zst (default: the kernel's CONFIG_MODULE_COMPRESS_*,
+    /// else the suffix of its modules)
+    #[argh(option)]
+    pub compress: Option<String>,
+    /// status: print JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// print the version
+    #[argh(switch, short = 'V', long = "version")]
+    pub version_flag: bool,
+    /// the action, then module/version, a source directory or a dkms.conf path
+    #[argh(positional)]
+    pub words: Vec<String>,
+}
+
+/// A command that stops with dkms's exit status and `Error!` lines.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub lines: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(code: i32, lines: impl IntoIterator<Item = impl Into<String>>) -> Failure {
+        Failure { code, lines: lines.into_iter().map(Into::into).collect() }
+    }
+
+    /// An unexpected I/O or process failure (exit 1), with what was being done.
+    pub fn io(what: impl fmt::Display, error: impl fmt::Display) -> Failure {
+        Failure::new(1, [format!("{what}: {error}")])
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+/// One (kernel, arch) pair the action applies to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    pub kernel: String,
+    pub arch: String,
+}
+
+/// Everything a run needs: the trees as host paths, the root, the settings.
+pub struct Ctx {
+    pub root: Sysroot,
+    pub dkms_tree: PathBuf,
+    pub source_tree: PathBuf,
+    /// The source tree as the target sees it (what `source` symlinks point at).
+    pub source_tree_target: PathBuf,
+    pub install_tree: PathBuf,
+    pub etc_dkms: PathBuf,
+    pub distro: String,
+    pub addon_modules_dir: Option<String>,
+    pub jobs: String,
+    pub force: bool,
+    pub force_version_override: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+    pub no_depmod: bool,
+    pub conf_override: Option<PathBuf>,
+    pub kernel_source_override: Option<PathBuf>,
+    pub kernel_config_override: Option<PathBuf>,
+    pub directives: Vec<(String, String)>,
+    pub compress: Option<String>,
+    /// Kernels whose indexes must be regenerated before the run ends.
+    pub depmod_pending: RefCell<BTreeSet<String>>,
+}
+
+impl Ctx {
+    /// True when the run works inside a root other than `/`.
+    pub fn image_mode(&self) -> bool {
+        !self.root.is_host()
+    }
+
+    /// Prints a progress line (nothing with -q).
+    pub fn say(&self, line: impl fmt::Display) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+
+    /// Prints a warning in dkms's form.
+    pub fn warn(&self, line: impl fmt::Display) {
+        if !self.quiet {
+            eprintln!("Warning: {line}");
+        }
+    }
+
+    /// `<dkms_tree>/<m>/<v>`.
+    pub fn version_dir(&self, module: &str, version: &str) -> PathBuf {
+        self.dkms_tree.join(module).join(version)
+    }
+
+    /// The dkms.conf read for a module: `-c`, else `<dkms_tree>/<m>/<v>/source/dkms.conf`.
+    pub fn conf_path(&self, module: &str, version: &str) -> PathBuf {
+        match &self.conf_override {
+            Some(path) => path.clone(),
+            None => self.source_dir(module, version).join("dkms.conf"),
+        }
+    }
+
+    /// The module's source directory on the host: the `source` symlink followed inside the root.
+    pub fn source_dir(&self, module: &str, version: &str) -> PathBuf {
+        let link = self.version_dir(module, version).join("source");
+        match std::fs::read_link(&link) {
+            Ok(target) if target.is_absolute() => self.root.resolve(&target).unwrap_or(target),
+            _ => link,
+        }
+    }
+
+    /// The kernel's build directory as found (before any view is made).
+    pub fn kernel_source_dir(&self, kernel: &str) -> PathBuf {
+        match &self.kernel_source_override {
+            Some(dir) => dir.clone(),
+            None => {
+                let build = self.install_tree.join(kernel).join("build");
+                let inside = build.strip_prefix(self.root.root()).map(|p| Path::new("/").join(p));
+                match inside {
+                    Ok(target) => self.root.resolve(&target).unwrap_or(build),
+                    Err(_) => build,
+                }
+            }
+        }
+    }
+
+    /// The kernel's configuration file: --config, else `<build>/.config`.
+    pub fn kernel_config_path(&self, kernel: &str) -> PathBuf {
+        self.kernel_config_override.clone().unwrap_or_else(|| self.kernel_source_dir(kernel).join(".config"))
+    }
+
+    /// The dkms.conf followed by its /etc/dkms overrides, in dkms's order.
+    fn conf_files(&self, conf: &Path, module: &str, version: &str, target: &Target) -> Vec<PathBuf> {
+        let k = &target.kernel;
+        let a = &target.arch;
+        vec![
+            conf.to_path_buf(),
+            self.etc_dkms.join(format!("{module}.conf")),
+            self.etc_dkms.join(format!("{module}-{version}.conf")),
+            self.etc_dkms.join(format!("{module}-{version}-{k}.conf")),
+            self.etc_dkms.join(format!("{module}-{version}-{k}-{a}.conf")),
+        ]
+    }
+
+    /// dkms's `read_conf_or_die`: evaluates the conf for one kernel and checks it. `build_tree`
+    /// is the dkms tree the build will see (an isolated one while building).
+    pub fn read_conf(
+        &self,
+        module: &str,
+        version: &str,
+        target: &Target,
+        conf_path: &Path,
+        build_tree: &Path,
+        strict: bool,
+    ) -> Result<Conf> {
+        self.read_conf_in(module, version, target, conf_path, build_tree, None, strict)
+    }
+
+    /// [`Ctx::read_conf`] with `$kernel_source_dir` naming `kernel_dir` (a prepared headers view)
+    /// instead of the kernel's build directory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_conf_in(
+        &self,
+        module: &str,
+        version: &str,
+        target: &Target,
+        conf_path: &Path,
+        build_tree: &Path,
+        kernel_dir: Option<&Path>,
+        strict: bool,
+    ) -> Result<Conf> {
+        if !conf_path.is_file() {
+            return Err(Failure::new(
+                exit::NO_CONF,
+                [
+                    "Could not locate dkms.conf file.".to_string(),
+                    format!("File: {} does not exist.", conf_path.display()),
+                ],
+            ));
+        }
+        let kernel_source_dir = kernel_dir.map_or_else(|| self.kernel_source_dir(&target.kernel), Path::to_path_buf);
+        let config_path = self.kernel_config_path(&target.kernel);
+        let config = std::fs::read_to_string(&config_path).ok();
+        let scope = Scope {
+            kernelver: target.kernel.clone(),
+            arch: target.arch.clone(),
+            kernel_source_dir: kernel_source_dir.clone(),
+            kernel_config: config_path,
+            dkms_tree: build_tree.to_path_buf(),
+            source_tree: self.source_tree.clone(),
+            install_tree: self.install_tree.clone(),
+            module: module.to_string(),
+            module_version: version.to_string(),
+            parallel_jobs: self.jobs.clone(),
+            running_distribution: self.distro.clone(),
+        };
+        let files = self.conf_files(conf_path, module, version, target);
+        let mut raw: RawConf = conf::evaluate(&files, &scope, conf::WHITELIST)
+            .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
+        for (name, file) in &raw.deprecated {
+            if !self.quiet {
+                eprintln!("Deprecated feature: {name} ({})", file.display());
+            }
+        }
+        for (name, value) in &self.directives {
+            raw.set_scalar(name, value);
+            self.say(format!("DIRECTIVE: {name}=\"{value}\""));
+        }
+        let derive = Derive {
+            kernelver: &target.kernel,
+            arch: &target.arch,
+            distro: &self.distro,
+            addon_modules_dir: self.addon_modules_dir.as_deref(),
+            kernel_source_dir: &kernel_source_dir,
+            kernel_config: config.as_deref(),
+            build_dkms_tree: build_tree,
+            module,
+            module_version: version,
+            strict,
+        };
+        Conf::from_raw(raw, &derive).map_err(|errors| {
+            if !self.quiet {
+                errors.iter().for_each(|e| eprintln!("{e}"));
+            }
+            Failure::new(
+                exit::BAD_CONF,
+                [
+                    "Bad conf file.".to_string(),
+                    format!("File: {} does not represent a valid dkms.conf file.", conf_path.display()),
+                ],
+            )
+        })
+    }
+
+    /// Reads the module's conf for one kernel with the real dkms tree in scope.
+    pub fn module_conf(&self, module: &str, version: &str, target: &Target, strict: bool) -> Result<Conf> {
+        let path = self.conf_path(module, version);
+        self.read_conf(module, version, target, &path, &self.dkms_tree, strict)
+    }
+
+    /// The `uname -m` label for a kernel: from its configuration inside a root, else the host's.
+    pub fn default_arch(&self, kernel: &str) -> String {
+        if self.image_mode() {
+            if let Ok(config) = std::fs::read_to_string(self.kernel_config_path(kernel)) {
+                if let Some(machine) = cross::kernel::uname_machine(&config) {
+                    return machine.to_string();
+                }
+            }
+        }
+        host_machine()
+    }
+}
+
+/// The build host's `uname -m`.
+pub fn host_machine() -> String {
+    match std::env::consts::ARCH {
+        "x86" => "i686".to_string(),
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The distribution token dkms derives from os-release: `ubuntu` for Ubuntu, else ID_LIKE, else
+/// ID; `unknown` without an os-release file.
+fn distro_from_os_release(text: &str) -> String {
+    let value = |key: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
+            .next_back()
+    };
+    let id = value("ID").unwrap_or_default();
+    if id == "ubuntu" {
+        return id;
+    }
+    match value("ID_LIKE") {
+        Some(like) if !like.is_empty() => like,
+        _ if !id.is_empty() => id,
+        _ => "unknown".to_string(),
+    }
+}
+
+/// Runs a dkms action; returns the exit status.
+pub fn main(action: &str, args: &[&str]) -> i32 {
+    let parsed = match Args::from_args(&["xdkms", action], &normalize(args)) {
+        Ok(parsed) => parsed,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    0
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output);
+                    2
+                }
+            };
+        }
+    };
+    let quiet = parsed.quiet;
+    match run(action, parsed) {
+        Ok(()) => 0,
+        Err(failure) => {
+            if !quiet {
+                eprint!("Error! ");
+                for line in &failure.lines {
+                    eprintln!("{line}");
+                }
+            }
+            failure.code
+        }
+    }
+}
+
+/// dkms accepts `--opt=value` for every valued option; argh wants two words.
+fn normalize<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(args.len());
+    for &word in args {
+        match word.strip_prefix("--").and_then(|w| w.split_once('=')) {
+            Some((name, value)) => {
+                let at = 2 + name.len();
+                out.push(&word[..at]);
+                out.push(value);
+            }
+            None => out.push(word),
+        }
+    }
+    out
+}
+
+/// What the positional words named.
+#[derive(Debug, Default)]
+pub struct Named {
+    pub module: Option<String>,
+    pub version: Option<String>,
+    pub source_dir: Option<PathBuf>,
+}
+
+fn classify(args: &Args) -> Result<Named> {
+    let mut named = Named::default();
+    let set_module = |named: &mut Named, text: &str| match text.split_once('/') {
+        Some((m, v)) => {
+            named.module = Some(m.to_string());
+            named.version = Some(v.to_string());
+        }
+        None => named.module = Some(text.to_string()),
+    };
+    if let Some(m) = &args.module {
+        set_module(&mut named, m);
+    }
+    for word in &args.words {
+        let path = Path::new(word);
+        if path.is_file() && word.ends_with("dkms.conf") {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            named.source_dir = Some(dir.to_path_buf());
+        } else if path.is_dir() && path.join("dkms.conf").is_file() {
+            named.source_dir = Some(path.to_path_buf());
+        } else if named.module.is_none() {
+            set_module(&mut named, word);
+        } else {
+            eprintln!("Warning: I do not know how to handle {word}.");
+        }
+    }
+    if let Some(v) = &args.version {
+        named.version = Some(v.clone());
+    }
+    Ok(named)
+}
+
+fn run(action: &str, args: Args) -> Result<()> {
+    if args.version_flag {
+        println!("xdkms {} (dkms-3.0.10 compatible)", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let named = classify(&args)?;
+    let ctx = make_ctx(&args)?;
+    if args.arch.len() > 1 && args.arch.len() != args.kernelver.len() {
+        return Err(Failure::new(
+            exit::USAGE,
+            [
+                " If more than one arch is specified on the command line, then there",
+                "must be an equal number of kernel versions also specified (1:1 relationship).",
+            ],
+        ));
+    }
+    if args.all && !args.kernelver.is_empty() {
+        return Err(Failure::new(
+            2,
+            [" You cannot specify a kernel version and also specify", "--all on the command line."],
+        ));
+    }
+    if args.all && !args.arch.is_empty() {
+        return Err(Failure::new(3, [" You cannot specify an arch and also specify", "--all on the command line."]));
+    }
+    if args.all && matches!(action, "add" | "build" | "install" | "autoinstall") {
+        return Err(Failure::new(5, [format!("The action {action} does not support the --all parameter.")]));
+    }
+    if action == "status" {
+        let targets = explicit_targets(&args);
+        return tree::status(&ctx, &named, &targets, args.json);
+    }
+    let _lock = tree::lock(&ctx)?;
+    tree::clean_leftovers(&ctx);
+    let result = match action {
+        "add" => {
+            let targets = default_targets(&ctx, &args, false)?;
+            tree::add(&ctx, named.module, named.version, named.source_dir, targets.first()).map(|_| ())
+        }
+        "build" | "install" => {
+            let targets = default_targets(&ctx, &args, true)?;
+            let (module, version) = add_if_needed(&ctx, named, targets.first())?;
+            let mut last = Ok(());
+            for target in &targets {
+                last = if action == "build" {
+                    build::maybe_build(&ctx, &module, &version, target)
+                } else {
+                    install::maybe_install(&ctx, &module, &version, target)
+                };
+                if let Err(failure) = &last {
+                    // dkms runs each kernel in a subshell and reports the last kernel's status;
+                    // every failure is shown as it happens.
+                    report(&ctx, failure);
+                }
+            }
+            last.map_err(|f| Failure { code: f.code, lines: Vec::new() })
+        }
+        "uninstall" | "unbuild" | "remove" => {
+            let (module, version) = module_args(action, named)?;
+            if !tree::is_added(&ctx, &module, &version) {
+                return Err(Failure::new(
+                    exit::TREE_STATE,
+                    [format!("The module/version combo: {module}-{version} is not located in the DKMS tree.")],
+                ));
+            }
+            let targets = if args.all || (ctx.image_mode() && args.kernelver.is_empty()) {
+                tree::built_targets(&ctx, &module, &version)
+            } else {
+                default_targets(&ctx, &args, false)?
+            };
+            install::remove_family(&ctx, action, &module, &version, &targets)
+        }
+        "autoinstall" => {
+            let targets = default_targets(&ctx, &args, true)?;
+            if !ctx.image_mode() && targets.len() != 1 {
+                return Err(Failure::new(
+                    4,
+                    ["The action autoinstall does not support multiple kernel version parameters on the command line."],
+                ));
+            }
+            install::autoinstall(&ctx, &targets)
+        }
+        other => Err(Failure::new(2, [format!("Unknown action specified: \"{other}\"")])),
+    };
+    let indexed = install::run_pending_depmods(&ctx);
+    result.and(indexed)
+}
+
+/// Prints a failure now (for loops that go on after one).
+fn report(ctx: &Ctx, failure: &Failure) {
+    if !ctx.quiet && !failure.lines.is_empty() {
+        eprint!("Error! ");
+        for line in &failure.lines {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn module_args(action: &str, named: Named) -> Result<(String, String)> {
+    match (named.module, named.version) {
+        (Some(m), Some(v)) if !m.is_empty() && !v.is_empty() => Ok((m, v)),
+        _ => Err(Failure::new(
+            exit::USAGE,
+            [
+                "Arguments <module> and <module-version> are not specified.".to_string(),
+                format!("Usage: {action} <module>/<module-version> or"),
+                format!("       {action} -m <module>/<module-version> or"),
+                format!("       {action} -m <module> -v <module-version>"),
+            ],
+        )),
+    }
+}
+
+/// build and install add the module first when it is not in the tree (as dkms's prepare_build).
+fn add_if_needed(ctx: &Ctx, named: Named, first: Option<&Target>) -> Result<(String, String)> {
+    if named.source_dir.is_some() || !matches!((&named.module, &named.version), (Some(_), Some(_))) {
+        return tree::add(ctx, named.module, named.version, named.source_dir, first);
+    }
+    let (module, version) = module_args("build", named)?;
+    if !tree::is_added(ctx, &module, &version) {
+        tree::add(ctx, Some(module.clone()), Some(version.clone()), None, first)?;
+    }
+    Ok((module, version))
+}
+
+/// The -k/-a pairs as given (status: no defaults).
+fn explicit_targets(args: &Args) -> Vec<Target> {
+    let mut targets: Vec<Target> = args
+        .kernelver
+        .iter()
+        .map(|k| match k.split_once('/') {
+            Some((k, a)) => Target { kernel: k.to_string(), arch: a.to_string() },
+            None => Target { kernel: k.clone(), arch: String::new() },
+        })
+        .collect();
+    for (index, target) in targets.iter_mut().enumerate() {
+        if target.arch.is_empty() {
+            target.arch = args.arch.get(index).or(args.arch.first()).cloned().unwrap_or_default();
+        }
+    }
+    targets
+}
+
+/// The kernels an action applies to: -k as given; else the running kernel on the host, or in a
+/// root every kernel with headers (`with_headers`) or every kernel directory.
+fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Target>> {
+    let mut targets = explicit_targets(args);
+    if targets.is_empty() {
+        if ctx.image_mode() {
+            let kernels = cross::kernel::installed_kernels(&ctx.root)
+                .map_err(|e| Failure::io(format!("listing kernels in {}", ctx.root.root().display()), e))?;
+            for kernel in kernels {
+                if !with_headers || ctx.kernel_source_dir(&kernel).join("include").is_dir() {
+                    targets.push(Target { kernel, arch: args.arch.first().cloned().unwrap_or_default() });
+                }
+            }
+            if targets.is_empty() {
+                return Err(Failure::new(
+                    exit::NO_HEADERS,
+                    [
+                        format!("No kernel with headers was found in {}.", ctx.install_tree.display()),
+                        "Install the kernel headers into the root or name the kernel with -k.".to_string(),
+                    ],
+                ));
+            }
+        } else {
+            targets.push(Target { kernel: host_release(), arch: args.arch.first().cloned().unwrap_or_default() });
+        }
+    }
+    for target in &mut targets {
+        if target.arch.is_empty() {
+            target.arch = ctx.default_arch(&target.kernel);
+        }
+    }
+    Ok(targets)
+}
+
+/// A tree option: a target path inside the root in image mode, a host path otherwise.
+fn tree_path(root: &Sysroot, given: Option<&PathBuf>, framework: &str, default: &str) -> Result<(PathBuf, PathBuf)> {
+    let target = match given {
+        Some(path) => path.clone(),
+        None if !framework.is_empty() => PathBuf::from(framework),
+        None => PathBuf::from(default),
+    };
+    if root.is_host() {
+        let host = if target.is_absolute() {
+            target.clone()
+        } else {
+            std::env::current_dir().map(|d| d.join(&target)).unwrap_or(target.clone())
+        };
+        return Ok((host.clone(), host));
+    }
+    let host = root.resolve(&target).map_err(|e| Failure::io(format!("resolving {}", target.display()), e))?;
+    Ok((host, target))
+}
+
+fn make_ctx(args: &Args) -> Result<Ctx> {
+    let root = match &args.root {
+        Some(dir) => Sysroot::new(dir).map_err(|e| {
+            Failure::new(2, [format!("{e}"), "--root must name the target's root directory.".to_string()])
+        })?,
+        None => Sysroot::host(),
+    };
+    let inside = |p: &str| root.resolve(p).unwrap_or_else(|_| root.root().join(p.trim_start_matches('/')));
+    let etc_dkms = inside("/etc/dkms");
+    // framework.conf and framework.conf.d/*.conf, sourced with their own whitelist.
+    let mut framework_files = vec![etc_dkms.join("framework.conf")];
+    if let Ok(entries) = std::fs::read_dir(etc_dkms.join("framework.conf.d")) {
+        let mut extra: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "conf")).collect();
+        extra.sort();
+        framework_files.extend(extra);
+    }
+    let framework = if framework_files.iter().any(|f| f.exists()) {
+        conf::evaluate(
+            &framework_files,
+            &Scope::default(),
+            &["source_tree", "dkms_tree", "install_tree", "parallel_jobs", "verbose", "symlink_modules"],
+        )
+        .map_err(|e| Failure::io("reading framework.conf", e))?
+    } else {
+        RawConf::default()
+    };
+    let (dkms_tree, _) = tree_path(&root, args.dkmstree.as_ref(), framework.scalar("dkms_tree"), "/var/lib/dkms")?;
+    let (source_tree, source_tree_target) =
+        tree_path(&root, args.sourcetree.as_ref(), framework.scalar("source_tree"), "/usr/src")?;
+    let (install_tree, _) =
+        tree_path(&root, args.installtree.as_ref(), framework.scalar("install_tree"), "/lib/modules")?;
+    let os_release = std::fs::read_to_string(inside("/etc/os-release"))
+        .or_else(|_| std::fs::read_to_string(inside("/usr/lib/os-release")))
+        .unwrap_or_default();
+    let jobs = match args.jobs.clone().or_else(|| Some(framework.scalar("parallel_jobs").to_string())) {
+        Some(j) if !j.is_empty() => j,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()).to_string(),
+    };
+    let in_root = |p: &PathBuf| -> Result<PathBuf> {
+        if root.is_host() {
+            Ok(p.clone())
+        } else {
+            root.resolve(p).map_err(|e| Failure::io(format!("resolving {}", p.display()), e))
+        }
+    };
+    let mut directives = Vec::new();
+    for d in &args.directive {
+        match d.split_once('=') {
+            Some((n, v)) => directives.push((n.to_string(), v.to_string())),
+            None => return Err(Failure::new(2, [format!("--directive {d:?}: use NAME=value")])),
+        }
+    }
+    Ok(Ctx {
+        dkms_tree,
+        source_tree,
+        source_tree_target,
+        install_tree,
+        etc_dkms,
+        distro: distro_from_os_release(&os_release),
+        addon_modules_dir: std::env::var("ADDON_MODULES_DIR").ok().filter(|s| !s.is_empty()),
+        jobs: if jobs == "0" { String::new() } else { jobs },
+        force: args.force,
+        force_version_override: args.force_version_override,
+        verbose: args.verbose || !framework.scalar("verbose").is_empty(),
+        quiet: args.quiet,
+        no_depmod: args.no_depmod,
+        conf_override: args.conf.as_ref().map(in_root).transpose()?,
+        kernel_source_override: args.kernelsourcedir.as_ref().map(in_root).transpose()?,
+        kernel_config_override: args.config.as_ref().map(in_root).transpose()?,
+        directives,
+        compress: args.compress.clone(),
+        depmod_pending: RefCell::new(BTreeSet::new()),
+        root,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_distro_token() {
+        assert_eq!(distro_from_os_release("ID=debian\n"), "debian");
+        assert_eq!(distro_from_os_release("ID=ubuntu\nID_LIKE=debian\n"), "ubuntu");
+        assert_eq!(distro_from_os_release("ID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n"), "rhel centos fedora");
+        assert_eq!(distro_from_os_release(""), "unknown");
+    }
+
+    #[test]
+    fn long_options_with_equals_are_split() {
+        assert_eq!(normalize(&["--kernelver=6.1/x86_64", "-k", "x"]), ["--kernelver", "6.1/x86_64", "-k", "x"]);
+    }
+}

@@ -1,0 +1,433 @@
+//! The DKMS commands against Debian's dkms 3.0.10: each scenario runs both tools, each with its
+//! own copy of the Debian amd64 root, and compares exit codes, status lines, the dkms trees and
+//! every file installed under lib/modules (indexes included, so kmod's depmod -b is the yardstick
+//! for ours).
+//!
+//! dkms gets the same root through its tree options, a kbuild view of the headers (their Makefile
+//! includes an absolute /usr/src path) and a `depmod` on PATH that adds `-b ROOT`, so neither tool
+//! touches the build host's /lib/modules; every scenario checks that.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::{refs, run, run_ok, xdkms, TempDir};
+
+/// Known, documented differences from dkms 3.0.10's exit codes.
+const HEADERS_MISSING_XDKMS: i32 = 21;
+const HEADERS_MISSING_DKMS_3_0_10: i32 = 1;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms").join(name)
+}
+
+/// Two copies of the Debian amd64 root: one for xdkms (`--root`), one for dkms.
+struct Pair {
+    dir: TempDir,
+    kernel: String,
+    host_modules: Option<Vec<String>>,
+}
+
+fn listing(dir: &Path) -> Option<Vec<String>> {
+    std::fs::read_dir(dir).ok().map(|d| {
+        let mut names: Vec<String> = d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    })
+}
+
+impl Pair {
+    fn new(name: &str) -> Pair {
+        let cache = refs().path("XDKMS_ROOT_AMD64");
+        let kernel = refs().get("XDKMS_KVER_AMD64");
+        let dir = TempDir::new(&format!("dkms-{name}"));
+        for side in ["x", "ref"] {
+            let root = dir.join(side);
+            std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+            std::fs::create_dir_all(root.join("var/lib/dkms")).expect("mkdir");
+            std::fs::write(root.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").expect("os-release");
+            // Hard links: both tools only ever replace files by rename, never write into them.
+            for part in ["lib", "usr", "boot"] {
+                run_ok(Command::new("cp").arg("-al").arg(cache.join(part)).arg(root.join(part)));
+            }
+        }
+        // The reference's view of the headers and its depmod.
+        let headers = dir.join("ref/usr/src").join(format!("linux-headers-{kernel}"));
+        let view = dir.join("view");
+        std::fs::create_dir_all(&view).expect("mkdir");
+        for entry in std::fs::read_dir(&headers).expect("headers").flatten() {
+            let name = entry.file_name();
+            if name == "Makefile" {
+                continue;
+            }
+            let target = std::fs::canonicalize(entry.path()).expect("headers entry");
+            std::os::unix::fs::symlink(target, view.join(&name)).expect("symlink");
+        }
+        let makefile = std::fs::read_to_string(headers.join("Makefile")).expect("Makefile");
+        let rewritten = makefile.replace("include /", &format!("include {}/", dir.join("ref").display()));
+        std::fs::write(view.join("Makefile"), rewritten).expect("Makefile");
+        let shim = dir.join("shim");
+        std::fs::create_dir_all(&shim).expect("mkdir");
+        let depmod = shim.join("depmod");
+        std::fs::write(&depmod, format!("#!/bin/sh\nexec /sbin/depmod -b {} \"$@\"\n", dir.join("ref").display()))
+            .expect("shim");
+        run_ok(Command::new("chmod").arg("+x").arg(&depmod));
+        Pair { dir, kernel, host_modules: listing(Path::new("/lib/modules")) }
+    }
+
+    fn xroot(&self) -> PathBuf {
+        self.dir.join("x")
+    }
+
+    fn rroot(&self) -> PathBuf {
+        self.dir.join("ref")
+    }
+
+    fn xdkms(&self, action: &str, args: &[&str]) -> Output {
+        let mut cmd = xdkms();
+        cmd.arg(action).arg("--root").arg(self.xroot()).arg("-j").arg("2").args(args);
+        run(&mut cmd)
+    }
+
+    fn dkms(&self, action: &str, args: &[&str]) -> Output {
+        let root = self.rroot();
+        let path = format!("{}:{}", self.dir.join("shim").display(), std::env::var("PATH").unwrap_or_default());
+        let mut cmd = Command::new("dkms");
+        cmd.arg(action)
+            .arg("--dkmstree")
+            .arg(root.join("var/lib/dkms"))
+            .arg("--sourcetree")
+            .arg(root.join("usr/src"))
+            .arg("--installtree")
+            .arg(root.join("lib/modules"))
+            .arg("--kernelsourcedir")
+            .arg(self.dir.join("view"))
+            .arg("-j")
+            .arg("2")
+            .args(args)
+            .env("PATH", path);
+        run(&mut cmd)
+    }
+
+    /// Runs one action with both tools; asserts equal exit codes; returns them.
+    fn both(&self, action: &str, args: &[&str]) -> (Output, Output) {
+        let x = self.xdkms(action, args);
+        let r = self.dkms(action, args);
+        assert_eq!(
+            x.status.code(),
+            r.status.code(),
+            "`{action} {args:?}`: xdkms exited {:?}, dkms {:?}\nxdkms stderr:\n{}\ndkms stdout:\n{}\ndkms stderr:\n{}",
+            x.status.code(),
+            r.status.code(),
+            String::from_utf8_lossy(&x.stderr),
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        (x, r)
+    }
+
+    /// Both add the fixture by directory (and -k, as dkms reads the conf for that kernel).
+    fn add(&self, name: &str) -> (Output, Output) {
+        let path = fixture(name);
+        let path = path.to_str().expect("utf-8 path");
+        self.both("add", &["-k", &self.kernel, path])
+    }
+
+    fn status_lines(&self) -> (String, String) {
+        let x = self.xdkms("status", &[]);
+        let r = self.dkms("status", &[]);
+        (String::from_utf8_lossy(&x.stdout).into_owned(), String::from_utf8_lossy(&r.stdout).into_owned())
+    }
+
+    /// Asserts the same status lines, the same dkms trees and the same installed files.
+    fn assert_same_state(&self, step: &str) {
+        let (x, r) = self.status_lines();
+        assert_eq!(x, r, "status after {step}");
+        assert_eq!(
+            dkms_tree(&self.xroot(), &self.xroot()),
+            dkms_tree(&self.rroot(), &self.rroot()),
+            "dkms tree after {step}"
+        );
+        let cache = refs().path("XDKMS_ROOT_AMD64");
+        assert_eq!(
+            new_module_files(&self.xroot(), &cache, &self.kernel),
+            new_module_files(&self.rroot(), &cache, &self.kernel),
+            "files under lib/modules after {step}"
+        );
+        assert_eq!(listing(Path::new("/lib/modules")), self.host_modules, "the host's /lib/modules changed");
+    }
+}
+
+/// A module's content without what depends on the directory it was built in: the GNU build ID
+/// (it hashes debug information that names the build directory) and, for modules installed
+/// unstripped (STRIP=no), the debug sections. Other files: their bytes.
+fn comparable(bytes: &[u8]) -> Vec<u8> {
+    let Ok(elf) = goblin::elf::Elf::parse(bytes) else { return bytes.to_vec() };
+    let mut out = Vec::new();
+    for section in &elf.section_headers {
+        let name = elf.shdr_strtab.get_at(section.sh_name).unwrap_or("");
+        if name == ".note.gnu.build-id" || name.contains(".debug") || name == ".symtab" || name == ".strtab" {
+            // Symbol tables of unstripped modules carry local debug symbols in build order.
+            out.extend_from_slice(name.as_bytes());
+            continue;
+        }
+        let start = (section.sh_offset as usize).min(bytes.len());
+        let end = if section.sh_type == goblin::elf::section_header::SHT_NOBITS {
+            start
+        } else {
+            (start + section.sh_size as usize).min(bytes.len())
+        };
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&bytes[start..end]);
+    }
+    out
+}
+
+/// Everything under `<root>/var/lib/dkms` as `path -> content`: symlinks by target (with the
+/// root's own path removed), modules without build ID, logs and xdkms's own bookkeeping skipped.
+fn dkms_tree(root: &Path, strip: &Path) -> BTreeMap<String, String> {
+    let base = root.join("var/lib/dkms");
+    let mut out = BTreeMap::new();
+    let mut pending = vec![base.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dkms tree").flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(&base).expect("inside").to_string_lossy().into_owned();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kind = entry.file_type().expect("file type");
+            if name.starts_with(".xdkms") || name == "Module.symvers" || rel.contains("/log/") {
+                continue;
+            }
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path).expect("link");
+                let shown = target.strip_prefix(strip).map(|t| Path::new("/").join(t)).unwrap_or(target);
+                out.insert(rel, format!("-> {}", shown.display()));
+            } else if kind.is_dir() {
+                out.insert(rel, "dir".into());
+                pending.push(path);
+            } else if name == "make.log" {
+                out.insert(rel, "a make.log".into());
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.insert(rel, format!("{:x}", fingerprint(&comparable(&bytes))));
+            }
+        }
+    }
+    out
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Files under `<root>/lib/modules/<kernel>` that the cache's copy does not have (installed
+/// modules and generated indexes), with their content (modules without build ID).
+fn new_module_files(root: &Path, cache: &Path, kernel: &str) -> BTreeMap<String, u64> {
+    let base = root.join("lib/modules").join(kernel);
+    let cached = cache.join("lib/modules").join(kernel);
+    let mut out = BTreeMap::new();
+    let mut pending = vec![base.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read module dir").flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(&base).expect("inside");
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                pending.push(path);
+            } else if !kind.is_symlink() && !cached.join(rel).exists() {
+                let bytes = std::fs::read(&path).expect("read");
+                out.insert(rel.to_string_lossy().into_owned(), fingerprint(&comparable(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn basic_lifecycle_matches_dkms() {
+    let pair = Pair::new("basic");
+    let k = pair.kernel.clone();
+    let (x, _) = pair.add("xdkms_test-1.0");
+    assert!(String::from_utf8_lossy(&x.stdout).contains("Creating symlink"));
+    pair.assert_same_state("add");
+    // Adding again: 3.
+    let (x, _) = pair.both("add", &["-k", &k, "xdkms_test/1.0"]);
+    assert_eq!(x.status.code(), Some(3));
+    pair.both("build", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("build");
+    let (x, _) = pair.both("build", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(String::from_utf8_lossy(&x.stdout).contains("already built"), "second build must skip");
+    pair.both("install", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("install");
+    let (x, _) = pair.both("install", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(String::from_utf8_lossy(&x.stdout).contains("already installed"), "second install must skip");
+    pair.both("install", &["-k", &k, "--force", "xdkms_test/1.0"]);
+    pair.assert_same_state("install --force");
+    pair.both("uninstall", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("uninstall");
+    pair.both("uninstall", &["-k", &k, "xdkms_test/1.0"]);
+    pair.both("unbuild", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("unbuild");
+    pair.both("install", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("install after unbuild");
+    pair.both("remove", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("remove");
+    // Not in the tree any more: 3 for every removal action.
+    for action in ["remove", "unbuild", "uninstall"] {
+        let (x, _) = pair.both(action, &["-k", &k, "xdkms_test/1.0"]);
+        assert_eq!(x.status.code(), Some(3));
+    }
+    // The source stays in /usr/src, and add by m/v then works.
+    assert!(pair.xroot().join("usr/src/xdkms_test-1.0/dkms.conf").is_file());
+    pair.both("add", &["-k", &k, "xdkms_test/1.0"]);
+    pair.assert_same_state("add by module/version");
+}
+
+#[test]
+fn multiple_modules_patches_and_scripts_match_dkms() {
+    let pair = Pair::new("multi");
+    let k = pair.kernel.clone();
+    for (fixture, mv) in [
+        ("xdkms_multi-1.0", "xdkms_multi/1.0"),
+        ("xdkms_patches-1.0", "xdkms_patches/1.0"),
+        ("xdkms_scripts-1.0", "xdkms_scripts/1.0"),
+    ] {
+        pair.add(fixture);
+        pair.both("install", &["-k", &k, mv]);
+    }
+    pair.assert_same_state("install");
+    let patched = crate::util::run_ok(
+        Command::new("/sbin/modinfo")
+            .arg("-F")
+            .arg("patched")
+            .arg(pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_patches.ko")),
+    );
+    assert_eq!(String::from_utf8_lossy(&patched.stdout).trim(), "first then second");
+    for mv in ["xdkms_multi/1.0", "xdkms_patches/1.0", "xdkms_scripts/1.0"] {
+        pair.both("remove", &["-k", &k, mv]);
+    }
+    pair.assert_same_state("remove");
+    let markers = |root: PathBuf| std::fs::read_to_string(root.join("usr/src/xdkms_scripts-1.0/markers")).ok();
+    let x = markers(pair.xroot());
+    assert_eq!(x, markers(pair.rroot()), "hooks run differently");
+    assert_eq!(
+        x.as_deref(),
+        Some("post_add\npre_build\npost_build\npre_install\npost_install\npost_remove\n"),
+        "every hook runs once, in order"
+    );
+}
+
+#[test]
+fn multiversion_noversion_and_exclusive_match_dkms() {
+    let pair = Pair::new("versions");
+    let k = pair.kernel.clone();
+    pair.add("xdkms_multiver-1.0");
+    pair.add("xdkms_multiver-2.0");
+    pair.both("build", &["-k", &k, "xdkms_multiver/1.0"]);
+    pair.both("install", &["-k", &k, "xdkms_multiver/2.0"]);
+    pair.assert_same_state("install 2.0 beside a built 1.0");
+    pair.add("xdkms_nover-1.0");
+    pair.both("install", &["-k", &k, "xdkms_nover/1.0"]);
+    pair.assert_same_state("install without MODULE_VERSION");
+    pair.both("uninstall", &["-k", &k, "xdkms_multiver/1.0"]);
+    pair.assert_same_state("uninstall of the inactive version");
+    pair.add("xdkms_exclusive-1.0");
+    let (x, _) = pair.both("build", &["-k", &k, "xdkms_exclusive/1.0"]);
+    assert_eq!(x.status.code(), Some(77));
+    pair.assert_same_state("BUILD_EXCLUSIVE");
+}
+
+#[test]
+fn autoinstall_failures_and_dependencies_match_dkms() {
+    let pair = Pair::new("autoinstall");
+    let k = pair.kernel.clone();
+    for fixture in ["xdkms_dependent-1.0", "xdkms_test-1.0", "xdkms_failing-1.0", "xdkms_multiver-1.0"] {
+        pair.add(fixture);
+    }
+    let (x, _) = pair.both("build", &["-k", &k, "xdkms_failing/1.0"]);
+    assert_eq!(x.status.code(), Some(10));
+    let err = stderr(&x);
+    assert!(err.contains("make.log") && err.contains("this build fails on purpose"), "make failure: {err}");
+    let (x, _) = pair.both("autoinstall", &["-k", &k]);
+    assert_eq!(x.status.code(), Some(11));
+    pair.assert_same_state("autoinstall");
+}
+
+#[test]
+fn malformed_confs_give_dkms_messages_and_exit_8() {
+    let pair = Pair::new("malformed");
+    let k = pair.kernel.clone();
+    for name in ["conf_empty", "conf_invalid", "conf_zero_modules", "conf_sparse_arrays", "conf_bash_error"] {
+        let (x, r) = pair.add(name);
+        assert_eq!(x.status.code(), Some(8), "{name}");
+        let conf_lines = |o: &Output| -> Vec<String> {
+            stderr(o).lines().filter(|l| l.starts_with("dkms.conf:") || l.starts_with('\'')).map(String::from).collect()
+        };
+        assert_eq!(conf_lines(&x), conf_lines(&r), "{name}: messages");
+        assert!(!conf_lines(&x).is_empty(), "{name}: no message");
+    }
+    // bash's own complaint is shown.
+    let (x, _) = pair.add("conf_bash_error");
+    assert!(stderr(&x).contains("syntax error"), "{}", stderr(&x));
+    // A default module name with no sources: added, then the build stops (8).
+    pair.add("xdkms_defaulted-1.0");
+    let (x, _) = pair.both("build", &["-k", &k, "xdkms_defaulted/1.0"]);
+    assert_eq!(x.status.code(), Some(8));
+    pair.assert_same_state("malformed");
+    // dkms 3.4's duplicate check, which 3.0.10 does not make.
+    let x = pair.xdkms("add", &["-k", &k, fixture("conf_duplicate_dest").to_str().expect("utf-8")]);
+    assert_eq!(x.status.code(), Some(8));
+    assert!(stderr(&x).contains("dkms.conf: Error! Duplicate module 'same' in 'DEST_MODULE_NAME[1]'."));
+}
+
+#[test]
+fn missing_headers_and_broken_trees() {
+    let pair = Pair::new("broken");
+    let k = pair.kernel.clone();
+    pair.add("xdkms_test-1.0");
+    // Headers missing: xdkms exits 21 (dkms 3.1.5 and later) where 3.0.10 exits 1, naming the path.
+    let x = pair.xdkms("build", &["-k", "9.9.9-none", "xdkms_test/1.0"]);
+    let r = pair.dkms("build", &["-k", "9.9.9-none", "--kernelsourcedir", "/nonexistent", "xdkms_test/1.0"]);
+    assert_eq!((x.status.code(), r.status.code()), (Some(HEADERS_MISSING_XDKMS), Some(HEADERS_MISSING_DKMS_3_0_10)));
+    assert!(stderr(&x).contains("lib/modules/9.9.9-none/build"), "{}", stderr(&x));
+    pair.both("build", &["-k", &k, "xdkms_test/1.0"]);
+    for root in [pair.xroot(), pair.rroot()] {
+        std::fs::remove_dir_all(root.join("usr/src/xdkms_test-1.0")).expect("remove source");
+    }
+    let x = pair.xdkms("status", &[]);
+    assert_eq!(x.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&x.stdout), "xdkms_test/1.0: broken\n");
+    let x = pair.xdkms("remove", &["-k", &k, "xdkms_test/1.0"]);
+    assert_eq!(x.status.code(), Some(4), "{}", stderr(&x));
+}
+
+#[test]
+fn status_json_and_crlf_conf() {
+    let dir = TempDir::new("dkms-crlf");
+    let source = dir.join("src");
+    crate::util::copy_all(&fixture("xdkms_test-1.0"), &source);
+    let conf = std::fs::read_to_string(source.join("dkms.conf")).expect("conf");
+    std::fs::write(source.join("dkms.conf"), conf.replace('\n', "\r\n")).expect("conf");
+    let pair = Pair::new("json");
+    let k = pair.kernel.clone();
+    run_ok(&mut {
+        let mut c = xdkms();
+        c.args(["install", "--root"]).arg(pair.xroot()).args(["-k", &k]).arg(&source);
+        c
+    });
+    let out = pair.xdkms("status", &["--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(value[0]["module"], "xdkms_test");
+    assert_eq!(value[0]["version"], "1.0");
+    assert_eq!(value[0]["state"], "installed");
+    assert_eq!(value[0]["kernel"], k.as_str());
+    assert_eq!(value[0]["arch"], "x86_64");
+    assert!(pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_test.ko").is_file());
+}
