@@ -21,7 +21,7 @@ host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-
            gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-x86 qemu-system-arm
            binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
            binutils-arm-linux-gnueabihf
-           make gcc bc bison flex libelf-dev libssl-dev file patch dkms)
+           make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -110,6 +110,23 @@ recompress() {
 }
 for a in amd64 arm64; do for c in xz zst; do recompress "$a" "$c"; done; done
 
+# 5. Real DKMS packages from Debian, unpacked (their sources sit in usr/src/<name>-<version>):
+#    the eight that build against the cached kernel and two that fail to (lttng-modules needs
+#    a newer release for this kernel; west-chamber needs xtables-addons).
+dkms_pkgs=(v4l2loopback-dkms acpi-call-dkms bbswitch-dkms ddcci-dkms digimend-dkms dm-writeboost-dkms
+           evdi-dkms xtrx-dkms lttng-modules-dkms west-chamber-dkms)
+if [ "$(cat "$CACHE/dkms-packages/stamp" 2>/dev/null)" != "${dkms_pkgs[*]}" ]; then
+  fetch "${dkms_pkgs[@]}"
+  log "unpacking the DKMS packages"
+  rm -rf "$CACHE/dkms-packages"; mkdir -p "$CACHE/dkms-packages"
+  for p in "${dkms_pkgs[@]}"; do
+    file=$(ls "$CACHE/debs/${p}"_*.deb | head -n1)
+    mkdir -p "$CACHE/dkms-packages/$p"
+    dpkg -x "$file" "$CACHE/dkms-packages/$p"
+  done
+  echo "${dkms_pkgs[*]}" > "$CACHE/dkms-packages/stamp"
+fi
+
 cat > "$CACHE/env.sh.tmp" <<ENV
 # Written by tests/setup.sh; sourced by the test suite and benchmarks.
 XDKMS_KERNEL_PKGVER='$pkgver'
@@ -123,6 +140,7 @@ XDKMS_ROOT_ARM64_XZ='$CACHE/arm64-xz'
 XDKMS_ROOT_ARM64_ZST='$CACHE/arm64-zst'
 XDKMS_BUSYBOX_AMD64='/bin/busybox'
 XDKMS_BUSYBOX_ARM64='$CACHE/busybox-arm64/bin/busybox'
+XDKMS_DKMS_PACKAGES='$CACHE/dkms-packages'
 ENV
 mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
 log "ready: $CACHE/env.sh"

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 
 use initramfs::codec::{encode, Codec, Level};
 
+use super::sandbox::Sandbox;
 use super::tree::{self, BuiltModule};
 use super::{exit, Ctx, Failure, Result, Target};
 
@@ -134,6 +135,24 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     tree::copy_tree(&source_dir, &build_dir).map_err(io(format!("copying {}", source_dir.display())))?;
     std::os::unix::fs::symlink(&source_dir, build_tree.join(module).join(version).join("source"))
         .map_err(io(format!("creating {}", build_tree.display())))?;
+    // The other modules stay reachable through the build's dkms tree (a conf may read a
+    // dependency's Module.symvers there).
+    for other in tree::sorted_dirs(&ctx.dkms_tree).into_iter().filter(|o| o != module) {
+        let _ = std::os::unix::fs::symlink(ctx.dkms_tree.join(&other), build_tree.join(&other));
+    }
+    let sandbox = if ctx.image_mode() {
+        Sandbox::new(
+            vec![
+                (ctx.source_tree.clone(), ctx.source_tree_target.clone()),
+                (ctx.install_tree.clone(), ctx.install_tree_target.clone()),
+                (build_tree.clone(), ctx.dkms_tree_target.clone()),
+            ],
+            &staging.dir.join("mounts"),
+        )
+    } else {
+        None
+    };
+    let sandbox = sandbox.as_ref();
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
     let outcome = (|| -> Result<()> {
@@ -173,7 +192,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             }
             ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(&script, &build_dir, &log_path, &[])? {
+            if !run_logged(sandbox, &script, &build_dir, &log_path, &[])? {
                 return Err(Failure::new(
                     6,
                     [
@@ -189,7 +208,10 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         if let Some(cc) = compiler_from_config(&config_text) {
             make_env.push(("CC".into(), cc));
         }
-        run_script(ctx, "pre_build", &conf.pre_build, &build_dir);
+        if ctx.image_mode() {
+            make_env.push(("MAKEFLAGS".into(), kernel_dir_overrides(&kbuild.path)));
+        }
+        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &build_dir);
 
         let make_command = rewrite_make(&conf.make_command, &ctx.jobs, &target.kernel);
         ctx.say(format!("{make_command}..."));
@@ -204,7 +226,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             shell_quote(module),
             shell_quote(version),
         );
-        if !run_logged(&format!("{assignments}{{ {make_command}; }}"), &build_dir, &log_path, &make_env)? {
+        if !run_logged(sandbox, &format!("{assignments}{{ {make_command}; }}"), &build_dir, &log_path, &make_env)? {
             let kept = version_dir.join("build").join("make.log");
             let mut lines = vec![
                 format!("Bad return status for module build on kernel: {} ({})", target.kernel, target.arch),
@@ -222,7 +244,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
                         format!(" Build of {}.ko failed for: {} ({})", record.built_name, target.kernel, target.arch),
                         "Make sure the name of the generated module is correct and at the root of the".to_string(),
                         "build directory, or consult make.log in the build directory".to_string(),
-                        format!("{} for more information.", build_dir.display()),
+                        format!("{} for more information.", version_dir.join("build").display()),
                     ],
                 ));
             }
@@ -236,6 +258,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         }
         let codec = choose_compression(ctx, &target.kernel, &config_text)?;
         let strip = strip_command();
+        let signer = super::sign::prepare(ctx, target);
         let mut records = Vec::new();
         for record in &conf.modules {
             let built = build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
@@ -250,6 +273,9 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
                         )],
                     ));
                 }
+            }
+            if let Some(signer) = &signer {
+                super::sign::sign(ctx, signer, &built);
             }
             let bytes = std::fs::read(&built).map_err(io(format!("reading {}", built.display())))?;
             let (suffix, data) = match codec {
@@ -279,7 +305,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         drop(log);
         std::fs::rename(&log_path, log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))?;
         tree::write_built_record(&result, &records).map_err(io(format!("writing {}", result.display())))?;
-        run_script(ctx, "post_build", &conf.post_build, &build_dir);
+        run_script_in(ctx, sandbox, "post_build", &conf.post_build, &build_dir);
         std::fs::set_permissions(&result, std::fs::Permissions::from_mode(0o755))
             .map_err(io(format!("setting the mode of {}", result.display())))?;
         std::fs::rename(&result, &base_dir).map_err(io(format!("moving the build to {}", base_dir.display())))?;
@@ -304,6 +330,20 @@ pub fn rewrite_make(command: &str, jobs: &str, kernel: &str) -> String {
         Some(rest) => format!("make -j{jobs} KERNELRELEASE={kernel}{rest}"),
         None => command.to_string(),
     }
+}
+
+/// Module Makefiles often default the kernel directory to the build host's
+/// `/lib/modules/$(KVER)/build` under one of a few conventional names. Inside a root that path is
+/// the host's, not the target's, so each name is set to the target's headers for every make the
+/// build runs (variables in MAKEFLAGS act as command-line assignments and reach sub-makes).
+const KERNEL_DIR_VARIABLES: &[&str] = &["KDIR", "KERNELDIR", "KERNEL_DIR", "KERNEL_SRC", "KSRC", "KERNEL_TREE"];
+
+fn kernel_dir_overrides(kernel_dir: &Path) -> String {
+    let mut flags = std::env::var("MAKEFLAGS").unwrap_or_default();
+    for name in KERNEL_DIR_VARIABLES {
+        flags.push_str(&format!(" {name}={}", kernel_dir.display()));
+    }
+    flags
 }
 
 /// The compiler the kernel was built with, when it is on PATH: the first word of
@@ -390,13 +430,22 @@ pub fn suffix_of(codec: Codec) -> &'static str {
 }
 
 /// Runs a shell command in `dir` with its output appended to `log`; true on success.
-fn run_logged(script: &str, dir: &Path, log: &Path, env: &[(String, String)]) -> Result<bool> {
+fn run_logged(
+    sandbox: Option<&Sandbox>,
+    script: &str,
+    dir: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Result<bool> {
     let out = std::fs::OpenOptions::new()
         .append(true)
         .open(log)
         .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
-    let mut command = Command::new("bash");
+    let mut command = match sandbox {
+        Some(sandbox) => sandbox.command("bash"),
+        None => Command::new("bash"),
+    };
     command.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
     // dkms unsets these so that the kernel's own flags apply.
     for name in ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"] {
@@ -425,6 +474,11 @@ pub fn shell_quote(word: &str) -> String {
 /// dkms's run_build_script: `SCRIPT args` relative to `dir`, run there if executable, else a
 /// warning. Its status only matters for pre_install.
 pub fn run_script(ctx: &Ctx, kind: &str, value: &str, dir: &Path) -> bool {
+    run_script_in(ctx, None, kind, value, dir)
+}
+
+/// [`run_script`], inside the build's sandbox when there is one.
+fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &str, dir: &Path) -> bool {
     let mut words = value.split_whitespace();
     let Some(script) = words.next() else { return true };
     let path = dir.join(script);
@@ -435,7 +489,10 @@ pub fn run_script(ctx: &Ctx, kind: &str, value: &str, dir: &Path) -> bool {
         return true;
     }
     ctx.say(format!("Running the {kind} script:"));
-    let mut command = Command::new(&path);
+    let mut command = match sandbox {
+        Some(sandbox) => sandbox.command(&path),
+        None => Command::new(&path),
+    };
     command.args(words).current_dir(dir).stdin(Stdio::null());
     if ctx.quiet {
         command.stdout(Stdio::null()).stderr(Stdio::null());

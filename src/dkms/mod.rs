@@ -4,6 +4,8 @@
 pub mod build;
 pub mod conf;
 pub mod install;
+pub mod sandbox;
+pub mod sign;
 pub mod tree;
 
 use std::cell::RefCell;
@@ -109,6 +111,18 @@ pub struct Args {
     /// status: print JSON
     #[argh(switch)]
     pub json: bool,
+    /// signing key, a host path or pkcs11: URI (default: framework.conf's mok_signing_key, else
+    /// /var/lib/dkms/mok.key)
+    #[argh(option)]
+    pub mok_signing_key: Option<PathBuf>,
+    /// signing certificate, a host path (default: framework.conf's mok_certificate, else
+    /// /var/lib/dkms/mok.pub)
+    #[argh(option)]
+    pub mok_certificate: Option<PathBuf>,
+    /// the signing tool, a host path (default: framework.conf's sign_file, else the kernel's
+    /// scripts/sign-file)
+    #[argh(option)]
+    pub sign_file: Option<PathBuf>,
     /// print the version
     #[argh(switch, short = 'V', long = "version")]
     pub version_flag: bool,
@@ -144,6 +158,14 @@ pub struct Target {
     pub arch: String,
 }
 
+/// Signing settings given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SigningArgs {
+    pub key: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub sign_file: Option<PathBuf>,
+}
+
 /// Everything a run needs: the trees as host paths, the root, the settings.
 pub struct Ctx {
     pub root: Sysroot,
@@ -151,6 +173,9 @@ pub struct Ctx {
     pub source_tree: PathBuf,
     /// The source tree as the target sees it (what `source` symlinks point at).
     pub source_tree_target: PathBuf,
+    /// The dkms tree and the install tree as the target sees them.
+    pub dkms_tree_target: PathBuf,
+    pub install_tree_target: PathBuf,
     pub install_tree: PathBuf,
     pub etc_dkms: PathBuf,
     pub distro: String,
@@ -166,6 +191,10 @@ pub struct Ctx {
     pub kernel_config_override: Option<PathBuf>,
     pub directives: Vec<(String, String)>,
     pub compress: Option<String>,
+    /// framework.conf and framework.conf.d/*.conf (host paths; they may not exist).
+    pub framework_files: Vec<PathBuf>,
+    /// Signing settings from the command line (host paths).
+    pub signing: SigningArgs,
     /// Kernels whose indexes must be regenerated before the run ends.
     pub depmod_pending: RefCell<BTreeSet<String>>,
 }
@@ -409,7 +438,7 @@ pub fn main(action: &str, args: &[&str]) -> i32 {
     match run(action, parsed) {
         Ok(()) => 0,
         Err(failure) => {
-            if !quiet {
+            if !quiet && !failure.lines.is_empty() {
                 eprint!("Error! ");
                 for line in &failure.lines {
                     eprintln!("{line}");
@@ -698,10 +727,11 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
     } else {
         RawConf::default()
     };
-    let (dkms_tree, _) = tree_path(&root, args.dkmstree.as_ref(), framework.scalar("dkms_tree"), "/var/lib/dkms")?;
+    let (dkms_tree, dkms_tree_target) =
+        tree_path(&root, args.dkmstree.as_ref(), framework.scalar("dkms_tree"), "/var/lib/dkms")?;
     let (source_tree, source_tree_target) =
         tree_path(&root, args.sourcetree.as_ref(), framework.scalar("source_tree"), "/usr/src")?;
-    let (install_tree, _) =
+    let (install_tree, install_tree_target) =
         tree_path(&root, args.installtree.as_ref(), framework.scalar("install_tree"), "/lib/modules")?;
     let os_release = std::fs::read_to_string(inside("/etc/os-release"))
         .or_else(|_| std::fs::read_to_string(inside("/usr/lib/os-release")))
@@ -728,6 +758,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         dkms_tree,
         source_tree,
         source_tree_target,
+        dkms_tree_target,
+        install_tree_target,
         install_tree,
         etc_dkms,
         distro: distro_from_os_release(&os_release),
@@ -743,6 +775,12 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         kernel_config_override: args.config.as_ref().map(in_root).transpose()?,
         directives,
         compress: args.compress.clone(),
+        framework_files,
+        signing: SigningArgs {
+            key: args.mok_signing_key.clone(),
+            cert: args.mok_certificate.clone(),
+            sign_file: args.sign_file.clone(),
+        },
         depmod_pending: RefCell::new(BTreeSet::new()),
         root,
     })
