@@ -4,6 +4,8 @@
 # its device alias with `xdkms modinfo`, and injects the driver a virtio disk needs, with its
 # dependencies, into an initramfs. Needs cargo and the host's assembler only.
 # When kmod's depmod is installed, the indexes are also checked byte for byte against it.
+# When the Debian kernel headers tests/setup.sh caches are there, it also builds and installs a
+# bundled DKMS package into a root made of them (`xdkms install --root`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +44,23 @@ if command -v depmod >/dev/null; then
     cmp -s "$f" "$root.kmod/lib/modules/$version/$(basename "$f")" || { echo "differs from kmod: $(basename "$f")"; exit 1; }
   done
   echo "== every index file is byte-identical to kmod's depmod"
+fi
+
+cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}
+if [ -r "$cache/env.sh" ]; then
+  # shellcheck source=/dev/null
+  . "$cache/env.sh"
+  k=$XDKMS_KVER_AMD64
+  target=$root/dkms-root
+  mkdir -p "$target/lib/modules/$k" "$target/etc"
+  echo 'ID=debian' > "$target/etc/os-release"
+  cp -al "$XDKMS_ROOT_AMD64/usr" "$target/usr" 2>/dev/null || cp -a "$XDKMS_ROOT_AMD64/usr" "$target/usr"
+  cp "$XDKMS_ROOT_AMD64/lib/modules/$k"/modules.{order,builtin,builtin.modinfo} "$target/lib/modules/$k/"
+  ln -s "/usr/src/linux-headers-$k" "$target/lib/modules/$k/build"
+  echo "== xdkms install --root ROOT -k $k tests/fixtures/dkms/xdkms_test-1.0 (Debian's headers in ROOT)"
+  "$xdkms" install --root "$target" -k "$k" tests/fixtures/dkms/xdkms_test-1.0
+  "$xdkms" status --root "$target"
+  "$xdkms" modinfo -b "$target" -k "$k" xdkms_test | grep -E '^(filename|version|description|vermagic):'
+else
+  echo "== (run tests/setup.sh to also build a DKMS package against Debian's kernel headers)"
 fi

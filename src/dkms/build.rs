@@ -17,7 +17,7 @@ use initramfs::codec::{encode, Codec, Level};
 
 use super::sandbox::Sandbox;
 use super::tree::{self, BuiltModule};
-use super::{exit, Ctx, Failure, Result, Target};
+use super::{exit, Ctx, Failure, Result, Target, View};
 
 /// How many lines of a failed make.log are shown.
 const LOG_TAIL_LINES: usize = 20;
@@ -37,6 +37,17 @@ pub fn maybe_build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> R
             ));
             return Ok(());
         }
+    }
+    build(ctx, module, version, target)
+}
+
+/// install's build step: builds a pair that is not built (never rebuilds, even with --force).
+pub fn build_if_missing(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    if tree::is_broken(ctx, module, version) {
+        return Err(broken(module, version));
+    }
+    if tree::is_built(ctx, module, version, target) {
+        return Ok(());
     }
     build(ctx, module, version, target)
 }
@@ -89,7 +100,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     let build_tree = staging.dir.join("tree");
     let build_dir = build_tree.join(module).join(version).join("build");
     let conf_path = ctx.conf_path(module, version);
-    let conf = ctx.read_conf(module, version, target, &conf_path, &build_tree, true)?;
+    let conf = ctx.read_conf(module, version, target, &conf_path, &ctx.dkms_tree, true)?;
     if conf.excluded {
         return Err(Failure::new(
             exit::EXCLUDED,
@@ -140,31 +151,24 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     for other in tree::sorted_dirs(&ctx.dkms_tree).into_iter().filter(|o| o != module) {
         let _ = std::os::unix::fs::symlink(ctx.dkms_tree.join(&other), build_tree.join(&other));
     }
-    let sandbox = if ctx.image_mode() {
-        Sandbox::new(
-            vec![
-                (ctx.source_tree.clone(), ctx.source_tree_target.clone()),
-                (ctx.install_tree.clone(), ctx.install_tree_target.clone()),
-                (build_tree.clone(), ctx.dkms_tree_target.clone()),
-            ],
-            &staging.dir.join("mounts"),
-        )
-    } else {
-        None
-    };
+    let sandbox = ctx.sandbox(&build_tree, &staging.dir.join("mounts"), Some(&target.kernel));
     let sandbox = sandbox.as_ref();
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
     let outcome = (|| -> Result<()> {
-        // The headers may need a view usable from the host (see cross::kernel::kbuild_dir); the
-        // conf is then evaluated again so that $kernel_source_dir names it.
-        let kbuild = cross::kernel::kbuild_dir(&ctx.root, &headers, &staging.dir.join("kbuild"))
-            .map_err(io(format!("preparing the kernel headers at {}", headers.display())))?;
-        let conf = if kbuild.path != headers {
-            ctx.read_conf_in(module, version, target, &conf_path, &build_tree, Some(&kbuild.path), true)?
-        } else {
-            conf
+        // Without a sandbox, the headers may need a view usable from the host (see
+        // cross::kernel::kbuild_dir). The conf is read again for the build's own tree and paths.
+        let headers_view = match sandbox {
+            Some(_) => None,
+            None => {
+                let kbuild = cross::kernel::kbuild_dir(&ctx.root, &headers, &staging.dir.join("kbuild"))
+                    .map_err(io(format!("preparing the kernel headers at {}", headers.display())))?;
+                (kbuild.path != headers).then_some(kbuild.path)
+            }
         };
+        let view = View { build_tree: &build_tree, sandbox, headers_view: headers_view.as_deref() };
+        let conf = ctx.read_conf_in(module, version, target, &conf_path, &view, true)?;
+        let paths = ctx.scope_paths(&target.kernel, &view);
 
         ctx.say("");
         ctx.say("Building module:");
@@ -192,7 +196,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             }
             ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(sandbox, &script, &build_dir, &log_path, &[])? {
+            if !run_logged(sandbox, None, &script, &build_dir, &log_path, &[])? {
                 return Err(Failure::new(
                     6,
                     [
@@ -209,24 +213,34 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             make_env.push(("CC".into(), cc));
         }
         if ctx.image_mode() {
-            make_env.push(("MAKEFLAGS".into(), kernel_dir_overrides(&kbuild.path)));
+            make_env.push(("MAKEFLAGS".into(), kernel_dir_overrides(&paths.kernel_source_dir)));
         }
+        let jobserver = ctx.jobserver.as_ref();
         run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &build_dir);
 
-        let make_command = rewrite_make(&conf.make_command, &ctx.jobs, &target.kernel);
+        // With a shared jobserver, make takes its -j from MAKEFLAGS.
+        let jobs = if ctx.jobserver.is_some() { None } else { Some(ctx.jobs.as_str()) };
+        let make_command = rewrite_make(&conf.make_command, jobs, &target.kernel);
         ctx.say(format!("{make_command}..."));
         let assignments = format!(
             "kernelver={} arch={} kernel_source_dir={} dkms_tree={} source_tree={} install_tree={} module={} module_version={}\n",
             shell_quote(&target.kernel),
             shell_quote(&target.arch),
-            shell_quote(&kbuild.path.to_string_lossy()),
-            shell_quote(&build_tree.to_string_lossy()),
-            shell_quote(&ctx.source_tree.to_string_lossy()),
-            shell_quote(&ctx.install_tree.to_string_lossy()),
+            shell_quote(&paths.kernel_source_dir.to_string_lossy()),
+            shell_quote(&paths.dkms_tree.to_string_lossy()),
+            shell_quote(&paths.source_tree.to_string_lossy()),
+            shell_quote(&paths.install_tree.to_string_lossy()),
             shell_quote(module),
             shell_quote(version),
         );
-        if !run_logged(sandbox, &format!("{assignments}{{ {make_command}; }}"), &build_dir, &log_path, &make_env)? {
+        if !run_logged(
+            sandbox,
+            jobserver,
+            &format!("{assignments}{{ {make_command}; }}"),
+            &build_dir,
+            &log_path,
+            &make_env,
+        )? {
             let kept = version_dir.join("build").join("make.log");
             let mut lines = vec![
                 format!("Bad return status for module build on kernel: {} ({})", target.kernel, target.arch),
@@ -325,10 +339,11 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
 
 /// dkms's rewrite: a command starting with `make` becomes `make -jN KERNELRELEASE=<kernel> ...`;
 /// `'make'` (quoted) is left alone.
-pub fn rewrite_make(command: &str, jobs: &str, kernel: &str) -> String {
-    match command.strip_prefix("make") {
-        Some(rest) => format!("make -j{jobs} KERNELRELEASE={kernel}{rest}"),
-        None => command.to_string(),
+pub fn rewrite_make(command: &str, jobs: Option<&str>, kernel: &str) -> String {
+    match (command.strip_prefix("make"), jobs) {
+        (Some(rest), Some(jobs)) => format!("make -j{jobs} KERNELRELEASE={kernel}{rest}"),
+        (Some(rest), None) => format!("make KERNELRELEASE={kernel}{rest}"),
+        (None, _) => command.to_string(),
     }
 }
 
@@ -432,6 +447,7 @@ pub fn suffix_of(codec: Codec) -> &'static str {
 /// Runs a shell command in `dir` with its output appended to `log`; true on success.
 fn run_logged(
     sandbox: Option<&Sandbox>,
+    jobserver: Option<&jobserver::Client>,
     script: &str,
     dir: &Path,
     log: &Path,
@@ -443,13 +459,28 @@ fn run_logged(
         .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
     let mut command = match sandbox {
-        Some(sandbox) => sandbox.command("bash"),
+        Some(sandbox) => sandbox.command("bash", dir),
         None => Command::new("bash"),
     };
     command.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
     // dkms unsets these so that the kernel's own flags apply.
     for name in ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"] {
         command.env_remove(name);
+    }
+    let mut env = env.to_vec();
+    if let Some(jobserver) = jobserver {
+        jobserver.configure_make(&mut command);
+        // Our MAKEFLAGS additions go after the jobserver's.
+        let shared = command
+            .get_envs()
+            .find(|(k, _)| *k == "MAKEFLAGS")
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        for (name, value) in &mut env {
+            if name == "MAKEFLAGS" {
+                *value = format!("{shared} {value}");
+            }
+        }
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));
     let status = command.status().map_err(|e| Failure::io("running bash (bash is required)", e))?;
@@ -474,7 +505,7 @@ pub fn shell_quote(word: &str) -> String {
 /// dkms's run_build_script: `SCRIPT args` relative to `dir`, run there if executable, else a
 /// warning. Its status only matters for pre_install.
 pub fn run_script(ctx: &Ctx, kind: &str, value: &str, dir: &Path) -> bool {
-    run_script_in(ctx, None, kind, value, dir)
+    run_script_in(ctx, ctx.tree_sandbox(), kind, value, dir)
 }
 
 /// [`run_script`], inside the build's sandbox when there is one.
@@ -490,7 +521,7 @@ fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &str, 
     }
     ctx.say(format!("Running the {kind} script:"));
     let mut command = match sandbox {
-        Some(sandbox) => sandbox.command(&path),
+        Some(sandbox) => sandbox.command(sandbox.target_path(&path), dir),
         None => Command::new(&path),
     };
     command.args(words).current_dir(dir).stdin(Stdio::null());
@@ -506,8 +537,9 @@ mod tests {
 
     #[test]
     fn make_rewrite_rule() {
-        assert_eq!(rewrite_make("make -C /k M=/b", "4", "6.1"), "make -j4 KERNELRELEASE=6.1 -C /k M=/b");
-        assert_eq!(rewrite_make("'make' -C /k", "4", "6.1"), "'make' -C /k");
-        assert_eq!(rewrite_make("make", "", "6.1"), "make -j KERNELRELEASE=6.1");
+        assert_eq!(rewrite_make("make -C /k M=/b", Some("4"), "6.1"), "make -j4 KERNELRELEASE=6.1 -C /k M=/b");
+        assert_eq!(rewrite_make("'make' -C /k", Some("4"), "6.1"), "'make' -C /k");
+        assert_eq!(rewrite_make("make", Some(""), "6.1"), "make -j KERNELRELEASE=6.1");
+        assert_eq!(rewrite_make("make all", None, "6.1"), "make KERNELRELEASE=6.1 all");
     }
 }

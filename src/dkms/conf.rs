@@ -157,9 +157,17 @@ impl Scope {
 /// Sources `files` (the dkms.conf, then its overrides; missing ones are skipped) with bash, the
 /// way dkms does, and returns the whitelisted variables. The files' stderr passes through. Each
 /// `DKMS_DIRECTIVE*="NAME=value"` variable of our environment is applied after every file, as in
-/// dkms. `variables` is the whitelist to read back.
-pub fn evaluate(files: &[PathBuf], scope: &Scope, variables: &[&str]) -> io::Result<RawConf> {
-    let mut command = Command::new("bash");
+/// dkms. `variables` is the whitelist to read back. With a sandbox, bash runs in it.
+pub fn evaluate(
+    files: &[PathBuf],
+    scope: &Scope,
+    variables: &[&str],
+    sandbox: Option<&super::sandbox::Sandbox>,
+) -> io::Result<RawConf> {
+    let mut command = match sandbox {
+        Some(sandbox) => sandbox.command("bash", Path::new("/")),
+        None => Command::new("bash"),
+    };
     command
         .arg("-c")
         .arg(EVALUATOR)

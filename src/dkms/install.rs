@@ -128,7 +128,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     replace_symlink(&link, &Path::new(version).join(&target.kernel).join(&target.arch))
         .map_err(|e| Failure::io(format!("creating {}", link.display()), e))?;
     build::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version));
-    ctx.depmod_pending.borrow_mut().insert(target.kernel.clone());
+    ctx.pending_depmod(&target.kernel);
     Ok(())
 }
 
@@ -145,11 +145,11 @@ fn replace_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
 fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, built: &Path) -> Result<bool> {
     let kernel = &target.kernel;
     if !obsolete_by.is_empty() && !ctx.force && is_obsoleted(obsolete_by, kernel) {
-        eprintln!();
-        eprintln!("Module has been obsoleted due to being included");
-        eprintln!("in kernel {obsolete_by}.  We will avoid installing");
-        eprintln!("for future kernels above {obsolete_by}.");
-        eprintln!("You may override by specifying --force.");
+        super::print_err("");
+        super::print_err(format_args!("Module has been obsoleted due to being included"));
+        super::print_err(format_args!("in kernel {obsolete_by}.  We will avoid installing"));
+        super::print_err(format_args!("for future kernels above {obsolete_by}."));
+        super::print_err(format_args!("You may override by specifying --force."));
         return Ok(false);
     }
     let existing = find_module(&ctx.install_tree.join(kernel), name);
@@ -170,16 +170,16 @@ fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, bui
         return Ok(true);
     }
     if old_version == new_version {
-        eprintln!("Module version {new_version} for {suffix}");
-        eprintln!("exactly matches what is already found in kernel {kernel}.");
-        eprintln!("DKMS will not replace this module.");
-        eprintln!("You may override by specifying --force.");
+        super::print_err(format_args!("Module version {new_version} for {suffix}"));
+        super::print_err(format_args!("exactly matches what is already found in kernel {kernel}."));
+        super::print_err(format_args!("DKMS will not replace this module."));
+        super::print_err(format_args!("You may override by specifying --force."));
         return Ok(false);
     }
     if !old_version.is_empty() && !new_version.is_empty() && ver_key(&old_version) > ver_key(&new_version) {
-        eprintln!(
+        super::print_err(format_args!(
             "Error! Module version {new_version} for {suffix}\nis not newer than what is already found in kernel {kernel} ({old_version}).\nYou may override by specifying --force."
-        );
+        ));
         return Ok(false);
     }
     Ok(true)
@@ -297,7 +297,7 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
         ctx.say("This module version was INACTIVE for this kernel.");
     }
     build::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version));
-    ctx.depmod_pending.borrow_mut().insert(target.kernel.clone());
+    ctx.pending_depmod(&target.kernel);
     if was_active && archive_dir.is_dir() && !archive_dir.join("collisions").is_dir() {
         let _ = std::fs::remove_dir_all(&archive_dir);
         if let Some(kernel_archive) = archive_dir.parent() {
@@ -390,7 +390,7 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
                     continue;
                 }
                 if tree::is_broken(ctx, &module, &version) {
-                    eprintln!("Error! {module}/{version} is broken! Skipping it.");
+                    super::print_err(format_args!("Error! {module}/{version} is broken! Skipping it."));
                     continue;
                 }
                 if tree::is_installed_link(ctx, &module, &version, target) {
@@ -459,7 +459,7 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
 
 /// Regenerates the indexes of every kernel this run changed, natively and inside the root.
 pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
-    let kernels: Vec<String> = std::mem::take(&mut *ctx.depmod_pending.borrow_mut()).into_iter().collect();
+    let kernels: Vec<String> = ctx.take_pending_depmods();
     if ctx.no_depmod {
         return Ok(());
     }

@@ -4,19 +4,22 @@
 pub mod build;
 pub mod conf;
 pub mod install;
+pub mod parallel;
 pub mod sandbox;
 pub mod sign;
 pub mod tree;
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use argh::FromArgs;
 use cross::Sysroot;
 
 use conf::{Conf, Derive, RawConf, Scope};
+use sandbox::Sandbox;
 
 /// The actions, as dkms spells them.
 pub const ACTIONS: &[&str] = &["add", "build", "install", "uninstall", "unbuild", "remove", "status", "autoinstall"];
@@ -166,6 +169,26 @@ pub struct SigningArgs {
     pub sign_file: Option<PathBuf>,
 }
 
+/// How dkms.conf and build commands see the filesystem.
+pub struct View<'a> {
+    /// The dkms tree (host path): the real one, or a build's own.
+    pub build_tree: &'a Path,
+    /// The mount namespace giving the target's paths, inside a root when available.
+    pub sandbox: Option<&'a Sandbox>,
+    /// Without a sandbox: a host-usable view of the kernel headers, if one was made.
+    pub headers_view: Option<&'a Path>,
+}
+
+/// dkms's path variables, as a dkms.conf or a make command sees them.
+#[derive(Debug, Clone)]
+pub struct ScopePaths {
+    pub kernel_source_dir: PathBuf,
+    pub kernel_config: PathBuf,
+    pub dkms_tree: PathBuf,
+    pub source_tree: PathBuf,
+    pub install_tree: PathBuf,
+}
+
 /// Everything a run needs: the trees as host paths, the root, the settings.
 pub struct Ctx {
     pub root: Sysroot,
@@ -195,8 +218,12 @@ pub struct Ctx {
     pub framework_files: Vec<PathBuf>,
     /// Signing settings from the command line (host paths).
     pub signing: SigningArgs,
+    /// The jobserver all of a run's makes share (`-j N`), when N is a number.
+    pub jobserver: Option<jobserver::Client>,
+    /// The sandbox over the real dkms tree (for confs read outside builds), made on first use.
+    tree_sandbox: OnceLock<Option<Sandbox>>,
     /// Kernels whose indexes must be regenerated before the run ends.
-    pub depmod_pending: RefCell<BTreeSet<String>>,
+    pub depmod_pending: Mutex<BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -205,17 +232,83 @@ impl Ctx {
         !self.root.is_host()
     }
 
+    /// A sandbox giving the target's paths inside a root, with `dkms_tree` (host path) as the
+    /// dkms tree and overlay layers under `work`; None on the host or without mount namespaces.
+    /// For a kernel, the directories its headers link to outside those trees (Debian's
+    /// `scripts -> ../../lib/linux-kbuild-6.1/scripts`) are mounted too.
+    pub fn sandbox(&self, dkms_tree: &Path, work: &Path, kernel: Option<&str>) -> Option<Sandbox> {
+        if !self.image_mode() {
+            return None;
+        }
+        let mut binds = vec![
+            (self.source_tree.clone(), self.source_tree_target.clone()),
+            (self.install_tree.clone(), self.install_tree_target.clone()),
+            (dkms_tree.to_path_buf(), self.dkms_tree_target.clone()),
+        ];
+        let boot = self.root.root().join("boot");
+        if boot.is_dir() {
+            binds.push((boot, PathBuf::from("/boot")));
+        }
+        if let Some(kernel) = kernel {
+            // The headers and the source tree's directories (Debian's -common headers) link to
+            // kbuild tools elsewhere: mount each such target at its own path too.
+            let mut dirs = vec![self.install_tree_target.join(kernel).join("build")];
+            dirs.push(self.source_tree_target.clone());
+            for name in tree::sorted_dirs(&self.source_tree) {
+                dirs.push(self.source_tree_target.join(name));
+            }
+            for dir in dirs {
+                let Ok(host_dir) = self.root.resolve(&dir) else { continue };
+                for entry in std::fs::read_dir(&host_dir).into_iter().flatten().flatten() {
+                    if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                        continue;
+                    }
+                    let Ok(inner) = self.root.resolve_target_path(dir.join(entry.file_name())) else { continue };
+                    let covered = binds.iter().any(|(_, target)| inner.starts_with(target));
+                    if covered || inner == Path::new("/") {
+                        continue;
+                    }
+                    if let Ok(host) = self.root.resolve(&inner) {
+                        if host.is_dir() {
+                            binds.push((host, inner));
+                        }
+                    }
+                }
+            }
+        }
+        Sandbox::new(binds, work)
+    }
+
+    /// The sandbox over the real dkms tree, for confs read and scripts run outside builds.
+    pub fn tree_sandbox(&self) -> Option<&Sandbox> {
+        self.tree_sandbox
+            .get_or_init(|| {
+                self.sandbox(&self.dkms_tree, &self.dkms_tree.join(format!(".xdkms-work-{}", std::process::id())), None)
+            })
+            .as_ref()
+    }
+
+    /// Notes that a kernel's indexes must be regenerated before the run ends.
+    pub fn pending_depmod(&self, kernel: &str) {
+        self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
+    }
+
+    /// The kernels noted by [`Ctx::pending_depmod`], forgetting them.
+    pub fn take_pending_depmods(&self) -> Vec<String> {
+        std::mem::take(&mut *self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()
+    }
+
     /// Prints a progress line (nothing with -q).
     pub fn say(&self, line: impl fmt::Display) {
         if !self.quiet {
-            println!("{line}");
+            print_out(format_args!("{line}"));
         }
     }
 
     /// Prints a warning in dkms's form.
     pub fn warn(&self, line: impl fmt::Display) {
         if !self.quiet {
-            eprintln!("Warning: {line}");
+            print_err(format_args!("Warning: {line}"));
         }
     }
 
@@ -285,20 +378,48 @@ impl Ctx {
         build_tree: &Path,
         strict: bool,
     ) -> Result<Conf> {
-        self.read_conf_in(module, version, target, conf_path, build_tree, None, strict)
+        let view = View { build_tree, sandbox: self.tree_sandbox(), headers_view: None };
+        self.read_conf_in(module, version, target, conf_path, &view, strict)
     }
 
-    /// [`Ctx::read_conf`] with `$kernel_source_dir` naming `kernel_dir` (a prepared headers view)
-    /// instead of the kernel's build directory.
-    #[allow(clippy::too_many_arguments)]
+    /// The paths dkms.conf and build commands see for one kernel: the target's paths inside a
+    /// sandbox, else host paths (`$kernel_source_dir` naming a headers view when there is one).
+    pub fn scope_paths(&self, kernel: &str, view: &View) -> ScopePaths {
+        match view.sandbox {
+            Some(sandbox) => {
+                let kernel_source_dir = match &self.kernel_source_override {
+                    Some(dir) => sandbox.target_path(dir),
+                    None => self.install_tree_target.join(kernel).join("build"),
+                };
+                ScopePaths {
+                    kernel_config: match &self.kernel_config_override {
+                        Some(config) => sandbox.target_path(config),
+                        None => kernel_source_dir.join(".config"),
+                    },
+                    kernel_source_dir,
+                    dkms_tree: sandbox.target_path(view.build_tree),
+                    source_tree: sandbox.target_path(&self.source_tree),
+                    install_tree: sandbox.target_path(&self.install_tree),
+                }
+            }
+            None => ScopePaths {
+                kernel_source_dir: view.headers_view.map_or_else(|| self.kernel_source_dir(kernel), Path::to_path_buf),
+                kernel_config: self.kernel_config_path(kernel),
+                dkms_tree: view.build_tree.to_path_buf(),
+                source_tree: self.source_tree.clone(),
+                install_tree: self.install_tree.clone(),
+            },
+        }
+    }
+
+    /// [`Ctx::read_conf`] in a given view of the filesystem.
     pub fn read_conf_in(
         &self,
         module: &str,
         version: &str,
         target: &Target,
         conf_path: &Path,
-        build_tree: &Path,
-        kernel_dir: Option<&Path>,
+        view: &View,
         strict: bool,
     ) -> Result<Conf> {
         if !conf_path.is_file() {
@@ -310,28 +431,28 @@ impl Ctx {
                 ],
             ));
         }
-        let kernel_source_dir = kernel_dir.map_or_else(|| self.kernel_source_dir(&target.kernel), Path::to_path_buf);
-        let config_path = self.kernel_config_path(&target.kernel);
-        let config = std::fs::read_to_string(&config_path).ok();
+        let paths = self.scope_paths(&target.kernel, view);
+        // Read on the host side: the configuration's host path.
+        let config = std::fs::read_to_string(self.kernel_config_path(&target.kernel)).ok();
         let scope = Scope {
             kernelver: target.kernel.clone(),
             arch: target.arch.clone(),
-            kernel_source_dir: kernel_source_dir.clone(),
-            kernel_config: config_path,
-            dkms_tree: build_tree.to_path_buf(),
-            source_tree: self.source_tree.clone(),
-            install_tree: self.install_tree.clone(),
+            kernel_source_dir: paths.kernel_source_dir.clone(),
+            kernel_config: paths.kernel_config.clone(),
+            dkms_tree: paths.dkms_tree.clone(),
+            source_tree: paths.source_tree.clone(),
+            install_tree: paths.install_tree.clone(),
             module: module.to_string(),
             module_version: version.to_string(),
             parallel_jobs: self.jobs.clone(),
             running_distribution: self.distro.clone(),
         };
         let files = self.conf_files(conf_path, module, version, target);
-        let mut raw: RawConf = conf::evaluate(&files, &scope, conf::WHITELIST)
+        let mut raw: RawConf = conf::evaluate(&files, &scope, conf::WHITELIST, view.sandbox)
             .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
         for (name, file) in &raw.deprecated {
             if !self.quiet {
-                eprintln!("Deprecated feature: {name} ({})", file.display());
+                print_err(format_args!("Deprecated feature: {name} ({})", file.display()));
             }
         }
         for (name, value) in &self.directives {
@@ -343,16 +464,16 @@ impl Ctx {
             arch: &target.arch,
             distro: &self.distro,
             addon_modules_dir: self.addon_modules_dir.as_deref(),
-            kernel_source_dir: &kernel_source_dir,
+            kernel_source_dir: &paths.kernel_source_dir,
             kernel_config: config.as_deref(),
-            build_dkms_tree: build_tree,
+            build_dkms_tree: &paths.dkms_tree,
             module,
             module_version: version,
             strict,
         };
         Conf::from_raw(raw, &derive).map_err(|errors| {
             if !self.quiet {
-                errors.iter().for_each(|e| eprintln!("{e}"));
+                errors.iter().for_each(|e| print_err(format_args!("{e}")));
             }
             Failure::new(
                 exit::BAD_CONF,
@@ -380,6 +501,29 @@ impl Ctx {
             }
         }
         host_machine()
+    }
+}
+
+/// Writes a line to stdout; a closed pipe (`xdkms status | head`) is not an error.
+pub fn print_out(text: impl fmt::Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Writes a line to stderr, ignoring write errors.
+pub fn print_err(text: impl fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Writes to stderr without a newline.
+fn print_err_partial(text: &str) {
+    let _ = write!(std::io::stderr().lock(), "{text}");
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if let Some(Some(_)) = self.tree_sandbox.get() {
+            let _ = std::fs::remove_dir_all(self.dkms_tree.join(format!(".xdkms-work-{}", std::process::id())));
+        }
     }
 }
 
@@ -424,11 +568,11 @@ pub fn main(action: &str, args: &[&str]) -> i32 {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    println!("{}", early.output);
+                    print_out(format_args!("{}", early.output));
                     0
                 }
                 Err(()) => {
-                    eprintln!("{}", early.output);
+                    print_err(format_args!("{}", early.output));
                     2
                 }
             };
@@ -439,9 +583,9 @@ pub fn main(action: &str, args: &[&str]) -> i32 {
         Ok(()) => 0,
         Err(failure) => {
             if !quiet && !failure.lines.is_empty() {
-                eprint!("Error! ");
+                print_err_partial("Error! ");
                 for line in &failure.lines {
-                    eprintln!("{line}");
+                    print_err(format_args!("{line}"));
                 }
             }
             failure.code
@@ -453,6 +597,12 @@ pub fn main(action: &str, args: &[&str]) -> i32 {
 fn normalize<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut out = Vec::with_capacity(args.len());
     for &word in args {
+        // `-j4`, as make spells it.
+        if let Some(jobs) = word.strip_prefix("-j").filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_digit())) {
+            out.push("-j");
+            out.push(jobs);
+            continue;
+        }
         match word.strip_prefix("--").and_then(|w| w.split_once('=')) {
             Some((name, value)) => {
                 let at = 2 + name.len();
@@ -473,43 +623,54 @@ pub struct Named {
     pub source_dir: Option<PathBuf>,
 }
 
-fn classify(args: &Args) -> Result<Named> {
-    let mut named = Named::default();
-    let set_module = |named: &mut Named, text: &str| match text.split_once('/') {
-        Some((m, v)) => {
-            named.module = Some(m.to_string());
-            named.version = Some(v.to_string());
-        }
-        None => named.module = Some(text.to_string()),
+/// The modules named: `-m` (with `-v`), then every positional `module/version`, module source
+/// directory or dkms.conf path, in order. A lone `-v` completes the one request without a version.
+fn classify(args: &Args) -> Vec<Named> {
+    let parse = |text: &str| match text.split_once('/') {
+        Some((m, v)) => Named { module: Some(m.to_string()), version: Some(v.to_string()), source_dir: None },
+        None => Named { module: Some(text.to_string()), version: None, source_dir: None },
     };
-    if let Some(m) = &args.module {
-        set_module(&mut named, m);
-    }
+    let mut requests: Vec<Named> = args.module.as_deref().map(parse).into_iter().collect();
     for word in &args.words {
         let path = Path::new(word);
         if path.is_file() && word.ends_with("dkms.conf") {
             let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            named.source_dir = Some(dir.to_path_buf());
+            requests.push(Named { source_dir: Some(dir.to_path_buf()), ..Default::default() });
         } else if path.is_dir() && path.join("dkms.conf").is_file() {
-            named.source_dir = Some(path.to_path_buf());
-        } else if named.module.is_none() {
-            set_module(&mut named, word);
+            requests.push(Named { source_dir: Some(path.to_path_buf()), ..Default::default() });
         } else {
-            eprintln!("Warning: I do not know how to handle {word}.");
+            requests.push(parse(word));
         }
     }
-    if let Some(v) = &args.version {
-        named.version = Some(v.clone());
+    if let Some(version) = &args.version {
+        if requests.is_empty() {
+            requests.push(Named { version: Some(version.clone()), ..Default::default() });
+        }
+        let mut without = requests.iter_mut().filter(|n| n.version.is_none() && n.source_dir.is_none());
+        if let (Some(named), None) = (without.next(), without.next()) {
+            named.version = Some(version.clone());
+        }
     }
-    Ok(named)
+    requests
+}
+
+/// The single module a command acts on (dkms's actions take one).
+fn single(action: &str, mut requests: Vec<Named>) -> Result<Named> {
+    if requests.len() > 1 {
+        return Err(Failure::new(
+            exit::USAGE,
+            [format!("The action {action} takes one module; build and install take several.")],
+        ));
+    }
+    Ok(requests.pop().unwrap_or_default())
 }
 
 fn run(action: &str, args: Args) -> Result<()> {
     if args.version_flag {
-        println!("xdkms {} (dkms-3.0.10 compatible)", env!("CARGO_PKG_VERSION"));
+        print_out(format_args!("xdkms {} (dkms-3.0.10 compatible)", env!("CARGO_PKG_VERSION")));
         return Ok(());
     }
-    let named = classify(&args)?;
+    let requests = classify(&args);
     let ctx = make_ctx(&args)?;
     if args.arch.len() > 1 && args.arch.len() != args.kernelver.len() {
         return Err(Failure::new(
@@ -534,35 +695,29 @@ fn run(action: &str, args: Args) -> Result<()> {
     }
     if action == "status" {
         let targets = explicit_targets(&args);
-        return tree::status(&ctx, &named, &targets, args.json);
+        return tree::status(&ctx, &single(action, requests)?, &targets, args.json);
     }
     let _lock = tree::lock(&ctx)?;
     tree::clean_leftovers(&ctx);
     let result = match action {
         "add" => {
             let targets = default_targets(&ctx, &args, false)?;
+            let named = single(action, requests)?;
             tree::add(&ctx, named.module, named.version, named.source_dir, targets.first()).map(|_| ())
         }
         "build" | "install" => {
             let targets = default_targets(&ctx, &args, true)?;
-            let (module, version) = add_if_needed(&ctx, named, targets.first())?;
-            let mut last = Ok(());
-            for target in &targets {
-                last = if action == "build" {
-                    build::maybe_build(&ctx, &module, &version, target)
-                } else {
-                    install::maybe_install(&ctx, &module, &version, target)
-                };
-                if let Err(failure) = &last {
-                    // dkms runs each kernel in a subshell and reports the last kernel's status;
-                    // every failure is shown as it happens.
-                    report(&ctx, failure);
-                }
+            if requests.is_empty() {
+                return module_args(action, Named::default()).map(|_| ());
             }
-            last.map_err(|f| Failure { code: f.code, lines: Vec::new() })
+            let mut modules = Vec::new();
+            for named in requests {
+                modules.push(add_if_needed(&ctx, named, targets.first())?);
+            }
+            parallel::build_and_install(&ctx, action == "install", &modules, &targets)
         }
         "uninstall" | "unbuild" | "remove" => {
-            let (module, version) = module_args(action, named)?;
+            let (module, version) = module_args(action, single(action, requests)?)?;
             if !tree::is_added(&ctx, &module, &version) {
                 return Err(Failure::new(
                     exit::TREE_STATE,
@@ -593,11 +748,11 @@ fn run(action: &str, args: Args) -> Result<()> {
 }
 
 /// Prints a failure now (for loops that go on after one).
-fn report(ctx: &Ctx, failure: &Failure) {
+pub fn report(ctx: &Ctx, failure: &Failure) {
     if !ctx.quiet && !failure.lines.is_empty() {
-        eprint!("Error! ");
+        print_err_partial("Error! ");
         for line in &failure.lines {
-            eprintln!("{line}");
+            print_err(format_args!("{line}"));
         }
     }
 }
@@ -722,6 +877,7 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             &framework_files,
             &Scope::default(),
             &["source_tree", "dkms_tree", "install_tree", "parallel_jobs", "verbose", "symlink_modules"],
+            None,
         )
         .map_err(|e| Failure::io("reading framework.conf", e))?
     } else {
@@ -754,7 +910,15 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             None => return Err(Failure::new(2, [format!("--directive {d:?}: use NAME=value")])),
         }
     }
+    let jobs = if jobs == "0" { String::new() } else { jobs };
+    let jobserver = match jobs.parse::<usize>() {
+        Ok(n) if n > 0 => {
+            Some(jobserver::Client::new(n).map_err(|e| Failure::io(format!("creating a jobserver for -j {n}"), e))?)
+        }
+        _ => None,
+    };
     Ok(Ctx {
+        jobserver,
         dkms_tree,
         source_tree,
         source_tree_target,
@@ -764,7 +928,7 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         etc_dkms,
         distro: distro_from_os_release(&os_release),
         addon_modules_dir: std::env::var("ADDON_MODULES_DIR").ok().filter(|s| !s.is_empty()),
-        jobs: if jobs == "0" { String::new() } else { jobs },
+        jobs,
         force: args.force,
         force_version_override: args.force_version_override,
         verbose: args.verbose || !framework.scalar("verbose").is_empty(),
@@ -781,7 +945,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             cert: args.mok_certificate.clone(),
             sign_file: args.sign_file.clone(),
         },
-        depmod_pending: RefCell::new(BTreeSet::new()),
+        depmod_pending: Mutex::new(BTreeSet::new()),
+        tree_sandbox: OnceLock::new(),
         root,
     })
 }
@@ -801,5 +966,6 @@ mod tests {
     #[test]
     fn long_options_with_equals_are_split() {
         assert_eq!(normalize(&["--kernelver=6.1/x86_64", "-k", "x"]), ["--kernelver", "6.1/x86_64", "-k", "x"]);
+        assert_eq!(normalize(&["-j4", "-jx"]), ["-j", "4", "-jx"]);
     }
 }

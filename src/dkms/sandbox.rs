@@ -1,35 +1,46 @@
-//! The target's paths for build commands. Inside a root, patch, make and the build scripts run in
-//! a private mount namespace in which the root's source tree, module tree and the build's own
-//! dkms tree are mounted where dkms.conf files and Makefiles spell them out (`/usr/src/...`,
-//! `/lib/modules/$kernelver/build`, `/var/lib/dkms/$module/$version/build`), exactly as on a
-//! target with the headers installed. The namespace lives as long as the command; nothing is
-//! mounted on the host. A mount point missing on the host (no /lib/modules on a build server) is
-//! created inside an overlay whose writable layer lies in the build's staging directory.
+//! The target's paths for dkms.conf and build commands. Inside a root, dkms.conf files are read,
+//! and patch, make and the build scripts run, in a private mount namespace in which the root's
+//! source tree, module tree, /boot and a dkms tree sit where confs and Makefiles spell them out
+//! (`/usr/src/...`, `/lib/modules/$kernelver/build`, `/var/lib/dkms/$module/$version/build`),
+//! as on a target with its headers installed; the variables dkms passes (`$kernel_source_dir`,
+//! `$dkms_tree`, ...) and the working directory are those target paths too. So a build inside a
+//! root sees the paths dkms would see on the target, and produces the same module bytes.
 //!
-//! Mount namespaces need root or unprivileged user namespaces (`unshare -r`). Without either,
-//! commands run directly and only the kernel-directory make variables point into the root.
+//! The namespace lives as long as the command; nothing is mounted on the host. A mount point
+//! missing on the host (no /lib/modules on a build server) is created inside an overlay whose
+//! writable layer lies in a work directory inside the root. Mount namespaces need root or
+//! unprivileged user namespaces (`unshare -r`); without either, commands run directly with host
+//! paths, and only the kernel-directory make variables point into the root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// Sets up the mounts given as arguments, then runs the command after `--`.
+/// Sets up the mounts given as arguments, enters the working directory, runs the command.
 const SETUP: &str = r#"
 set -e
-work=$1; shift
-n=0
+work=$1 cwd=$2; shift 2
+n=0 overlaid=" "
 while [ "$1" != -- ]; do
     source=$1 target=$2; shift 2
     if [ ! -d "$target" ]; then
-        parent=$(readlink -f "${target%/*}")
-        n=$((n + 1))
-        mkdir -p "$work/overlay$n/upper" "$work/overlay$n/work"
-        mount -t overlay overlay -o "lowerdir=$parent,upperdir=$work/overlay$n/upper,workdir=$work/overlay$n/work" "$parent"
+        # Overlay the deepest existing ancestor, so the mount point can be made there.
+        ancestor=${target%/*}
+        while [ -n "$ancestor" ] && [ ! -d "$ancestor" ]; do ancestor=${ancestor%/*}; done
+        ancestor=$(readlink -f "${ancestor:-/}")
+        case $overlaid in *" $ancestor "*) ;; *)
+            n=$((n + 1))
+            mkdir -p "$work/overlay$n/upper" "$work/overlay$n/work"
+            mount -t overlay overlay \
+                -o "lowerdir=$ancestor,upperdir=$work/overlay$n/upper,workdir=$work/overlay$n/work" "$ancestor"
+            overlaid="$overlaid$ancestor " ;;
+        esac
         mkdir -p "$target"
     fi
     mount --bind "$source" "$target"
 done
 shift
+cd "$cwd"
 exec "$@"
 "#;
 
@@ -51,7 +62,7 @@ fn unshare_flags() -> Option<&'static [&'static str]> {
     })
 }
 
-/// Mounts for one build: `(host directory, path it appears at)`.
+/// The mounts of one view: `(host directory, target path it appears at)`.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     binds: Vec<(PathBuf, PathBuf)>,
@@ -60,20 +71,62 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A sandbox with these mounts, or None when mount namespaces are not available.
+    /// A sandbox with these mounts (overlay layers under `work`), or None when mount namespaces
+    /// are not available.
     pub fn new(binds: Vec<(PathBuf, PathBuf)>, work: &Path) -> Option<Sandbox> {
         let flags = unshare_flags()?;
         Some(Sandbox { binds, work: work.to_path_buf(), flags })
     }
 
-    /// A command running `program args...` inside the namespace.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    /// The path a host path has inside the namespace (unchanged when no mount covers it).
+    pub fn target_path(&self, host: &Path) -> PathBuf {
+        self.binds
+            .iter()
+            .filter_map(|(source, target)| {
+                // `join("")` would add a trailing slash.
+                let rest = host.strip_prefix(source).ok()?;
+                Some((source, if rest.as_os_str().is_empty() { target.clone() } else { target.join(rest) }))
+            })
+            .max_by_key(|(source, _)| source.as_os_str().len())
+            .map(|(_, path)| path)
+            .unwrap_or_else(|| host.to_path_buf())
+    }
+
+    /// A command running `program` inside the namespace, in `cwd` (a host path, entered at its
+    /// target path).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
         let mut command = Command::new("unshare");
         command.args(self.flags).args(["bash", "-c", SETUP, "xdkms-sandbox"]).arg(&self.work);
+        command.arg(self.target_path(cwd));
         for (source, target) in &self.binds {
             command.arg(source).arg(target);
         }
         command.arg("--").arg(program);
         command
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_map_to_the_longest_mount() {
+        let sandbox = Sandbox {
+            binds: vec![
+                (PathBuf::from("/r/usr/src"), PathBuf::from("/usr/src")),
+                (PathBuf::from("/r/var/lib/dkms/m/1/.tmp/tree"), PathBuf::from("/var/lib/dkms")),
+                (PathBuf::from("/r/var/lib/dkms"), PathBuf::from("/x")),
+            ],
+            work: PathBuf::from("/w"),
+            flags: &[],
+        };
+        assert_eq!(sandbox.target_path(Path::new("/r/usr/src/m-1/dkms.conf")), Path::new("/usr/src/m-1/dkms.conf"));
+        assert_eq!(
+            sandbox.target_path(Path::new("/r/var/lib/dkms/m/1/.tmp/tree/m/1/build")),
+            Path::new("/var/lib/dkms/m/1/build")
+        );
+        assert_eq!(sandbox.target_path(Path::new("/elsewhere")), Path::new("/elsewhere"));
+        assert_eq!(sandbox.target_path(Path::new("/r/usr/src")).as_os_str(), "/usr/src");
     }
 }

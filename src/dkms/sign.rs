@@ -34,8 +34,9 @@ fn in_root(ctx: &Ctx, value: &str) -> PathBuf {
 pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
     // framework.conf's signing variables may use $kernelver: read them for this kernel.
     let scope = Scope { kernelver: target.kernel.clone(), arch: target.arch.clone(), ..Default::default() };
-    let framework = conf::evaluate(&ctx.framework_files, &scope, &["sign_file", "mok_signing_key", "mok_certificate"])
-        .unwrap_or_default();
+    let framework =
+        conf::evaluate(&ctx.framework_files, &scope, &["sign_file", "mok_signing_key", "mok_certificate"], None)
+            .unwrap_or_default();
     let configured = |cli: &Option<PathBuf>, name: &str| -> Option<PathBuf> {
         cli.clone().or_else(|| Some(framework.scalar(name)).filter(|v| !v.is_empty()).map(|v| in_root(ctx, v)))
     };

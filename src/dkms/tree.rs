@@ -42,9 +42,16 @@ pub fn lock(ctx: &Ctx) -> Result<Lock> {
     Ok(Lock { _file: file })
 }
 
-/// Removes what killed runs left behind: build staging directories (`<m>/<v>/<k>/.tmp_*`) and
-/// kernel directories they left empty. Called with the lock held, so none of them is in use.
+/// Removes what killed runs left behind: work directories (`<dkms_tree>/.xdkms-work-*`), build
+/// staging directories (`<m>/<v>/<k>/.tmp_*`) and kernel directories they left empty. Called with the lock held, so none of them is in use.
 pub fn clean_leftovers(ctx: &Ctx) {
+    let own_work = format!(".xdkms-work-{}", std::process::id());
+    for entry in std::fs::read_dir(&ctx.dkms_tree).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".xdkms-work-") && name != own_work {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     for module in sorted_dirs(&ctx.dkms_tree) {
         for version in sorted_dirs(&ctx.dkms_tree.join(&module)) {
             let version_dir = ctx.dkms_tree.join(&module).join(&version);
@@ -219,8 +226,6 @@ pub struct StatusEntry {
     pub arch: Option<String>,
     /// dkms moved the kernel's own copy of a module aside (`original_module/<k>/<a>`).
     pub original_module_exists: bool,
-    /// Some module the conf names is missing from the build.
-    pub missing_built_modules: bool,
     /// An installed module differs from the built one.
     pub differs_from_installed: bool,
 }
@@ -233,9 +238,6 @@ impl StatusEntry {
                 let mut line = format!("{}/{}, {k}, {a}: {}", self.module, self.version, self.state);
                 if self.original_module_exists {
                     line.push_str(" (original_module exists)");
-                }
-                if self.missing_built_modules {
-                    line.push_str(" (WARNING! Missing some built modules!)");
                 }
                 if self.differs_from_installed {
                     line.push_str(" (WARNING! Diff between built and installed module!)");
@@ -265,7 +267,6 @@ pub fn entries(ctx: &Ctx, module: &str, version: &str, kernel: &str, arch: &str)
                 kernel: k,
                 arch: a,
                 original_module_exists: false,
-                missing_built_modules: false,
                 differs_from_installed: false,
             };
             if is_broken(ctx, &m, &v) {
@@ -283,25 +284,30 @@ pub fn entries(ctx: &Ctx, module: &str, version: &str, kernel: &str, arch: &str)
                 let arches = if arch.is_empty() { sorted_dirs(&version_dir.join(&k)) } else { vec![arch.to_string()] };
                 for a in arches {
                     let target = Target { kernel: k.clone(), arch: a.clone() };
-                    if !is_built(ctx, &m, &v, &target) {
+                    // is_built, keeping what it reads.
+                    let built_dir = version_dir.join(&k).join(&a).join("module");
+                    if !built_dir.is_dir() {
                         continue;
                     }
+                    let Some(records) = expected_modules(ctx, &m, &v, &target) else { continue };
+                    let built: Option<Vec<PathBuf>> =
+                        records.iter().map(|r| module_file(&built_dir, &r.dest_name)).collect();
+                    let Some(built) = built else { continue };
                     any = true;
                     let installed = is_installed_link(ctx, &m, &v, &target);
                     let mut e = entry(if installed { "installed" } else { "built" }, Some(k.clone()), Some(a.clone()));
                     e.original_module_exists =
                         ctx.dkms_tree.join(&m).join("original_module").join(&k).join(&a).is_dir();
-                    let built_dir = version_dir.join(&k).join(&a).join("module");
-                    for record in expected_modules(ctx, &m, &v, &target).unwrap_or_default() {
-                        match module_file(&built_dir, &record.dest_name) {
-                            None => e.missing_built_modules = true,
-                            Some(built) if installed => {
-                                let installed_file = installed_location(ctx, &target, &record, &built)
-                                    .and_then(|dir| module_file(&dir, &record.dest_name));
-                                let same = installed_file.is_some_and(|f| files_equal(&f, &built));
-                                e.differs_from_installed |= !same;
+                    if installed {
+                        for (record, built) in records.iter().zip(&built) {
+                            // The usual case first: an identical copy where the distribution puts it.
+                            let usual = ctx.install_tree.join(&k).join(record.dest_location.trim_start_matches('/'));
+                            if module_file(&usual, &record.dest_name).is_some_and(|f| files_equal(&f, built)) {
+                                continue;
                             }
-                            Some(_) => {}
+                            let installed_file = installed_location(ctx, &target, record, built)
+                                .and_then(|dir| module_file(&dir, &record.dest_name));
+                            e.differs_from_installed |= !installed_file.is_some_and(|f| files_equal(&f, built));
                         }
                     }
                     out.push(e);
@@ -351,17 +357,17 @@ pub fn status(ctx: &Ctx, named: &Named, targets: &[Target], json: bool) -> Resul
     }
     if json {
         let text = serde_json::to_string_pretty(&all).map_err(|e| Failure::io("writing JSON", e))?;
-        println!("{text}");
+        super::print_out(format_args!("{text}"));
         return Ok(());
     }
     for e in &all {
-        println!("{}", e.line());
+        super::print_out(format_args!("{}", e.line()));
         if e.state == "broken" {
-            eprintln!(
+            super::print_err(format_args!(
                 "Error! {}/{}: Missing the module source directory or the symbolic link pointing to it.",
                 e.module, e.version
-            );
-            eprintln!("Manual intervention is required!");
+            ));
+            super::print_err(format_args!("Manual intervention is required!"));
         }
     }
     Ok(())

@@ -166,39 +166,9 @@ impl Pair {
     }
 }
 
-/// A module's content without what depends on the directory it was built in: the GNU build ID
-/// (it hashes debug information that names the build directory) and, for modules installed
-/// unstripped (STRIP=no), the debug sections. Other files: their bytes.
-fn comparable(bytes: &[u8]) -> Vec<u8> {
-    let Ok(elf) = goblin::elf::Elf::parse(bytes) else { return bytes.to_vec() };
-    let mut out = Vec::new();
-    // A signature signs the build ID too, so only its presence and size are compared: the
-    // module_signature record (12 bytes) and the marker after it.
-    const MARKER: &[u8] = b"~Module signature appended~\n";
-    if bytes.ends_with(MARKER) && bytes.len() >= MARKER.len() + 12 {
-        out.extend_from_slice(&bytes[bytes.len() - MARKER.len() - 12..]);
-    }
-    for section in &elf.section_headers {
-        let name = elf.shdr_strtab.get_at(section.sh_name).unwrap_or("");
-        if name == ".note.gnu.build-id" || name.contains(".debug") || name == ".symtab" || name == ".strtab" {
-            // Symbol tables of unstripped modules carry local debug symbols in build order.
-            out.extend_from_slice(name.as_bytes());
-            continue;
-        }
-        let start = (section.sh_offset as usize).min(bytes.len());
-        let end = if section.sh_type == goblin::elf::section_header::SHT_NOBITS {
-            start
-        } else {
-            (start + section.sh_size as usize).min(bytes.len())
-        };
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&bytes[start..end]);
-    }
-    out
-}
-
-/// Everything under `<root>/var/lib/dkms` as `path -> content`: symlinks by target, modules
-/// without build ID, logs and xdkms's own bookkeeping skipped.
+/// Everything under `<root>/var/lib/dkms` as `path -> content`: symlinks by target, files by
+/// content (modules byte for byte: both tools build at the same target paths, so even the build
+/// IDs and signatures agree); logs and xdkms's own bookkeeping skipped.
 fn dkms_tree(root: &Path) -> BTreeMap<String, String> {
     let base = root.join("var/lib/dkms");
     let mut out = BTreeMap::new();
@@ -222,7 +192,7 @@ fn dkms_tree(root: &Path) -> BTreeMap<String, String> {
                 out.insert(rel, "a make.log".into());
             } else {
                 let bytes = std::fs::read(&path).expect("read");
-                out.insert(rel, format!("{:x}", fingerprint(&comparable(&bytes))));
+                out.insert(rel, format!("{:x}", fingerprint(&bytes)));
             }
         }
     }
@@ -237,7 +207,7 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 }
 
 /// Files under `<root>/lib/modules/<kernel>` that the cache's copy does not have (installed
-/// modules and generated indexes), with their content (modules without build ID).
+/// modules and generated indexes), with their content.
 fn new_module_files(root: &Path, cache: &Path, kernel: &str) -> BTreeMap<String, u64> {
     let base = root.join("lib/modules").join(kernel);
     let cached = cache.join("lib/modules").join(kernel);
@@ -252,7 +222,7 @@ fn new_module_files(root: &Path, cache: &Path, kernel: &str) -> BTreeMap<String,
                 pending.push(path);
             } else if !kind.is_symlink() && !cached.join(rel).exists() {
                 let bytes = std::fs::read(&path).expect("read");
-                out.insert(rel.to_string_lossy().into_owned(), fingerprint(&comparable(&bytes)));
+                out.insert(rel.to_string_lossy().into_owned(), fingerprint(&bytes));
             }
         }
     }
@@ -502,4 +472,108 @@ fn real_debian_packages_match_dkms() {
         assert_eq!(x.status.code(), Some(expected), "{package}: {}", stderr(&x));
     }
     pair.assert_same_state("installing Debian's DKMS packages");
+}
+
+/// Staging directories a killed run left in the dkms tree.
+fn leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.join("var/lib/dkms")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with(".tmp_") {
+                found.push(path);
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Starts `xdkms ACTION --root ROOT ARGS` in its own process group and SIGKILLs the whole group
+/// (as a cancelled CI job is) after `delay`.
+fn kill_after(root: &Path, action: &str, args: &[&str], delay: std::time::Duration) {
+    use std::os::unix::process::CommandExt;
+    let mut child = xdkms()
+        .arg(action)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn xdkms");
+    std::thread::sleep(delay);
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
+    // Let the group's last processes go before the tree is inspected.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn killed_builds_and_installs_leave_the_previous_state() {
+    let pair = Pair::new("kill");
+    let k = pair.kernel.clone();
+    let root = pair.xroot();
+    let status = || String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    run_ok(xdkms().arg("add").arg("--root").arg(&root).args(["-k", &k]).arg(fixture("xdkms_test-1.0")));
+    let added = "xdkms_test/1.0: added\n";
+    let built = format!("xdkms_test/1.0, {k}, x86_64: built\n");
+    let installed = format!("xdkms_test/1.0, {k}, x86_64: installed\n");
+    let mut killed_mid_build = false;
+    for delay_ms in [100, 400, 900, 1500] {
+        kill_after(&root, "build", &["-k", &k, "xdkms_test/1.0"], std::time::Duration::from_millis(delay_ms));
+        killed_mid_build |= !leftovers(&root).is_empty();
+        let now = status();
+        assert!(now == added || now == built, "after a build killed at {delay_ms} ms: {now}");
+        if now == built {
+            run_ok(&mut {
+                let mut c = xdkms();
+                c.arg("unbuild").arg("--root").arg(&root).args(["-k", &k, "xdkms_test/1.0"]);
+                c
+            });
+        }
+    }
+    assert!(killed_mid_build, "no kill landed during a build: the test proves nothing");
+    // The next run removes what the killed ones left, and builds.
+    let out = pair.xdkms("build", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(status(), built);
+    assert!(leftovers(&root).is_empty(), "left behind: {:?}", leftovers(&root));
+    let module = root.join("lib/modules").join(&k).join("updates/dkms/xdkms_test.ko");
+    for delay_ms in [5, 20, 60, 150] {
+        kill_after(&root, "install", &["-k", &k, "xdkms_test/1.0"], std::time::Duration::from_millis(delay_ms));
+        let now = status();
+        assert!(now == built || now == installed, "after an install killed at {delay_ms} ms: {now}");
+        if module.exists() {
+            // Never a partial file: the module is written beside its place and renamed.
+            let bytes = std::fs::read(&module).expect("read module");
+            let kept = root.join("var/lib/dkms/xdkms_test/1.0").join(&k).join("x86_64/module/xdkms_test.ko");
+            assert_eq!(bytes, std::fs::read(kept).expect("built module"), "partial module at {delay_ms} ms");
+        }
+        if now == installed {
+            pair.xdkms("uninstall", &["-k", &k, "xdkms_test/1.0"]);
+        }
+    }
+}
+
+#[test]
+fn concurrent_runs_on_one_tree_are_serialized() {
+    let pair = Pair::new("lock");
+    let k = pair.kernel.clone();
+    pair.xdkms("add", &["-k", &k, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| pair.xdkms("install", &["-k", &k, "xdkms_test/1.0"]));
+        let b = s.spawn(|| pair.xdkms("install", &["-k", &k, "xdkms_test/1.0"]));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    // One built and installed; the other waited, then found it installed.
+    let said = format!("{}{}", String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
+    assert!(said.contains("already installed"), "{said}");
+    let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    assert_eq!(status, format!("xdkms_test/1.0, {k}, x86_64: installed\n"));
 }

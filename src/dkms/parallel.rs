@@ -1,0 +1,94 @@
+//! build and install over several modules and kernels: every (module, kernel) pair builds at the
+//! same time in its own staging directory, and all of their makes share one GNU make jobserver
+//! of `-j N` tokens, so the whole run never runs more than N jobs (dkms builds one pair after
+//! another, each with its own `-j N`). Installs then run in order, and each kernel's indexes are
+//! regenerated once at the end of the run.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::{build, install, report, tree, Ctx, Failure, Result, Target};
+
+/// One (module, version, kernel) of the run.
+struct Pair<'a> {
+    module: &'a str,
+    version: &'a str,
+    target: &'a Target,
+}
+
+/// Builds (and with `install`, installs) every module for every target. Each failure is printed
+/// when it happens; the status returned is that of the last failing pair, as dkms reports the
+/// last kernel's.
+pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)], targets: &[Target]) -> Result<()> {
+    let pairs: Vec<Pair> = modules
+        .iter()
+        .flat_map(|(module, version)| targets.iter().map(move |target| Pair { module, version, target }))
+        .collect();
+    // install builds only what is not built (--force reinstalls, it does not rebuild).
+    let needs_build = |p: &Pair| !install || !tree::is_built(ctx, p.module, p.version, p.target);
+    // Largest sources first, so that the longest build does not start last and run alone.
+    let mut queue: Vec<usize> = (0..pairs.len()).filter(|&i| needs_build(&pairs[i])).collect();
+    let sizes: Vec<u64> = pairs.iter().map(|p| tree_size(&ctx.source_dir(p.module, p.version))).collect();
+    queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());
+    let results: Mutex<Vec<Option<Result<()>>>> = Mutex::new(pairs.iter().map(|_| None).collect());
+    let workers = ctx.jobs.parse::<usize>().unwrap_or(1).clamp(1, pairs.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some(index) = next else { break };
+                let pair = &pairs[index];
+                // The token is this build's own job; its make takes more from the jobserver.
+                let token = ctx.jobserver.as_ref().map(|j| j.acquire());
+                let result = if install {
+                    build::build_if_missing(ctx, pair.module, pair.version, pair.target)
+                } else {
+                    build::maybe_build(ctx, pair.module, pair.version, pair.target)
+                };
+                drop(token);
+                if let Err(failure) = &result {
+                    report(ctx, failure);
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(result);
+            });
+        }
+    });
+    let build_results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut last: Result<()> = Ok(());
+    for (pair, built) in pairs.iter().zip(build_results) {
+        let result = match built {
+            Some(Err(failure)) => Err(failure),
+            _ if install => {
+                let result = install::maybe_install(ctx, pair.module, pair.version, pair.target);
+                if let Err(failure) = &result {
+                    report(ctx, failure);
+                }
+                result
+            }
+            _ => Ok(()),
+        };
+        if let Err(failure) = result {
+            last = Err(Failure { code: failure.code, lines: Vec::new() });
+        }
+    }
+    last
+}
+
+/// The bytes of the files below `dir` (a guess at how long the module takes to build).
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
