@@ -48,7 +48,9 @@ pub fn clean_leftovers(ctx: &Ctx) {
     let own_work = format!(".xdkms-work-{}", std::process::id());
     for entry in std::fs::read_dir(&ctx.dkms_tree).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".xdkms-work-") && name != own_work {
+        // `status` takes no lock: a work directory of a live process stays.
+        let owner_alive = name.strip_prefix(".xdkms-work-").is_some_and(|pid| Path::new("/proc").join(pid).exists());
+        if name.starts_with(".xdkms-work-") && name != own_work && !owner_alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -577,3 +577,92 @@ fn concurrent_runs_on_one_tree_are_serialized() {
     let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
     assert_eq!(status, format!("xdkms_test/1.0, {k}, x86_64: installed\n"));
 }
+
+#[test]
+fn compression_follows_the_option_and_loads_as_the_kernel_expects() {
+    let pair = Pair::new("compress");
+    let k = pair.kernel.clone();
+    let root = pair.xroot();
+    pair.xdkms("add", &["-k", &k, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
+    for (option, suffix) in [("xz", ".ko.xz"), ("zst", ".ko.zst"), ("gz", ".ko.gz"), ("none", ".ko")] {
+        // Compression happens at build time (the dkms tree keeps the compressed module).
+        let out = pair.xdkms("build", &["-k", &k, "--force", "--compress", option, "xdkms_test/1.0"]);
+        assert!(out.status.success(), "{option}: {}", stderr(&out));
+        let out = pair.xdkms("install", &["-k", &k, "--force", "xdkms_test/1.0"]);
+        assert!(out.status.success(), "{option}: {}", stderr(&out));
+        let dir = root.join("lib/modules").join(&k).join("updates/dkms");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("updates/dkms")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("xdkms_test{suffix}")], "{option}: one file, the compressed one");
+        let installed = dir.join(format!("xdkms_test{suffix}"));
+        // kmod's modinfo decompresses it and reads the version (Debian's kmod lacks zlib: not gz).
+        if option != "gz" {
+            let version = run_ok(Command::new("/sbin/modinfo").args(["-F", "version"]).arg(&installed));
+            assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "1.0", "{option}");
+        }
+        match option {
+            "xz" => {
+                // The kernel's decompressor wants CRC32 (or none) and a dictionary of 1 MiB at most.
+                let list = run_ok(Command::new("xz").args(["--robot", "-lvv"]).arg(&installed));
+                let text = String::from_utf8_lossy(&list.stdout);
+                assert!(text.lines().any(|l| l.starts_with("stream\t") && l.contains("CRC32")), "{text}");
+                assert!(text.contains("--lzma2=dict=1MiB"), "{text}");
+            }
+            "zst" => {
+                run_ok(Command::new("zstd").arg("-tq").arg(&installed));
+            }
+            "gz" => {
+                run_ok(Command::new("gzip").arg("-t").arg(&installed));
+            }
+            _ => {}
+        }
+        // modules.dep names the file that is there.
+        let dep = std::fs::read_to_string(root.join("lib/modules").join(&k).join("modules.dep")).expect("dep");
+        assert!(dep.contains(&format!("updates/dkms/xdkms_test{suffix}:")), "{option}: {dep}");
+    }
+}
+
+#[test]
+fn originals_are_archived_and_restored_outside_debian() {
+    let pair = Pair::new("replace");
+    let k = pair.kernel.clone();
+    let root = pair.xroot();
+    std::fs::write(root.join("etc/os-release"), "ID=fedora\n").expect("os-release");
+    let original = root.join("lib/modules").join(&k).join("kernel/drivers/block/virtio_blk.ko");
+    let original_bytes = std::fs::read(&original).expect("the kernel's virtio_blk");
+    let out = pair.xdkms("install", &["-k", &k, fixture("xdkms_replace-1.0").to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!original.exists(), "the kernel's own copy is moved aside");
+    assert!(root.join("lib/modules").join(&k).join("extra/virtio_blk.ko").is_file(), "Fedora's location");
+    let archived = root.join("var/lib/dkms/xdkms_replace/original_module").join(&k).join("x86_64/virtio_blk.ko");
+    assert_eq!(std::fs::read(&archived).expect("archived"), original_bytes);
+    let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    assert_eq!(status, format!("xdkms_replace/1.0, {k}, x86_64: installed (original_module exists)\n"));
+    let out = pair.xdkms("uninstall", &["-k", &k, "xdkms_replace/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&original).expect("restored"), original_bytes, "restored byte for byte");
+    assert!(!root.join("lib/modules").join(&k).join("extra").exists(), "empty directories removed");
+    assert!(!root.join("var/lib/dkms/xdkms_replace/original_module").exists());
+}
+
+#[test]
+fn an_older_version_is_refused() {
+    let pair = Pair::new("older");
+    let k = pair.kernel.clone();
+    for fixture_name in ["xdkms_multiver-1.0", "xdkms_multiver-2.0"] {
+        pair.xdkms("add", &["-k", &k, fixture(fixture_name).to_str().expect("utf-8")]);
+    }
+    let out = pair.xdkms("install", &["-k", &k, "xdkms_multiver/2.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Upstream dkms: 6 and "Installation aborted." (Debian's 3.0.10 patch exits 0 here).
+    let out = pair.xdkms("install", &["-k", &k, "xdkms_multiver/1.0"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not newer than what is already found in kernel"), "{}", stderr(&out));
+    let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    assert_eq!(status, format!("xdkms_multiver/1.0, {k}, x86_64: built\nxdkms_multiver/2.0, {k}, x86_64: installed\n"));
+    let out = pair.xdkms("install", &["-k", &k, "--force", "xdkms_multiver/1.0"]);
+    assert!(out.status.success(), "--force installs it: {}", stderr(&out));
+}
