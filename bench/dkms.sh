@@ -20,24 +20,10 @@ kver=$XDKMS_KVER_AMD64
 packages=(v4l2loopback-dkms acpi-call-dkms bbswitch-dkms ddcci-dkms digimend-dkms dm-writeboost-dkms
           evdi-dkms xtrx-dkms)
 
-sandbox='
-set -e
-root=$1 work=$2; shift 2
-mkdir -p "$work/upper" "$work/work"
-mount -t overlay overlay -o "lowerdir=/usr/lib,upperdir=$work/upper,workdir=$work/work" /usr/lib
-mkdir -p /usr/lib/modules
-mount --bind "$root/lib/modules" /usr/lib/modules
-for kbuild in "$root"/usr/lib/linux-kbuild-*; do
-    mkdir -p "/usr/lib/${kbuild##*/}"; mount --bind "$kbuild" "/usr/lib/${kbuild##*/}"
-done
-mount --bind "$root/usr/src" /usr/src
-mount --bind "$root/var/lib/dkms" /var/lib/dkms
-set +e
-exec "$@"'
 # in_sandbox ROOT CMD...: runs CMD where ROOT's trees are the host's.
 in_sandbox() {
   local root=$1; shift
-  unshare -m --propagation private bash -c "$sandbox" sandbox "$root" "$root.overlay" "$@"
+  unshare -m --propagation private bash tests/fixtures/dkms-reference.sh "$root" "$root.overlay" "$@"
 }
 
 # new_root DIR: a scratch copy of the Debian amd64 root (hard links) with a signing key.

@@ -19,24 +19,6 @@ use crate::util::{refs, run, run_ok, xdkms, TempDir};
 const HEADERS_MISSING_XDKMS: i32 = 21;
 const HEADERS_MISSING_DKMS_3_0_10: i32 = 1;
 
-/// Mounts the reference root's trees at the paths dkms uses, then runs dkms with the arguments.
-const SANDBOX: &str = r#"
-set -e
-root=$1 work=$2; shift 2
-mkdir -p "$work/upper" "$work/work"
-mount -t overlay overlay -o "lowerdir=/usr/lib,upperdir=$work/upper,workdir=$work/work" /usr/lib
-mkdir -p /usr/lib/modules
-mount --bind "$root/lib/modules" /usr/lib/modules
-for kbuild in "$root"/usr/lib/linux-kbuild-*; do
-    mkdir -p "/usr/lib/${kbuild##*/}"
-    mount --bind "$kbuild" "/usr/lib/${kbuild##*/}"
-done
-mount --bind "$root/usr/src" /usr/src
-mount --bind "$root/var/lib/dkms" /var/lib/dkms
-set +e
-exec dkms "$@"
-"#;
-
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms").join(name)
 }
@@ -107,10 +89,13 @@ impl Pair {
     /// Runs dkms in its sandbox. Source directories named in `args` must be reachable there:
     /// use paths outside /usr/src, /usr/lib and /var/lib/dkms.
     pub fn dkms(&self, action: &str, args: &[&str]) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms-reference.sh");
         let mut cmd = Command::new("unshare");
-        cmd.args(["-m", "--propagation", "private", "bash", "-c", SANDBOX, "sandbox"])
+        cmd.args(["-m", "--propagation", "private", "bash"])
+            .arg(script)
             .arg(self.rroot())
             .arg(self.dir.join("overlay"))
+            .arg("dkms")
             .arg(action)
             .args(["-j", "2"])
             .args(args);
