@@ -553,7 +553,7 @@ fn is_version_number(version: &str) -> bool {
     digits(major) && digits(rest)
 }
 
-fn absolute(path: PathBuf) -> PathBuf {
+pub fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         path
     } else {

@@ -172,12 +172,6 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
 
         ctx.say("");
         ctx.say("Building module:");
-        let log_path = build_dir.join("make.log");
-        let mut log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
-        let date = Command::new("date").output().map(|o| o.stdout).unwrap_or_default();
-        let _ = writeln!(log, "DKMS make.log for {module}-{version} for kernel {} ({})", target.kernel, target.arch);
-        let _ = log.write_all(&date);
-
         for patch in &conf.patches {
             if Path::new(patch).components().any(|c| c == std::path::Component::ParentDir) {
                 return Err(Failure::new(
@@ -196,7 +190,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             }
             ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(sandbox, None, &script, &build_dir, &log_path, &[])? {
+            if !run_logged(sandbox, None, &script, &build_dir, None, ctx.quiet, &[])? {
                 return Err(Failure::new(
                     6,
                     [
@@ -206,6 +200,13 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
                 ));
             }
         }
+
+        // As in dkms, make.log starts after the patches (whose output goes to the console).
+        let log_path = build_dir.join("make.log");
+        let mut log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let date = Command::new("date").output().map(|o| o.stdout).unwrap_or_default();
+        let _ = writeln!(log, "DKMS make.log for {module}-{version} for kernel {} ({})", target.kernel, target.arch);
+        let _ = log.write_all(&date);
 
         let config_text = std::fs::read_to_string(ctx.kernel_config_path(&target.kernel)).unwrap_or_default();
         let mut make_env: Vec<(String, String)> = Vec::new();
@@ -238,7 +239,8 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             jobserver,
             &format!("{assignments}{{ {make_command}; }}"),
             &build_dir,
-            &log_path,
+            Some(&log_path),
+            false,
             &make_env,
         )? {
             let kept = version_dir.join("build").join("make.log");
@@ -318,7 +320,11 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         }
         drop(log);
         std::fs::rename(&log_path, log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))?;
-        tree::write_built_record(&result, &records).map_err(io(format!("writing {}", result.display())))?;
+        // The record stands for the module's own conf: a build with -c or --directive has none,
+        // so status evaluates the conf, as dkms does.
+        if ctx.conf_override.is_none() && ctx.directives.is_empty() {
+            tree::write_built_record(&result, &records).map_err(io(format!("writing {}", result.display())))?;
+        }
         run_script_in(ctx, sandbox, "post_build", &conf.post_build, &build_dir);
         std::fs::set_permissions(&result, std::fs::Permissions::from_mode(0o755))
             .map_err(io(format!("setting the mode of {}", result.display())))?;
@@ -444,20 +450,29 @@ pub fn suffix_of(codec: Codec) -> &'static str {
     }
 }
 
-/// Runs a shell command in `dir` with its output appended to `log`; true on success.
+/// Runs a shell command in `dir` with its output appended to `log` (else on the console, or
+/// nowhere with `quiet`); true on success.
 fn run_logged(
     sandbox: Option<&Sandbox>,
     jobserver: Option<&jobserver::Client>,
     script: &str,
     dir: &Path,
-    log: &Path,
+    log: Option<&Path>,
+    quiet: bool,
     env: &[(String, String)],
 ) -> Result<bool> {
-    let out = std::fs::OpenOptions::new()
-        .append(true)
-        .open(log)
-        .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
+    let (out, err) = match log {
+        Some(log) => {
+            let out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log)
+                .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
+            let err = out.try_clone().map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
+            (Stdio::from(out), Stdio::from(err))
+        }
+        None if quiet => (Stdio::null(), Stdio::null()),
+        None => (Stdio::inherit(), Stdio::inherit()),
+    };
     let mut command = match sandbox {
         Some(sandbox) => sandbox.command("bash", dir),
         None => Command::new("bash"),

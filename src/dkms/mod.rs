@@ -934,7 +934,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         verbose: args.verbose || !framework.scalar("verbose").is_empty(),
         quiet: args.quiet,
         no_depmod: args.no_depmod,
-        conf_override: args.conf.as_ref().map(in_root).transpose()?,
+        // Like a source directory, the conf given with -c is a file of the build host.
+        conf_override: args.conf.clone().map(crate::cli::absolute),
         kernel_source_override: args.kernelsourcedir.as_ref().map(in_root).transpose()?,
         kernel_config_override: args.config.as_ref().map(in_root).transpose()?,
         directives,

@@ -651,3 +651,26 @@ fn an_older_version_is_refused() {
     let out = pair.xdkms("install", &["-k", &k, "--force", "xdkms_multiver/1.0"]);
     assert!(out.status.success(), "--force installs it: {}", stderr(&out));
 }
+
+#[test]
+fn directives_alternate_confs_and_patch_errors_match_dkms() {
+    let pair = Pair::new("options");
+    let k = pair.kernel.clone();
+    pair.add("xdkms_test-1.0");
+    // --directive overrides the conf: an unstripped module, byte for byte dkms's.
+    pair.both("install", &["-k", &k, "--directive", "STRIP=no", "xdkms_test/1.0"]);
+    pair.assert_same_state("--directive STRIP=no");
+    pair.both("remove", &["-k", &k, "xdkms_test/1.0"]);
+    // -c replaces the module's own dkms.conf: the module is installed under another name.
+    let conf = fixture("renamed.conf");
+    let conf = conf.to_str().expect("utf-8");
+    pair.both("add", &["-k", &k, "xdkms_test/1.0"]);
+    pair.both("install", &["-k", &k, "-c", conf, "xdkms_test/1.0"]);
+    assert!(pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_renamed.ko").is_file());
+    pair.assert_same_state("install -c");
+    // A PATCH that is not in patches/: 5 from both.
+    pair.add("xdkms_badpatch-1.0");
+    let (x, _) = pair.both("build", &["-k", &k, "xdkms_badpatch/1.0"]);
+    assert_eq!(x.status.code(), Some(5), "{}", stderr(&x));
+    pair.assert_same_state("missing patch");
+}
