@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Sets up the mounts given as arguments, enters the working directory, runs the command.
@@ -95,8 +96,12 @@ impl Sandbox {
     /// A command running `program` inside the namespace, in `cwd` (a host path, entered at its
     /// target path).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
+        // Overlay layers cannot be shared by two mounts at once, and commands of one run may
+        // overlap (parallel builds read confs): each command gets layers of its own.
+        static COMMANDS: AtomicUsize = AtomicUsize::new(0);
+        let work = self.work.join(COMMANDS.fetch_add(1, Ordering::Relaxed).to_string());
         let mut command = Command::new("unshare");
-        command.args(self.flags).args(["bash", "-c", SETUP, "xdkms-sandbox"]).arg(&self.work);
+        command.args(self.flags).args(["bash", "-c", SETUP, "xdkms-sandbox"]).arg(work);
         command.arg(self.target_path(cwd));
         for (source, target) in &self.binds {
             command.arg(source).arg(target);

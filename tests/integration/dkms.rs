@@ -140,6 +140,11 @@ impl Pair {
     pub fn assert_same_state(&self, step: &str) {
         let (x, r) = self.status_lines();
         assert_eq!(x, r, "status after {step}");
+        self.assert_same_files(step);
+    }
+
+    /// Asserts the same dkms trees and installed files (not status).
+    pub fn assert_same_files(&self, step: &str) {
         assert_eq!(dkms_tree(&self.xroot()), dkms_tree(&self.rroot()), "dkms tree after {step}");
         let cache = refs().path("XDKMS_ROOT_AMD64");
         assert_eq!(
@@ -265,13 +270,17 @@ fn basic_lifecycle_matches_dkms() {
 fn multiple_modules_patches_and_scripts_match_dkms() {
     let pair = Pair::new("multi");
     let k = pair.kernel.clone();
-    for (fixture, mv) in [
-        ("xdkms_multi-1.0", "xdkms_multi/1.0"),
-        ("xdkms_patches-1.0", "xdkms_patches/1.0"),
-        ("xdkms_scripts-1.0", "xdkms_scripts/1.0"),
-    ] {
+    let modules = ["xdkms_multi/1.0", "xdkms_patches/1.0", "xdkms_scripts/1.0"];
+    for fixture in ["xdkms_multi-1.0", "xdkms_patches-1.0", "xdkms_scripts-1.0"] {
         pair.add(fixture);
-        pair.both("install", &["-k", &k, mv]);
+    }
+    // xdkms installs the three in one run (their builds at once, under one jobserver); dkms takes
+    // one module per run.
+    let x = pair.xdkms("install", &["-k", &k, modules[0], modules[1], modules[2]]);
+    assert!(x.status.success(), "{}", stderr(&x));
+    for mv in modules {
+        let r = pair.dkms("install", &["-k", &k, mv]);
+        assert!(r.status.success(), "{}", stderr(&r));
     }
     pair.assert_same_state("install");
     let patched = crate::util::run_ok(
@@ -668,9 +677,33 @@ fn directives_alternate_confs_and_patch_errors_match_dkms() {
     pair.both("install", &["-k", &k, "-c", conf, "xdkms_test/1.0"]);
     assert!(pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_renamed.ko").is_file());
     pair.assert_same_state("install -c");
+    // /etc/dkms/<module>-<version>.conf overrides the conf, read inside each root.
+    pair.both("remove", &["-k", &k, "-c", conf, "xdkms_test/1.0"]);
+    pair.assert_same_state("remove -c");
+    for root in [pair.xroot(), pair.rroot()] {
+        std::fs::create_dir_all(root.join("etc/dkms")).expect("mkdir");
+        std::fs::write(root.join("etc/dkms/xdkms_test-1.0.conf"), "DEST_MODULE_NAME[0]=\"xdkms_overridden\"\n")
+            .expect("override");
+    }
+    pair.both("add", &["-k", &k, "xdkms_test/1.0"]);
+    let (x, _) = pair.both("install", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(
+        pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_overridden.ko").is_file(),
+        "{}{}",
+        String::from_utf8_lossy(&x.stdout),
+        stderr(&x)
+    );
+    pair.assert_same_files("install with an /etc/dkms override");
+    // dkms 3.0.10's status reads the overrides with an empty module name (`/etc/dkms/-.conf`), so
+    // it misses the installed module; xdkms applies them, as install did.
+    let (x, r) = pair.status_lines();
+    assert_eq!(
+        (x.as_str(), r.as_str()),
+        (format!("xdkms_test/1.0, {k}, x86_64: installed\n").as_str(), "xdkms_test/1.0: added\n")
+    );
     // A PATCH that is not in patches/: 5 from both.
     pair.add("xdkms_badpatch-1.0");
     let (x, _) = pair.both("build", &["-k", &k, "xdkms_badpatch/1.0"]);
     assert_eq!(x.status.code(), Some(5), "{}", stderr(&x));
-    pair.assert_same_state("missing patch");
+    pair.assert_same_files("missing patch");
 }
