@@ -85,7 +85,8 @@ status_root="$work/status"
 new_root "$status_root"
 tree="$status_root/var/lib/dkms"
 ko=$(find "$XDKMS_ROOT_AMD64/lib/modules/$kver/kernel/drivers/block" -name 'virtio_blk.ko' | head -n1)
-kernels=("$kver" "${kver/-56-/-55-}" "${kver/-56-/-54-}")
+# The other two kernels only need distinct names (status reads the tree, not the kernels).
+kernels=("$kver" "${kver%%-*}-9901-xdkms" "${kver%%-*}-9902-xdkms")
 for i in $(seq -w 1 50); do
   m=bench_mod$i
   mkdir -p "$status_root/usr/src/$m-1.0"

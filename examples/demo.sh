@@ -5,7 +5,8 @@
 # dependencies, into an initramfs. Needs cargo and the host's assembler only.
 # When kmod's depmod is installed, the indexes are also checked byte for byte against it.
 # When the Debian kernel headers tests/setup.sh caches are there, it also builds and installs a
-# bundled DKMS package into a root made of them (`xdkms install --root`).
+# bundled DKMS package into a root made of them (`xdkms install --root`), and a bundled pair of
+# modules into an arm64 root, cross-compiled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,21 @@ if [ -r "$cache/env.sh" ]; then
   "$xdkms" install --root "$target" -k "$k" tests/fixtures/dkms/xdkms_test-1.0
   "$xdkms" status --root "$target"
   "$xdkms" modinfo -b "$target" -k "$k" xdkms_test | grep -E '^(filename|version|description|vermagic):'
+
+  # The same for the arm64 kernel, cross-compiled: no -k, ARCH or CROSS_COMPILE given; xdkms reads
+  # them off the root's kernel and finds aarch64-linux-gnu-gcc on PATH.
+  k=$XDKMS_KVER_ARM64
+  target=$root/arm64-root
+  mkdir -p "$target/lib/modules/$k" "$target/etc"
+  echo 'ID=debian' > "$target/etc/os-release"
+  cp -al "$XDKMS_ROOT_ARM64/usr" "$target/usr" 2>/dev/null || cp -a "$XDKMS_ROOT_ARM64/usr" "$target/usr"
+  cp "$XDKMS_ROOT_ARM64/lib/modules/$k"/modules.{order,builtin,builtin.modinfo} "$target/lib/modules/$k/"
+  ln -s "/usr/src/linux-headers-$k" "$target/lib/modules/$k/build"
+  echo "== xdkms install --root ARM64-ROOT tests/fixtures/dkms/xdkms_pair-1.0 (cross-compiled for $k)"
+  "$xdkms" install --root "$target" -q tests/fixtures/dkms/xdkms_pair-1.0
+  "$xdkms" status --root "$target"
+  grep xdkms_pair "$target/lib/modules/$k/modules.dep"
+  "$xdkms" modinfo -b "$target" -k "$k" xdkms_pair_b | grep -E '^(filename|depends|vermagic|built_for):'
 else
   echo "== (run tests/setup.sh to also build a DKMS package against Debian's kernel headers)"
 fi

@@ -3,50 +3,64 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::target::{ElfIdent, TargetSpec};
 use crate::Sysroot;
 
 /// The `uname -m` a kernel built with this configuration reports, which dkms uses as the arch
 /// label of its tree (`<module>/<version>/<kernel>/<arch>`). None for an architecture not known.
 pub fn uname_machine(config: &str) -> Option<&'static str> {
-    let set = |name: &str| config.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest == "=y"));
-    let little = set("CONFIG_CPU_LITTLE_ENDIAN");
-    let sixty_four = set("CONFIG_64BIT");
-    let machine = if set("CONFIG_X86_64") {
-        "x86_64"
-    } else if set("CONFIG_X86_32") {
-        "i686"
-    } else if set("CONFIG_ARM64") {
-        "aarch64"
-    } else if set("CONFIG_ARM") {
-        "armv7l"
-    } else if set("CONFIG_RISCV") {
-        if sixty_four {
-            "riscv64"
-        } else {
-            "riscv32"
+    crate::target::from_config(config).map(|t| t.uname)
+}
+
+/// The release a headers directory was built for: UTS_RELEASE in
+/// `include/generated/utsrelease.h` (what modules built there carry in their vermagic), else
+/// `include/config/kernel.release`. None when neither says. (Debian's kernel.release holds the
+/// upstream version, 6.1.192, where UTS_RELEASE is the package's 6.1.0-57-arm64.)
+pub fn headers_release(headers: &Path) -> Option<String> {
+    let uts = std::fs::read_to_string(headers.join("include/generated/utsrelease.h")).ok().and_then(|text| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix("#define UTS_RELEASE")?;
+            Some(rest.trim().trim_matches('"').to_string())
+        })
+    });
+    if let Some(release) = uts.filter(|r| !r.is_empty()) {
+        return Some(release);
+    }
+    let text = std::fs::read_to_string(headers.join("include/config/kernel.release")).ok()?;
+    Some(text.trim().to_string()).filter(|r| !r.is_empty())
+}
+
+/// Why kbuild's host programs cannot run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostToolError {
+    /// The program is missing from the headers.
+    Missing(PathBuf),
+    /// The program is built for another machine (its description).
+    ForeignMachine(PathBuf, String),
+}
+
+/// kbuild's host programs every external module build runs.
+pub const KBUILD_HOST_TOOLS: [&str; 2] = ["scripts/basic/fixdep", "scripts/mod/modpost"];
+
+/// Checks that the headers' kbuild host programs (fixdep, modpost) run on the build host:
+/// present, and ELF files for `host` (scripts are accepted). `headers` is a path in `root` as the
+/// target sees it; symlinks are followed inside the root.
+pub fn check_host_tools(root: &Sysroot, headers: &Path, host: &TargetSpec) -> Result<(), HostToolError> {
+    for tool in KBUILD_HOST_TOOLS {
+        let path = root.resolve(headers.join(tool)).unwrap_or_else(|_| root.root().join(tool));
+        let mut head = [0u8; 64];
+        let read = std::fs::File::open(&path).and_then(|mut f| {
+            use std::io::Read;
+            f.read(&mut head)
+        });
+        let Ok(len) = read else { return Err(HostToolError::Missing(path)) };
+        if let Some(ident) = ElfIdent::parse(&head[..len]) {
+            if !host.matches_elf(&ident) {
+                return Err(HostToolError::ForeignMachine(path, ident.describe()));
+            }
         }
-    } else if set("CONFIG_PPC64") {
-        if little {
-            "ppc64le"
-        } else {
-            "ppc64"
-        }
-    } else if set("CONFIG_PPC32") {
-        "ppc"
-    } else if set("CONFIG_MIPS") {
-        if sixty_four {
-            "mips64"
-        } else {
-            "mips"
-        }
-    } else if set("CONFIG_S390") {
-        "s390x"
-    } else if set("CONFIG_LOONGARCH") {
-        "loongarch64"
-    } else {
-        return None;
-    };
-    Some(machine)
+    }
+    Ok(())
 }
 
 /// Kernel releases with a module directory in the root (`lib/modules/*`, which on merged-/usr
@@ -144,6 +158,19 @@ pub fn kbuild_dir(root: &Sysroot, headers_host: &Path, view_dir: &Path) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_prefers_utsrelease() {
+        let dir = std::env::temp_dir().join(format!("cross-release-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("include/config")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("include/generated")).expect("mkdir");
+        std::fs::write(dir.join("include/config/kernel.release"), "6.1.192\n").expect("write");
+        assert_eq!(headers_release(&dir).as_deref(), Some("6.1.192"));
+        std::fs::write(dir.join("include/generated/utsrelease.h"), "#define UTS_RELEASE \"6.1.0-57-arm64\"\n")
+            .expect("write");
+        assert_eq!(headers_release(&dir).as_deref(), Some("6.1.0-57-arm64"));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
 
     #[test]
     fn machines_from_config() {

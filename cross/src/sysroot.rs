@@ -59,6 +59,15 @@ impl Sysroot {
         Ok(self.host_path(&inner))
     }
 
+    /// A host path below the root, with every symlink in it resolved inside the root (so that
+    /// writing there cannot leave the root). Paths outside the root are returned unchanged.
+    pub fn resolve_host(&self, host: &Path) -> io::Result<PathBuf> {
+        match host.strip_prefix(&self.root) {
+            Ok(inside) if !self.is_host() => self.resolve(inside),
+            _ => Ok(host.to_path_buf()),
+        }
+    }
+
     /// Like [`Sysroot::resolve`] but returns the resolved path as the target sees it
     /// (absolute, starting at the target's `/`).
     pub fn resolve_target_path(&self, path: impl AsRef<Path>) -> io::Result<PathBuf> {
@@ -177,6 +186,18 @@ mod tests {
         assert_eq!(root.resolve("/lib/x").expect("resolve"), root.root().join("usr/lib/x"));
         assert_eq!(root.resolve("/usr/escape/passwd").expect("resolve"), root.root().join("etc/passwd"));
         assert_eq!(root.resolve("../../etc/passwd").expect("resolve"), root.root().join("etc/passwd"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn host_paths_below_the_root_are_resolved_inside_it() {
+        let dir = scratch("host");
+        std::fs::create_dir_all(dir.join("lib/modules/6")).expect("mkdir");
+        symlink("/data/updates", dir.join("lib/modules/6/updates")).expect("symlink");
+        let root = Sysroot::new(&dir).expect("sysroot");
+        let host = root.root().join("lib/modules/6/updates/dkms/a.ko");
+        assert_eq!(root.resolve_host(&host).expect("resolve"), root.root().join("data/updates/dkms/a.ko"));
+        assert_eq!(root.resolve_host(Path::new("/elsewhere")).expect("resolve"), Path::new("/elsewhere"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

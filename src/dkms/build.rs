@@ -140,6 +140,26 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             ],
         ));
     }
+    // Modules carry the headers' UTS_RELEASE in their vermagic: other headers than the kernel's
+    // would build modules it refuses.
+    if let Some(release) = cross::kernel::headers_release(&headers).filter(|r| r != &target.kernel) {
+        return Err(Failure::new(
+            exit::NO_HEADERS,
+            [
+                format!(
+                    "The headers at {} are for kernel {release}, not {} (include/generated/utsrelease.h).",
+                    headers.display(),
+                    target.kernel
+                ),
+                format!(
+                    "Give -k {release}, or the headers of {} with --kernelsourcedir or --kernel-build.",
+                    target.kernel
+                ),
+            ],
+        ));
+    }
+    let config_text = std::fs::read_to_string(ctx.kernel_config_path(&target.kernel)).unwrap_or_default();
+    let build_target = super::target::prepare(ctx, target, &headers, &config_text)?;
     let io = |what: String| move |e: std::io::Error| Failure::io(what, e);
     std::fs::create_dir_all(build_dir.parent().unwrap_or(&build_tree))
         .map_err(io(format!("creating {}", staging.dir.display())))?;
@@ -208,14 +228,29 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         let _ = writeln!(log, "DKMS make.log for {module}-{version} for kernel {} ({})", target.kernel, target.arch);
         let _ = log.write_all(&date);
 
-        let config_text = std::fs::read_to_string(ctx.kernel_config_path(&target.kernel)).unwrap_or_default();
         let mut make_env: Vec<(String, String)> = Vec::new();
-        if let Some(cc) = compiler_from_config(&config_text) {
+        let cc = match &build_target.toolchain {
+            Some(toolchain) => toolchain.cc.clone(),
+            None => compiler_from_config(&config_text),
+        };
+        if let Some(cc) = cc {
             make_env.push(("CC".into(), cc));
         }
+        let mut make_variables = build_target.make_variables();
         if ctx.image_mode() {
-            make_env.push(("MAKEFLAGS".into(), kernel_dir_overrides(&paths.kernel_source_dir)));
+            for name in KERNEL_DIR_VARIABLES {
+                make_variables.push((name.to_string(), paths.kernel_source_dir.to_string_lossy().into_owned()));
+            }
         }
+        if !make_variables.is_empty() {
+            make_env.push(("MAKEFLAGS".into(), make_flags(&make_variables)));
+        }
+        // `uname -r`/`uname -m` in module Makefiles answer as the target kernel.
+        let shim_dir = staging.dir.join("bin");
+        super::target::write_uname_shim(&shim_dir, &target.kernel, &target.arch)
+            .map_err(io(format!("writing {}", shim_dir.display())))?;
+        let host_path = std::env::var("PATH").unwrap_or_default();
+        make_env.push(("PATH".into(), format!("{}:{host_path}", shim_dir.display())));
         let jobserver = ctx.jobserver.as_ref();
         run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &build_dir);
 
@@ -273,7 +308,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let codec = choose_compression(ctx, &target.kernel, &config_text)?;
-        let strip = strip_command();
+        let strip = build_target.strip();
         let signer = super::sign::prepare(ctx, target);
         let mut records = Vec::new();
         for record in &conf.modules {
@@ -359,16 +394,23 @@ pub fn rewrite_make(command: &str, jobs: Option<&str>, kernel: &str) -> String {
 /// build runs (variables in MAKEFLAGS act as command-line assignments and reach sub-makes).
 const KERNEL_DIR_VARIABLES: &[&str] = &["KDIR", "KERNELDIR", "KERNEL_DIR", "KERNEL_SRC", "KSRC", "KERNEL_TREE"];
 
-fn kernel_dir_overrides(kernel_dir: &Path) -> String {
-    let mut flags = std::env::var("MAKEFLAGS").unwrap_or_default();
-    for name in KERNEL_DIR_VARIABLES {
-        flags.push_str(&format!(" {name}={}", kernel_dir.display()));
+/// MAKEFLAGS for a build's makes: the caller's own flags without its job settings (the build's
+/// jobserver supplies those), then `variables` as command-line assignments.
+fn make_flags(variables: &[(String, String)]) -> String {
+    let inherited = std::env::var("MAKEFLAGS").unwrap_or_default();
+    let mut words: Vec<String> = inherited
+        .split_whitespace()
+        .filter(|w| !(w.starts_with("--jobserver-auth=") || w.starts_with("--jobserver-fds=") || w.starts_with("-j")))
+        .map(str::to_string)
+        .collect();
+    for (name, value) in variables {
+        words.push(format!("{name}={}", value.replace(' ', "\\ ")));
     }
-    flags
+    words.join(" ")
 }
 
-/// The compiler the kernel was built with, when it is on PATH: the first word of
-/// CONFIG_CC_VERSION_TEXT (as dkms exports CC).
+/// For an architecture the target table does not know: the compiler the kernel was built with,
+/// when it is on PATH, the first word of CONFIG_CC_VERSION_TEXT (as dkms exports CC).
 fn compiler_from_config(config: &str) -> Option<String> {
     let text = config.lines().find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))?;
     let first = text.trim_matches('"').split_whitespace().next()?.to_string();
@@ -376,11 +418,6 @@ fn compiler_from_config(config: &str) -> Option<String> {
         .map(|p| std::env::split_paths(&p).any(|dir| dir.join(&first).is_file()))
         .unwrap_or(false);
     on_path.then_some(first)
-}
-
-/// `${CROSS_COMPILE}strip`.
-fn strip_command() -> String {
-    format!("{}strip", std::env::var("CROSS_COMPILE").unwrap_or_default())
 }
 
 /// The compression of installed modules: --compress, else the kernel's CONFIG_MODULE_COMPRESS_*,

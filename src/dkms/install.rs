@@ -72,7 +72,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     if !tree::is_built(ctx, module, version, target) {
         build::maybe_build(ctx, module, version, target)?;
     }
-    let kernel_dir = ctx.install_tree.join(&target.kernel);
+    let kernel_dir = ctx.in_root(&ctx.install_tree.join(&target.kernel))?;
     if !kernel_dir.exists() {
         return Err(Failure::new(
             6,
@@ -106,7 +106,8 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         if !link.is_symlink() && !is_debian_like(ctx) {
             archive_original(ctx, &kernel_dir, &record.dest_name, &record.dest_location, &archive_dir)?;
         }
-        let dest_dir = kernel_dir.join(record.dest_location.trim_start_matches('/'));
+        // Symlinks on the way (an `updates` linked elsewhere) resolve inside the root.
+        let dest_dir = ctx.in_root(&kernel_dir.join(record.dest_location.trim_start_matches('/')))?;
         let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let dest = dest_dir.join(&file_name);
         ctx.say(format!("Installing {}", dest.display()));
@@ -243,7 +244,7 @@ fn archive_original(ctx: &Ctx, kernel_dir: &Path, name: &str, dest_location: &st
 
 /// dkms's do_uninstall for one kernel.
 pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
-    let kernel_dir = ctx.install_tree.join(&target.kernel);
+    let kernel_dir = ctx.in_root(&ctx.install_tree.join(&target.kernel))?;
     let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
     let conf = ctx.module_conf(module, version, target, false)?;
     ctx.say(format!("Module {module}-{version} for kernel {} ({}).", target.kernel, target.arch));
@@ -280,6 +281,7 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
                             .unwrap_or_else(|| {
                                 kernel_dir.join(record.dest_location_raw.trim_start_matches('/')).join(&file_name)
                             });
+                    let origin = ctx.in_root(&origin)?;
                     ctx.say(format!(
                         " - Archived original module found in the DKMS tree, moving it to {}",
                         origin.display()

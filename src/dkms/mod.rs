@@ -7,6 +7,7 @@ pub mod install;
 pub mod parallel;
 pub mod sandbox;
 pub mod sign;
+pub mod target;
 pub mod tree;
 
 use std::collections::BTreeSet;
@@ -38,8 +39,14 @@ pub mod exit {
     pub const MAKE_FAILED: i32 = 10;
     /// autoinstall: one or more modules failed.
     pub const AUTOINSTALL_FAILED: i32 = 11;
+    /// The arch asked for is unknown, or is not the kernel's (dkms: "arch unknown").
+    pub const ARCH: i32 = 12;
     /// Kernel headers missing (dkms 3.1.5 and later; 3.0.10 used 1).
     pub const NO_HEADERS: i32 = 21;
+    /// xdkms: no compiler for the target kernel on PATH.
+    pub const NO_TOOLCHAIN: i32 = 22;
+    /// xdkms: the headers' kbuild host programs are missing or built for another machine.
+    pub const HOST_TOOLS: i32 = 23;
     /// BUILD_EXCLUSIVE rules exclude this kernel.
     pub const EXCLUDED: i32 = 77;
 }
@@ -77,6 +84,10 @@ pub struct Args {
     /// kernel build directory, for every kernel
     #[argh(option)]
     pub kernelsourcedir: Option<PathBuf>,
+    /// the kernel's build directory on the build host, read instead of ROOT's headers (Buildroot's
+    /// LINUX_DIR, Yocto's STAGING_KERNEL_BUILDDIR); never written
+    #[argh(option)]
+    pub kernel_build: Option<PathBuf>,
     /// kernel configuration file (default: the headers' .config)
     #[argh(option)]
     pub config: Option<PathBuf>,
@@ -107,6 +118,10 @@ pub struct Args {
     /// NAME=value, applied after dkms.conf (repeatable)
     #[argh(option)]
     pub directive: Vec<String>,
+    /// the target's CROSS_COMPILE prefix (default: $CROSS_COMPILE, else found on PATH from the
+    /// kernel's architecture; none for the build host's own architecture)
+    #[argh(option)]
+    pub cross_compile: Option<String>,
     /// module compression: none, gz, xz or zst (default: the kernel's CONFIG_MODULE_COMPRESS_*,
     /// else the suffix of its modules)
     #[argh(option)]
@@ -214,12 +229,16 @@ pub struct Ctx {
     pub kernel_config_override: Option<PathBuf>,
     pub directives: Vec<(String, String)>,
     pub compress: Option<String>,
+    /// --cross-compile.
+    pub cross_compile: Option<String>,
     /// framework.conf and framework.conf.d/*.conf (host paths; they may not exist).
     pub framework_files: Vec<PathBuf>,
     /// Signing settings from the command line (host paths).
     pub signing: SigningArgs,
     /// The jobserver all of a run's makes share (`-j N`), when N is a number.
     pub jobserver: Option<jobserver::Client>,
+    /// The jobserver is a parent make's (this process holds one implicit job slot).
+    pub jobserver_inherited: bool,
     /// The sandbox over the real dkms tree (for confs read outside builds), made on first use.
     tree_sandbox: OnceLock<Option<Sandbox>>,
     /// Kernels whose indexes must be regenerated before the run ends.
@@ -310,6 +329,14 @@ impl Ctx {
         if !self.quiet {
             print_err(format_args!("Warning: {line}"));
         }
+    }
+
+    /// A host path below the root with its symlinks resolved inside the root, so that what is
+    /// written there stays in the root (unchanged on the host).
+    pub fn in_root(&self, host: &Path) -> Result<PathBuf> {
+        self.root
+            .resolve_host(host)
+            .map_err(|e| Failure::io(format!("resolving {} inside the root", host.display()), e))
     }
 
     /// `<dkms_tree>/<m>/<v>`.
@@ -491,13 +518,11 @@ impl Ctx {
         self.read_conf(module, version, target, &path, &self.dkms_tree, strict)
     }
 
-    /// The `uname -m` label for a kernel: from its configuration inside a root, else the host's.
+    /// The `uname -m` label for a kernel: from its configuration, else the build host's.
     pub fn default_arch(&self, kernel: &str) -> String {
-        if self.image_mode() {
-            if let Ok(config) = std::fs::read_to_string(self.kernel_config_path(kernel)) {
-                if let Some(machine) = cross::kernel::uname_machine(&config) {
-                    return machine.to_string();
-                }
+        if let Ok(config) = std::fs::read_to_string(self.kernel_config_path(kernel)) {
+            if let Some(machine) = cross::kernel::uname_machine(&config) {
+                return machine.to_string();
             }
         }
         host_machine()
@@ -703,12 +728,15 @@ fn run(action: &str, args: Args) -> Result<()> {
         "add" => {
             let targets = default_targets(&ctx, &args, false)?;
             let named = single(action, requests)?;
-            tree::add(&ctx, named.module, named.version, named.source_dir, targets.first()).map(|_| ())
+            tree::add(&ctx, named.module, named.version, named.source_dir, targets.first(), false).map(|_| ())
         }
         "build" | "install" => {
             let targets = default_targets(&ctx, &args, true)?;
             if requests.is_empty() {
                 return module_args(action, Named::default()).map(|_| ());
+            }
+            if args.kernel_build.is_some() && args.kernelsourcedir.is_some() {
+                return Err(Failure::new(2, ["Give --kernel-build or --kernelsourcedir, not both."]));
             }
             let mut modules = Vec::new();
             for named in requests {
@@ -773,18 +801,22 @@ fn module_args(action: &str, named: Named) -> Result<(String, String)> {
 }
 
 /// build and install add the module first when it is not in the tree (as dkms's prepare_build).
+/// Given a source directory whose module is already added, they go on with it (dkms exits 3), so
+/// that a recipe can run its build and install steps again.
 fn add_if_needed(ctx: &Ctx, named: Named, first: Option<&Target>) -> Result<(String, String)> {
     if named.source_dir.is_some() || !matches!((&named.module, &named.version), (Some(_), Some(_))) {
-        return tree::add(ctx, named.module, named.version, named.source_dir, first);
+        return tree::add(ctx, named.module, named.version, named.source_dir, first, true);
     }
     let (module, version) = module_args("build", named)?;
     if !tree::is_added(ctx, &module, &version) {
-        tree::add(ctx, Some(module.clone()), Some(version.clone()), None, first)?;
+        tree::add(ctx, Some(module.clone()), Some(version.clone()), None, first, false)?;
     }
     Ok((module, version))
 }
 
-/// The -k/-a pairs as given (status: no defaults).
+/// The -k/-a pairs as given (status: no defaults). A known architecture name becomes the label
+/// its target's `uname -m` prints (`arm64` and `amd64` are `aarch64` and `x86_64` in the tree, as
+/// the target's own dkms will look for them).
 fn explicit_targets(args: &Args) -> Vec<Target> {
     let mut targets: Vec<Target> = args
         .kernelver
@@ -798,21 +830,40 @@ fn explicit_targets(args: &Args) -> Vec<Target> {
         if target.arch.is_empty() {
             target.arch = args.arch.get(index).or(args.arch.first()).cloned().unwrap_or_default();
         }
+        target.arch = arch_label(&target.arch);
     }
     targets
+}
+
+/// The tree's label for an arch name: the target's `uname -m` when the name is known.
+fn arch_label(name: &str) -> String {
+    match cross::target::by_name(name).first() {
+        Some(spec) => spec.uname.to_string(),
+        None => name.to_string(),
+    }
 }
 
 /// The kernels an action applies to: -k as given; else the running kernel on the host, or in a
 /// root every kernel with headers (`with_headers`) or every kernel directory.
 fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Target>> {
     let mut targets = explicit_targets(args);
+    // A kernel build directory names its own kernel.
+    if targets.is_empty() && ctx.image_mode() {
+        if let Some(release) =
+            args.kernel_build.as_ref().and_then(|d| cross::kernel::headers_release(&crate::cli::absolute(d.clone())))
+        {
+            let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
+            targets.push(Target { kernel: release, arch });
+        }
+    }
     if targets.is_empty() {
         if ctx.image_mode() {
             let kernels = cross::kernel::installed_kernels(&ctx.root)
                 .map_err(|e| Failure::io(format!("listing kernels in {}", ctx.root.root().display()), e))?;
             for kernel in kernels {
                 if !with_headers || ctx.kernel_source_dir(&kernel).join("include").is_dir() {
-                    targets.push(Target { kernel, arch: args.arch.first().cloned().unwrap_or_default() });
+                    let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
+                    targets.push(Target { kernel, arch });
                 }
             }
             if targets.is_empty() {
@@ -825,7 +876,8 @@ fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Tar
                 ));
             }
         } else {
-            targets.push(Target { kernel: host_release(), arch: args.arch.first().cloned().unwrap_or_default() });
+            let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
+            targets.push(Target { kernel: host_release(), arch });
         }
     }
     for target in &mut targets {
@@ -911,14 +963,23 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         }
     }
     let jobs = if jobs == "0" { String::new() } else { jobs };
-    let jobserver = match jobs.parse::<usize>() {
-        Ok(n) if n > 0 => {
+    // No -j and no parallel_jobs, under a make with a jobserver: share the parent's.
+    let parent = if args.jobs.is_none() && framework.scalar("parallel_jobs").is_empty() {
+        parallel::parent_jobserver()
+    } else {
+        None
+    };
+    let jobserver_inherited = parent.is_some();
+    let jobserver = match (parent, jobs.parse::<usize>()) {
+        (Some(parent), _) => Some(parent),
+        (None, Ok(n)) if n > 0 => {
             Some(jobserver::Client::new(n).map_err(|e| Failure::io(format!("creating a jobserver for -j {n}"), e))?)
         }
         _ => None,
     };
     Ok(Ctx {
         jobserver,
+        jobserver_inherited,
         dkms_tree,
         source_tree,
         source_tree_target,
@@ -936,10 +997,14 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         no_depmod: args.no_depmod,
         // Like a source directory, the conf given with -c is a file of the build host.
         conf_override: args.conf.clone().map(crate::cli::absolute),
-        kernel_source_override: args.kernelsourcedir.as_ref().map(in_root).transpose()?,
+        kernel_source_override: match &args.kernel_build {
+            Some(dir) => Some(crate::cli::absolute(dir.clone())),
+            None => args.kernelsourcedir.as_ref().map(in_root).transpose()?,
+        },
         kernel_config_override: args.config.as_ref().map(in_root).transpose()?,
         directives,
         compress: args.compress.clone(),
+        cross_compile: args.cross_compile.clone(),
         framework_files,
         signing: SigningArgs {
             key: args.mok_signing_key.clone(),

@@ -6,9 +6,38 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::{build, install, report, tree, Ctx, Failure, Result, Target};
+
+/// The jobserver of the make that started this process (a Yocto or Buildroot recipe run under
+/// `make -jN`), adopted once at startup.
+static PARENT_JOBSERVER: OnceLock<Option<jobserver::Client>> = OnceLock::new();
+
+/// Adopts the parent make's jobserver named in MAKEFLAGS, if any. Must run before the process
+/// opens any file.
+#[allow(unsafe_code)]
+pub fn adopt_parent_jobserver() {
+    PARENT_JOBSERVER.get_or_init(|| {
+        let named = std::env::var("MAKEFLAGS").is_ok_and(|flags| flags.contains("--jobserver-"));
+        if !named {
+            return None;
+        }
+        // SAFETY: called first thing in main, before any file is opened, so the descriptors
+        // MAKEFLAGS names are the ones the parent make passed down and nothing else owns them;
+        // check_pipe makes the crate verify they are a pipe (or the named fifo) before use. A
+        // make that did not pass them (a recipe line without `+`) leaves them closed: then
+        // the check fails and the run makes its own jobserver.
+        let found = unsafe { jobserver::Client::from_env_ext(true) };
+        found.client.ok()
+    });
+}
+
+/// The parent make's jobserver, when [`adopt_parent_jobserver`] found one.
+pub fn parent_jobserver() -> Option<jobserver::Client> {
+    PARENT_JOBSERVER.get().and_then(|c| c.clone())
+}
 
 /// One (module, version, kernel) of the run.
 struct Pair<'a> {
@@ -16,6 +45,9 @@ struct Pair<'a> {
     version: &'a str,
     target: &'a Target,
 }
+
+/// Threads waiting for a parent make's tokens at most.
+const MAX_WORKERS: usize = 64;
 
 /// Builds (and with `install`, installs) every module for every target. Each failure is printed
 /// when it happens; the status returned is that of the last failing pair, as dkms reports the
@@ -33,7 +65,18 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
     let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());
     let results: Mutex<Vec<Option<Result<()>>>> = Mutex::new(pairs.iter().map(|_| None).collect());
-    let workers = ctx.jobs.parse::<usize>().unwrap_or(1).clamp(1, pairs.len().max(1));
+    // Under a parent make the limit is its jobserver's; the tokens decide how many run.
+    let limit = if ctx.jobserver_inherited { MAX_WORKERS } else { ctx.jobs.parse::<usize>().unwrap_or(1) };
+    let workers = limit.clamp(1, pairs.len().max(1));
+    if ctx.verbose {
+        match (&ctx.jobserver, ctx.jobserver_inherited) {
+            (Some(_), true) => ctx.say(format!("{} builds share the parent make's jobserver.", queue_len(&queue))),
+            (Some(_), false) => ctx.say(format!("{} builds share a jobserver of -j {}.", queue_len(&queue), ctx.jobs)),
+            (None, _) => ctx.say(format!("{} builds, one at a time.", queue_len(&queue))),
+        }
+    }
+    // A process started by make holds one job slot without a token: one build uses it.
+    let implicit_free = AtomicBool::new(ctx.jobserver_inherited);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -41,13 +84,17 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
                 let Some(index) = next else { break };
                 let pair = &pairs[index];
                 // The token is this build's own job; its make takes more from the jobserver.
-                let token = ctx.jobserver.as_ref().map(|j| j.acquire());
+                let implicit = implicit_free.swap(false, Ordering::AcqRel);
+                let token = if implicit { None } else { ctx.jobserver.as_ref().map(|j| j.acquire()) };
                 let result = if install {
                     build::build_if_missing(ctx, pair.module, pair.version, pair.target)
                 } else {
                     build::maybe_build(ctx, pair.module, pair.version, pair.target)
                 };
                 drop(token);
+                if implicit {
+                    implicit_free.store(true, Ordering::Release);
+                }
                 if let Err(failure) = &result {
                     report(ctx, failure);
                 }
@@ -74,6 +121,10 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
         }
     }
     last
+}
+
+fn queue_len(queue: &Mutex<VecDeque<usize>>) -> usize {
+    queue.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
 /// The bytes of the files below `dir` (a guess at how long the module takes to build).

@@ -21,26 +21,35 @@ use std::sync::OnceLock;
 const SETUP: &str = r#"
 set -e
 work=$1 cwd=$2; shift 2
-n=0 overlaid=" "
-while [ "$1" != -- ]; do
-    source=$1 target=$2; shift 2
-    if [ ! -d "$target" ]; then
-        # Overlay the deepest existing ancestor, so the mount point can be made there.
-        ancestor=${target%/*}
-        while [ -n "$ancestor" ] && [ ! -d "$ancestor" ]; do ancestor=${ancestor%/*}; done
-        ancestor=$(readlink -f "${ancestor:-/}")
-        case $overlaid in *" $ancestor "*) ;; *)
-            n=$((n + 1))
-            mkdir -p "$work/overlay$n/upper" "$work/overlay$n/work"
-            mount -t overlay overlay \
-                -o "lowerdir=$ancestor,upperdir=$work/overlay$n/upper,workdir=$work/overlay$n/work" "$ancestor"
-            overlaid="$overlaid$ancestor " ;;
-        esac
-        mkdir -p "$target"
-    fi
-    mount --bind "$source" "$target"
-done
+sources=() targets=()
+while [ "$1" != -- ]; do sources+=("$1"); targets+=("$2"); shift 2; done
 shift
+# Mount points missing on the host are made inside overlays of their deepest existing ancestors,
+# all before any bind mount (an overlay mounted later would hide the binds below it), and an
+# ancestor inside another one's overlay needs none of its own.
+ancestors=() overlaid=()
+for target in "${targets[@]}"; do
+    [ -d "$target" ] && continue
+    ancestor=${target%/*}
+    while [ -n "$ancestor" ] && [ ! -d "$ancestor" ]; do ancestor=${ancestor%/*}; done
+    ancestors+=("$(readlink -f "${ancestor:-/}")")
+done
+n=0
+while read -r ancestor; do
+    [ -n "$ancestor" ] || continue
+    for done_ in "${overlaid[@]}"; do
+        case $ancestor/ in "${done_%/}"/*) continue 2 ;; esac
+    done
+    n=$((n + 1))
+    mkdir -p "$work/overlay$n/upper" "$work/overlay$n/work"
+    mount -t overlay overlay \
+        -o "lowerdir=$ancestor,upperdir=$work/overlay$n/upper,workdir=$work/overlay$n/work" "$ancestor"
+    overlaid+=("$ancestor")
+done < <(printf '%s\n' "${ancestors[@]}" | awk '{ print length($0) "\t" $0 }' | sort -t "$(printf '\t')" -k1,1n -k2,2 -u | cut -f2-)
+for i in "${!targets[@]}"; do
+    mkdir -p "${targets[$i]}"
+    mount --bind "${sources[$i]}" "${targets[$i]}"
+done
 cd "$cwd"
 exec "$@"
 "#;
@@ -103,7 +112,10 @@ impl Sandbox {
         let mut command = Command::new("unshare");
         command.args(self.flags).args(["bash", "-c", SETUP, "xdkms-sandbox"]).arg(work);
         command.arg(self.target_path(cwd));
-        for (source, target) in &self.binds {
+        // Parents before children: a bind mounted over another one's mount point hides it.
+        let mut binds: Vec<&(PathBuf, PathBuf)> = self.binds.iter().collect();
+        binds.sort_by_key(|(_, target)| target.components().count());
+        for (source, target) in binds {
             command.arg(source).arg(target);
         }
         command.arg("--").arg(program);

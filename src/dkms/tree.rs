@@ -332,7 +332,8 @@ pub fn installed_location(ctx: &Ctx, target: &Target, record: &BuiltModule, buil
         locations.push(record.dest_location_raw.clone());
     }
     let built_version = super::install::module_version(built);
-    locations.into_iter().map(|l| kernel_dir.join(l.trim_start_matches('/'))).find(|dir| {
+    let in_root = |dir: PathBuf| ctx.root.resolve_host(&dir).unwrap_or(dir);
+    locations.into_iter().map(|l| in_root(kernel_dir.join(l.trim_start_matches('/')))).find(|dir| {
         module_file(dir, &record.dest_name)
             .is_some_and(|installed| super::install::module_version(&installed).0 == built_version.0)
     })
@@ -404,6 +405,7 @@ pub fn add(
     version: Option<String>,
     source_dir: Option<PathBuf>,
     first: Option<&Target>,
+    added_ok: bool,
 ) -> Result<(String, String)> {
     let target = first.cloned().unwrap_or(Target { kernel: String::new(), arch: String::new() });
     let (module, version) = match source_dir {
@@ -417,7 +419,8 @@ pub fn add(
             let conf = ctx.read_conf("", "", &target, &conf_path, &ctx.dkms_tree, true)?;
             let (module, version) = (conf.package_name, conf.package_version);
             let dest = ctx.source_tree.join(format!("{module}-{version}"));
-            if ctx.force && dest.is_dir() {
+            // (Not when the source already is that directory: dkms would delete it.)
+            if ctx.force && dest.is_dir() && std::fs::canonicalize(&dest).ok() != Some(from.clone()) {
                 std::fs::remove_dir_all(&dest).map_err(|e| Failure::io(format!("removing {}", dest.display()), e))?;
             }
             if std::fs::canonicalize(&dest).ok() != Some(from.clone()) {
@@ -429,6 +432,9 @@ pub fn add(
         None => super::module_args("add", Named { module, version, source_dir: None })?,
     };
     if is_added(ctx, &module, &version) {
+        if added_ok {
+            return Ok((module, version));
+        }
         return Err(Failure::new(
             exit::TREE_STATE,
             [

@@ -29,30 +29,60 @@ fn disk(work: &TempDir) -> PathBuf {
     disk
 }
 
-/// Boots `image` under qemu (TCG: works without KVM) and returns the `xdkms-boot:` lines.
-fn boot(arch: &str, kernel: &Path, image: &Path, disk: &Path, kind: Disk) -> String {
-    let drive = format!("file={},if=none,id=d0,format=raw", disk.display());
+/// The qemu command for a Debian kernel of `arch` (TCG: works without KVM), with `append` added
+/// to the kernel command line.
+fn qemu(arch: &str, kernel: &Path, image: &Path, append: &str) -> Command {
     let mut qemu = match arch {
         "amd64" => {
             let mut c = Command::new("qemu-system-x86_64");
-            c.args(["-accel", "tcg", "-append", "console=ttyS0 panic=-1 quiet"]);
+            c.args(["-accel", "tcg", "-append", &format!("console=ttyS0 panic=-1 quiet {append}")]);
             c
         }
         _ => {
             let mut c = Command::new("qemu-system-aarch64");
-            c.args(["-M", "virt", "-cpu", "cortex-a57", "-append", "console=ttyAMA0 panic=-1 quiet"]);
+            c.args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a57",
+                "-append",
+                &format!("console=ttyAMA0 panic=-1 quiet {append}"),
+            ]);
             c
         }
     };
     qemu.args(["-m", "512", "-nographic", "-no-reboot"]).arg("-kernel").arg(kernel).arg("-initrd").arg(image);
+    qemu
+}
+
+/// Runs qemu (at most 180 s) and returns the `xdkms-boot:` lines of the console.
+fn console_lines(qemu: &Command) -> String {
+    let out = Command::new("timeout").arg("180").arg(qemu.get_program()).args(qemu.get_args()).output().expect("qemu");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    console.lines().filter(|l| l.contains("xdkms-boot:")).map(|l| format!("{l}\n")).collect()
+}
+
+/// Boots `image` with a disk and returns the `xdkms-boot:` lines.
+fn boot(arch: &str, kernel: &Path, image: &Path, disk: &Path, kind: Disk) -> String {
+    let drive = format!("file={},if=none,id=d0,format=raw", disk.display());
+    let mut qemu = qemu(arch, kernel, image, "");
     qemu.arg("-drive").arg(drive);
     match kind {
         Disk::Virtio => qemu.args(["-device", "virtio-blk-pci,drive=d0"]),
         Disk::Nvme => qemu.args(["-device", "nvme,serial=xdkms,drive=d0"]),
     };
-    let out = Command::new("timeout").arg("180").arg(qemu.get_program()).args(qemu.get_args()).output().expect("qemu");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    console.lines().filter(|l| l.contains("xdkms-boot:")).map(|l| format!("{l}\n")).collect()
+    console_lines(&qemu)
+}
+
+/// Boots `image` with `xdkms.modprobe=MODULE`: the init loads the module by name. Returns the
+/// `xdkms-boot:` lines.
+pub fn boot_and_modprobe(arch: &str, kernel: &Path, image: &Path, module: &str) -> String {
+    console_lines(&qemu(arch, kernel, image, &format!("xdkms.modprobe={module}")))
+}
+
+/// A busybox initramfs without modules (tests/fixtures/make-busybox-initramfs.sh).
+pub fn busybox_image(work: &TempDir, busybox: &Path, codec: &str) -> PathBuf {
+    base_image(work, busybox, codec)
 }
 
 /// Injects `items` into a fresh base image of `codec`, boots it, and checks the marker was read

@@ -2,10 +2,12 @@
 
 mod atomic;
 mod boot;
+mod cross;
 mod depmod;
 mod dkms;
 mod initramfs;
 mod kmod34;
 mod modinfo;
+mod recipes;
 mod robustness;
 mod util;
