@@ -144,10 +144,9 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
 
 /// The failure for an arch name the table does not know.
 pub fn unknown_arch(name: &str) -> Failure {
-    let known: Vec<&str> = cross::target::targets().iter().map(|t| t.uname).collect();
-    let mut known_unique = known.clone();
-    known_unique.dedup();
-    Failure::new(exit::ARCH, [format!("Unknown architecture '{name}'. Known: {}.", known_unique.join(", "))])
+    let mut known: Vec<&str> = cross::target::targets().iter().map(|t| t.uname).collect();
+    known.dedup();
+    Failure::new(exit::ARCH, [format!("Unknown architecture '{name}'. Known: {}.", known.join(", "))])
 }
 
 /// The ELF identity of the first module found under a kernel's module directory (its `kernel/`

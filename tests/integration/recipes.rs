@@ -105,7 +105,6 @@ fn yocto_class_rootfs_step_installs_the_images_dkms_sources() {
             .arg(script)
             .env("XDKMS", xdkms_bin())
             .env("IMAGE_ROOTFS", sysroot.root())
-            .env("KERNEL_VERSION", k)
             .env("STAGING_KERNEL_BUILDDIR", sysroot.root().join(format!("usr/src/linux-headers-{k}")))
             .env("TARGET_PREFIX", "x86_64-linux-gnu-")
             .env("PARALLEL_MAKE", "-j 2")

@@ -9,7 +9,7 @@
 # directories inside the rootfs, or module/version). They are built against the kernel's build
 # directory (STAGING_KERNEL_BUILDDIR, whose kbuild host tools run on the build host) with the
 # target toolchain, signed when XDKMS_SIGNING_KEY and XDKMS_SIGNING_CERT are set, compressed as
-# the kernel expects, and installed under /lib/modules/${KERNEL_VERSION} with fresh indexes.
+# the kernel expects, and installed under /lib/modules/<kernel release> with fresh indexes.
 # xdkms leaves a dkms tree in /var/lib/dkms that the target's own dkms can take over.
 
 # The xdkms binary on the build host (a native recipe's, or one on PATH).
@@ -40,7 +40,8 @@ xdkms_rootfs_install() {
         signing="--mok-signing-key ${XDKMS_SIGNING_KEY} --mok-certificate ${XDKMS_SIGNING_CERT}"
     fi
     # PARALLEL_MAKE (-j N) bounds the whole run: every build shares one jobserver.
-    ${XDKMS} install --root ${IMAGE_ROOTFS} -k ${KERNEL_VERSION} \
+    # The kernel's release comes from its build directory (include/generated/utsrelease.h).
+    ${XDKMS} install --root ${IMAGE_ROOTFS} \
         --kernel-build ${STAGING_KERNEL_BUILDDIR} --cross-compile ${TARGET_PREFIX} \
         ${PARALLEL_MAKE} $signing ${XDKMS_EXTRA_ARGS} $modules
 }
