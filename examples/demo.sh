@@ -51,13 +51,18 @@ cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}
 if [ -r "$cache/env.sh" ]; then
   # shellcheck source=/dev/null
   . "$cache/env.sh"
+  # debian_root CACHED-ROOT KERNEL TARGET: a root with the cached kernel's headers (hard links)
+  # and the module lists depmod reads, but none of its modules.
+  debian_root() {
+    mkdir -p "$3/lib/modules/$2" "$3/etc"
+    echo 'ID=debian' > "$3/etc/os-release"
+    cp -al "$1/usr" "$3/usr" 2>/dev/null || cp -a "$1/usr" "$3/usr"
+    cp "$1/lib/modules/$2"/modules.{order,builtin,builtin.modinfo} "$3/lib/modules/$2/"
+    ln -s "/usr/src/linux-headers-$2" "$3/lib/modules/$2/build"
+  }
   k=$XDKMS_KVER_AMD64
   target=$root/dkms-root
-  mkdir -p "$target/lib/modules/$k" "$target/etc"
-  echo 'ID=debian' > "$target/etc/os-release"
-  cp -al "$XDKMS_ROOT_AMD64/usr" "$target/usr" 2>/dev/null || cp -a "$XDKMS_ROOT_AMD64/usr" "$target/usr"
-  cp "$XDKMS_ROOT_AMD64/lib/modules/$k"/modules.{order,builtin,builtin.modinfo} "$target/lib/modules/$k/"
-  ln -s "/usr/src/linux-headers-$k" "$target/lib/modules/$k/build"
+  debian_root "$XDKMS_ROOT_AMD64" "$k" "$target"
   echo "== xdkms install --root ROOT -k $k tests/fixtures/dkms/xdkms_test-1.0 (Debian's headers in ROOT)"
   "$xdkms" install --root "$target" -k "$k" tests/fixtures/dkms/xdkms_test-1.0
   "$xdkms" status --root "$target"
@@ -67,11 +72,7 @@ if [ -r "$cache/env.sh" ]; then
   # them off the root's kernel and finds aarch64-linux-gnu-gcc on PATH.
   k=$XDKMS_KVER_ARM64
   target=$root/arm64-root
-  mkdir -p "$target/lib/modules/$k" "$target/etc"
-  echo 'ID=debian' > "$target/etc/os-release"
-  cp -al "$XDKMS_ROOT_ARM64/usr" "$target/usr" 2>/dev/null || cp -a "$XDKMS_ROOT_ARM64/usr" "$target/usr"
-  cp "$XDKMS_ROOT_ARM64/lib/modules/$k"/modules.{order,builtin,builtin.modinfo} "$target/lib/modules/$k/"
-  ln -s "/usr/src/linux-headers-$k" "$target/lib/modules/$k/build"
+  debian_root "$XDKMS_ROOT_ARM64" "$k" "$target"
   echo "== xdkms install --root ARM64-ROOT tests/fixtures/dkms/xdkms_pair-1.0 (cross-compiled for $k)"
   "$xdkms" install --root "$target" -q tests/fixtures/dkms/xdkms_pair-1.0
   "$xdkms" status --root "$target"

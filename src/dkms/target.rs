@@ -78,7 +78,8 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
             ],
         ));
     }
-    if let Some((module, ident)) = first_module_ident(&ctx.install_tree.join(&target.kernel)) {
+    let kernel_dir = ctx.in_root(&ctx.install_tree.join(&target.kernel))?;
+    if let Some((module, ident)) = first_module_ident(&kernel_dir) {
         if !spec.matches_elf(&ident) {
             return Err(Failure::new(
                 exit::ARCH,
