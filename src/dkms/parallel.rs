@@ -123,6 +123,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     last
 }
 
+/// How many builds are waiting in the queue.
 fn queue_len(queue: &Mutex<VecDeque<usize>>) -> usize {
     queue.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
