@@ -418,7 +418,8 @@ pub fn add(
             }
             let conf = ctx.read_conf("", "", &target, &conf_path, &ctx.dkms_tree, true)?;
             let (module, version) = (conf.package_name, conf.package_version);
-            let dest = ctx.source_tree.join(format!("{module}-{version}"));
+            // A source directory that is a link resolves inside the root, as everything written.
+            let dest = ctx.in_root(&ctx.source_tree.join(format!("{module}-{version}")))?;
             // (Not when the source already is that directory: dkms would delete it.)
             if ctx.force && dest.is_dir() && std::fs::canonicalize(&dest).ok() != Some(from.clone()) {
                 std::fs::remove_dir_all(&dest).map_err(|e| Failure::io(format!("removing {}", dest.display()), e))?;
@@ -443,7 +444,7 @@ pub fn add(
             ],
         ));
     }
-    let source = ctx.source_tree.join(format!("{module}-{version}"));
+    let source = ctx.in_root(&ctx.source_tree.join(format!("{module}-{version}")))?;
     if !source.is_dir() {
         return Err(Failure::new(
             2,

@@ -147,15 +147,21 @@ fn amd64_pair_builds_and_loads_under_qemu() {
 }
 
 #[test]
-fn updates_linked_outside_the_root_resolves_inside_it() {
+fn links_outside_the_root_resolve_inside_it() {
     let sysroot = Sysroot::new("outside", "amd64");
     // A directory of the build host that the sysroot's `updates` names with an absolute link.
     let outside = TempDir::new("cross-outside-host");
     symlink(outside.path(), sysroot.modules().join("updates")).expect("symlink");
+    // The module's source directory too (`add` copies the source there).
+    let outside_source = TempDir::new("cross-outside-source");
+    symlink(outside_source.path(), sysroot.root().join("usr/src/xdkms_test-1.0")).expect("symlink");
     ok(sysroot.xdkms("install", &["-j", "2", fixture("xdkms_test-1.0").to_str().expect("utf-8")]), "install");
-    let host_side: Vec<PathBuf> =
-        std::fs::read_dir(outside.path()).expect("outside").flatten().map(|e| e.path()).collect();
-    assert!(host_side.is_empty(), "xdkms wrote outside the root: {host_side:?}");
+    for dir in [outside.path(), outside_source.path()] {
+        let host_side: Vec<PathBuf> = std::fs::read_dir(dir).expect("outside").flatten().map(|e| e.path()).collect();
+        assert!(host_side.is_empty(), "xdkms wrote outside the root: {host_side:?}");
+    }
+    let source_inside = sysroot.root().join(outside_source.path().strip_prefix("/").expect("absolute"));
+    assert!(source_inside.join("dkms.conf").is_file(), "the source is not at {}", source_inside.display());
     let inside = sysroot.root().join(outside.path().strip_prefix("/").expect("absolute"));
     assert!(inside.join("dkms/xdkms_test.ko").is_file(), "not installed at {}", inside.display());
     let dep = std::fs::read_to_string(sysroot.modules().join("modules.dep")).expect("modules.dep");
