@@ -28,7 +28,7 @@ xdkms_rootfs_install() {
     modules="${XDKMS_MODULES}"
     if [ -z "$modules" ]; then
         for conf in ${IMAGE_ROOTFS}/usr/src/*/dkms.conf; do
-            [ -f "$conf" ] && modules="$modules ${conf%/dkms.conf}"
+            if [ -f "$conf" ]; then modules="$modules ${conf%/dkms.conf}"; fi
         done
     fi
     if [ -z "$modules" ]; then
