@@ -43,11 +43,12 @@ pub enum HostToolError {
 pub const KBUILD_HOST_TOOLS: [&str; 2] = ["scripts/basic/fixdep", "scripts/mod/modpost"];
 
 /// Checks that the headers' kbuild host programs (fixdep, modpost) run on the build host:
-/// present, and ELF files for `host` (scripts are accepted). `headers` is a path in `root` as the
-/// target sees it; symlinks are followed inside the root.
+/// present, and ELF files for `host` (scripts are accepted). `headers` is a host path; below the
+/// root its symlinks are followed inside the root (see [`Sysroot::resolve_host`]).
 pub fn check_host_tools(root: &Sysroot, headers: &Path, host: &TargetSpec) -> Result<(), HostToolError> {
     for tool in KBUILD_HOST_TOOLS {
-        let path = root.resolve(headers.join(tool)).unwrap_or_else(|_| root.root().join(tool));
+        let wanted = headers.join(tool);
+        let path = root.resolve_host(&wanted).unwrap_or(wanted);
         let mut head = [0u8; 64];
         let read = std::fs::File::open(&path).and_then(|mut f| {
             use std::io::Read;

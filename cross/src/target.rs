@@ -51,7 +51,7 @@ impl TargetSpec {
 }
 
 /// `NAME=y` appears in the config.
-fn config_set(config: &str, symbol: &str) -> bool {
+pub(crate) fn config_set(config: &str, symbol: &str) -> bool {
     config.lines().any(|l| l.strip_prefix(symbol).is_some_and(|rest| rest == "=y"))
 }
 

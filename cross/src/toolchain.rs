@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::target::TargetSpec;
+use crate::target::{config_set, TargetSpec};
 
 /// How make must be called to build for one kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +41,13 @@ struct KernelCompiler {
 }
 
 fn kernel_compiler(config: &str) -> KernelCompiler {
-    let program = config
-        .lines()
-        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
-        .and_then(|text| text.trim_matches('"').split_whitespace().next().map(str::to_string));
-    KernelCompiler { clang: config.lines().any(|l| l == "CONFIG_CC_IS_CLANG=y"), program }
+    KernelCompiler { clang: config_set(config, "CONFIG_CC_IS_CLANG"), program: kernel_cc_program(config) }
+}
+
+/// The compiler the kernel was built with: the first word of CONFIG_CC_VERSION_TEXT.
+pub fn kernel_cc_program(config: &str) -> Option<String> {
+    let text = config.lines().find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))?;
+    text.trim_matches('"').split_whitespace().next().map(str::to_string)
 }
 
 /// Finds `program` in the directories of `path` (a PATH value).

@@ -412,12 +412,8 @@ fn make_flags(variables: &[(String, String)]) -> String {
 /// For an architecture the target table does not know: the compiler the kernel was built with,
 /// when it is on PATH, the first word of CONFIG_CC_VERSION_TEXT (as dkms exports CC).
 fn compiler_from_config(config: &str) -> Option<String> {
-    let text = config.lines().find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))?;
-    let first = text.trim_matches('"').split_whitespace().next()?.to_string();
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(&first).is_file()))
-        .unwrap_or(false);
-    on_path.then_some(first)
+    let path = std::env::var_os("PATH")?;
+    cross::toolchain::kernel_cc_program(config).filter(|cc| cross::toolchain::find_on_path(cc, &path).is_some())
 }
 
 /// The compression of installed modules: --compress, else the kernel's CONFIG_MODULE_COMPRESS_*,

@@ -847,13 +847,11 @@ fn arch_label(name: &str) -> String {
 /// root every kernel with headers (`with_headers`) or every kernel directory.
 fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Target>> {
     let mut targets = explicit_targets(args);
-    // A kernel build directory names its own kernel.
-    if targets.is_empty() && ctx.image_mode() {
-        if let Some(release) =
-            args.kernel_build.as_ref().and_then(|d| cross::kernel::headers_release(&crate::cli::absolute(d.clone())))
-        {
-            let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
-            targets.push(Target { kernel: release, arch });
+    let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
+    // A kernel build directory (--kernel-build, the override it sets) names its own kernel.
+    if targets.is_empty() && ctx.image_mode() && args.kernel_build.is_some() {
+        if let Some(release) = ctx.kernel_source_override.as_deref().and_then(cross::kernel::headers_release) {
+            targets.push(Target { kernel: release, arch: arch.clone() });
         }
     }
     if targets.is_empty() {
@@ -862,8 +860,7 @@ fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Tar
                 .map_err(|e| Failure::io(format!("listing kernels in {}", ctx.root.root().display()), e))?;
             for kernel in kernels {
                 if !with_headers || ctx.kernel_source_dir(&kernel).join("include").is_dir() {
-                    let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
-                    targets.push(Target { kernel, arch });
+                    targets.push(Target { kernel, arch: arch.clone() });
                 }
             }
             if targets.is_empty() {
@@ -876,7 +873,6 @@ fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Tar
                 ));
             }
         } else {
-            let arch = args.arch.first().map(|a| arch_label(a)).unwrap_or_default();
             targets.push(Target { kernel: host_release(), arch });
         }
     }

@@ -63,6 +63,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let mut queue: Vec<usize> = (0..pairs.len()).filter(|&i| needs_build(&pairs[i])).collect();
     let sizes: Vec<u64> = pairs.iter().map(|p| tree_size(&ctx.source_dir(p.module, p.version))).collect();
     queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let count = queue.len();
     let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());
     let results: Mutex<Vec<Option<Result<()>>>> = Mutex::new(pairs.iter().map(|_| None).collect());
     // Under a parent make the limit is its jobserver's; the tokens decide how many run.
@@ -70,9 +71,9 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let workers = limit.clamp(1, pairs.len().max(1));
     if ctx.verbose {
         match (&ctx.jobserver, ctx.jobserver_inherited) {
-            (Some(_), true) => ctx.say(format!("{} builds share the parent make's jobserver.", queue_len(&queue))),
-            (Some(_), false) => ctx.say(format!("{} builds share a jobserver of -j {}.", queue_len(&queue), ctx.jobs)),
-            (None, _) => ctx.say(format!("{} builds, one at a time.", queue_len(&queue))),
+            (Some(_), true) => ctx.say(format!("{count} builds share the parent make's jobserver.")),
+            (Some(_), false) => ctx.say(format!("{count} builds share a jobserver of -j {}.", ctx.jobs)),
+            (None, _) => ctx.say(format!("{count} builds, one at a time.")),
         }
     }
     // A process started by make holds one job slot without a token: one build uses it.
@@ -121,11 +122,6 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
         }
     }
     last
-}
-
-/// How many builds are waiting in the queue.
-fn queue_len(queue: &Mutex<VecDeque<usize>>) -> usize {
-    queue.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
 /// The bytes of the files below `dir` (a guess at how long the module takes to build).

@@ -99,14 +99,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
     }
     let host = cross::target::host();
     if let Some(host) = host {
-        // Headers in the root are looked at as the target sees them; a --kernel-build directory
-        // is the build host's.
-        let host_root = cross::Sysroot::host();
-        let (root, headers_path) = match headers.strip_prefix(ctx.root.root()) {
-            Ok(inside) if ctx.image_mode() => (&ctx.root, Path::new("/").join(inside)),
-            _ => (&host_root, headers.to_path_buf()),
-        };
-        match cross::kernel::check_host_tools(root, &headers_path, host) {
+        match cross::kernel::check_host_tools(&ctx.root, headers, host) {
             Ok(()) => {}
             Err(cross::kernel::HostToolError::Missing(path)) => {
                 return Err(Failure::new(

@@ -420,11 +420,13 @@ pub fn add(
             let (module, version) = (conf.package_name, conf.package_version);
             // A source directory that is a link resolves inside the root, as everything written.
             let dest = ctx.in_root(&ctx.source_tree.join(format!("{module}-{version}")))?;
-            // (Not when the source already is that directory: dkms would delete it.)
-            if ctx.force && dest.is_dir() && std::fs::canonicalize(&dest).ok() != Some(from.clone()) {
+            // Nothing to copy when the source already is that directory (and with --force, dkms
+            // would delete it).
+            let in_place = std::fs::canonicalize(&dest).ok().as_ref() == Some(&from);
+            if ctx.force && dest.is_dir() && !in_place {
                 std::fs::remove_dir_all(&dest).map_err(|e| Failure::io(format!("removing {}", dest.display()), e))?;
             }
-            if std::fs::canonicalize(&dest).ok() != Some(from.clone()) {
+            if !in_place {
                 copy_tree(&from, &dest)
                     .map_err(|e| Failure::io(format!("copying {} to {}", from.display(), dest.display()), e))?;
             }

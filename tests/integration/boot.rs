@@ -14,7 +14,8 @@ enum Disk {
     Nvme,
 }
 
-fn base_image(work: &TempDir, busybox: &Path, codec: &str) -> PathBuf {
+/// A busybox initramfs without modules (tests/fixtures/make-busybox-initramfs.sh).
+pub fn base_image(work: &TempDir, busybox: &Path, codec: &str) -> PathBuf {
     let image = work.join(format!("base-{codec}.img"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-busybox-initramfs.sh");
     run_ok(Command::new("bash").arg(script).arg(busybox).arg(&image).arg(codec));
@@ -78,11 +79,6 @@ fn boot(arch: &str, kernel: &Path, image: &Path, disk: &Path, kind: Disk) -> Str
 /// `xdkms-boot:` lines.
 pub fn boot_and_modprobe(arch: &str, kernel: &Path, image: &Path, module: &str) -> String {
     console_lines(&qemu(arch, kernel, image, &format!("xdkms.modprobe={module}")))
-}
-
-/// A busybox initramfs without modules (tests/fixtures/make-busybox-initramfs.sh).
-pub fn busybox_image(work: &TempDir, busybox: &Path, codec: &str) -> PathBuf {
-    base_image(work, busybox, codec)
 }
 
 /// Injects `items` into a fresh base image of `codec`, boots it, and checks the marker was read

@@ -9,7 +9,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::boot::{boot_and_modprobe, busybox_image};
+use crate::boot::{base_image, boot_and_modprobe};
 use crate::dkms::fixture;
 use crate::util::{differing_files, refs, run, run_ok, xdkms, TempDir, KMOD30_FILES};
 
@@ -112,7 +112,7 @@ fn pair_builds_installs_and_loads(arch: &'static str, elf: u16, machine: &str) {
         "amd64" => refs().path("XDKMS_BUSYBOX_AMD64"),
         _ => refs().path("XDKMS_BUSYBOX_ARM64"),
     };
-    let base = busybox_image(&work, &busybox, "zstd");
+    let base = base_image(&work, &busybox, "zstd");
     let kernel_image = sysroot.root().join("boot").join(format!("vmlinuz-{}", sysroot.kernel));
     // Without the injection, modprobe has nothing to load.
     let before = boot_and_modprobe(arch, &kernel_image, &base, "xdkms_pair_b");
