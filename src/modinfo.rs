@@ -98,7 +98,8 @@ impl Indexes {
             let root = if self.root.is_host() { String::new() } else { self.root.root().display().to_string() };
             (format!("{root}{target}"), target)
         };
-        let host = self.root.resolve(&target).unwrap_or_else(|_| PathBuf::from(&target));
+        // A path that cannot be resolved inside the root is not opened at all.
+        let host = self.root.resolve(&target).ok()?;
         Some(Found::File { shown, host })
     }
 
@@ -179,7 +180,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
                 return Ok(false);
             }
         },
-        None => Sysroot::host(),
+        None => Sysroot::host()?,
     };
     let version = match pick_version(&root, options.version.as_deref()) {
         Ok(v) => v,
@@ -189,8 +190,14 @@ pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
         }
     };
     let target_dir = String::from_utf8_lossy(&module_dir(&root, &version)).into_owned();
-    let indexes =
-        Indexes { dir: root.resolve(&target_dir).unwrap_or_else(|_| PathBuf::from(&target_dir)), target_dir, root };
+    let dir = match root.resolve(&target_dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("modinfo: ERROR: cannot resolve {target_dir} inside {}: {e}", root.root().display());
+            return Ok(false);
+        }
+    };
+    let indexes = Indexes { dir, target_dir, root };
     let separator = if options.null { b'\0' } else { b'\n' };
     let mut all_ok = true;
     for target in &options.targets {

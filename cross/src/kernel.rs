@@ -48,7 +48,12 @@ pub const KBUILD_HOST_TOOLS: [&str; 2] = ["scripts/basic/fixdep", "scripts/mod/m
 pub fn check_host_tools(root: &Sysroot, headers: &Path, host: &TargetSpec) -> Result<(), HostToolError> {
     for tool in KBUILD_HOST_TOOLS {
         let wanted = headers.join(tool);
-        let path = root.resolve_host(&wanted).unwrap_or(wanted);
+        // A kernel build directory of the build host (--kernel-build) is read where it is.
+        let path = if root.contains(&wanted) {
+            root.resolve_host(&wanted).map_err(|_| HostToolError::Missing(wanted.clone()))?
+        } else {
+            wanted
+        };
         let mut head = [0u8; 64];
         let read = std::fs::File::open(&path).and_then(|mut f| {
             use std::io::Read;

@@ -167,7 +167,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
 pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Option<Analysis>> {
     let root = match &options.basedir {
         Some(dir) => Sysroot::new(dir).with_context(|| format!("could not open base directory {}", dir.display()))?,
-        None => Sysroot::host(),
+        None => Sysroot::host().context("could not open /")?,
     };
     let dirname = module_dir(&root, &options.version);
     let input_dir = root

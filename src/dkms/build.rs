@@ -65,25 +65,28 @@ pub fn broken(module: &str, version: &str) -> Failure {
 }
 
 /// Removes the staging directory when dropped, whatever happened.
-struct Staging {
+struct Staging<'a> {
+    root: &'a cross::Sysroot,
     dir: PathBuf,
 }
 
-impl Drop for Staging {
+impl Drop for Staging<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.root.remove_all(&self.dir);
         if let Some(kernel_dir) = self.dir.parent() {
             // Only succeeds when no other arch lives there.
-            let _ = std::fs::remove_dir(kernel_dir);
+            let _ = self.root.remove_dir(kernel_dir);
         }
     }
 }
 
 /// dkms's do_build for one kernel.
 pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
-    let version_dir = ctx.version_dir(module, version);
-    let base_dir = version_dir.join(&target.kernel).join(&target.arch);
-    if base_dir.is_dir() {
+    // Resolved once inside the root: the build's commands get these paths.
+    let version_dir = ctx.in_root(&ctx.version_dir(module, version))?;
+    let kernel_dir = ctx.in_root(&version_dir.join(&target.kernel))?;
+    let base_dir = kernel_dir.join(&target.arch);
+    if ctx.root.is_dir(&base_dir) {
         return Err(Failure::new(
             exit::TREE_STATE,
             [
@@ -96,10 +99,10 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         ));
     }
     let staging =
-        Staging { dir: version_dir.join(&target.kernel).join(format!(".tmp_{}_{}", target.arch, std::process::id())) };
+        Staging { root: &ctx.root, dir: kernel_dir.join(format!(".tmp_{}_{}", target.arch, std::process::id())) };
     let build_tree = staging.dir.join("tree");
     let build_dir = build_tree.join(module).join(version).join("build");
-    let conf_path = ctx.conf_path(module, version);
+    let conf_path = ctx.conf_path(module, version)?;
     let conf = ctx.read_conf(module, version, target, &conf_path, &ctx.dkms_tree, true)?;
     if conf.excluded {
         return Err(Failure::new(
@@ -113,8 +116,8 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             ],
         ));
     }
-    let source_dir = ctx.source_dir(module, version);
-    let source_entries = std::fs::read_dir(&source_dir).map(|d| d.count()).unwrap_or(0);
+    let source_dir = ctx.source_dir(module, version)?;
+    let source_entries = ctx.root.read_dir(&source_dir).map(|d| d.len()).unwrap_or(0);
     if source_entries < 2 {
         return Err(Failure::new(
             8,
@@ -127,7 +130,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             ],
         ));
     }
-    let headers = ctx.kernel_source_dir(&target.kernel);
+    let headers = ctx.kernel_source_dir(&target.kernel)?;
     if !headers.join("include").is_dir() {
         return Err(Failure::new(
             exit::NO_HEADERS,
@@ -158,18 +161,20 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             ],
         ));
     }
-    let config_text = std::fs::read_to_string(ctx.kernel_config_path(&target.kernel)).unwrap_or_default();
+    let config_text = ctx.kernel_config_text(&target.kernel);
     let build_target = super::target::prepare(ctx, target, &headers, &config_text)?;
     let io = |what: String| move |e: std::io::Error| Failure::io(what, e);
-    std::fs::create_dir_all(build_dir.parent().unwrap_or(&build_tree))
+    ctx.root
+        .create_dir_all(build_dir.parent().unwrap_or(&build_tree))
         .map_err(io(format!("creating {}", staging.dir.display())))?;
-    tree::copy_tree(&source_dir, &build_dir).map_err(io(format!("copying {}", source_dir.display())))?;
-    std::os::unix::fs::symlink(&source_dir, build_tree.join(module).join(version).join("source"))
+    tree::copy_tree(&ctx.root, &source_dir, &build_dir).map_err(io(format!("copying {}", source_dir.display())))?;
+    ctx.root
+        .symlink(&source_dir, &build_tree.join(module).join(version).join("source"))
         .map_err(io(format!("creating {}", build_tree.display())))?;
     // The other modules stay reachable through the build's dkms tree (a conf may read a
     // dependency's Module.symvers there).
-    for other in tree::sorted_dirs(&ctx.dkms_tree).into_iter().filter(|o| o != module) {
-        let _ = std::os::unix::fs::symlink(ctx.dkms_tree.join(&other), build_tree.join(&other));
+    for other in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree).into_iter().filter(|o| o != module) {
+        let _ = ctx.root.symlink(&ctx.dkms_tree.join(&other), &build_tree.join(&other));
     }
     let sandbox = ctx.sandbox(&build_tree, &staging.dir.join("mounts"), Some(&target.kernel));
     let sandbox = sandbox.as_ref();
@@ -188,7 +193,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         };
         let view = View { build_tree: &build_tree, sandbox, headers_view: headers_view.as_deref() };
         let conf = ctx.read_conf_in(module, version, target, &conf_path, &view, true)?;
-        let paths = ctx.scope_paths(&target.kernel, &view);
+        let paths = ctx.scope_paths(&target.kernel, &view)?;
 
         ctx.say("");
         ctx.say("Building module:");
@@ -223,7 +228,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
 
         // As in dkms, make.log starts after the patches (whose output goes to the console).
         let log_path = build_dir.join("make.log");
-        let mut log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let mut log = ctx.root.create_file(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
         let date = Command::new("date").output().map(|o| o.stdout).unwrap_or_default();
         let _ = writeln!(log, "DKMS make.log for {module}-{version} for kernel {} ({})", target.kernel, target.arch);
         let _ = log.write_all(&date);
@@ -305,7 +310,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
         let module_dir = result.join("module");
         let log_dir = result.join("log");
         for dir in [&module_dir, &log_dir] {
-            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            ctx.root.create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let codec = choose_compression(ctx, &target.kernel, &config_text)?;
         let strip = build_target.strip();
@@ -328,7 +333,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             if let Some(signer) = &signer {
                 super::sign::sign(ctx, signer, &built);
             }
-            let bytes = std::fs::read(&built).map_err(io(format!("reading {}", built.display())))?;
+            let bytes = ctx.root.read(&built).map_err(io(format!("reading {}", built.display())))?;
             let (suffix, data) = match codec {
                 Codec::None => (".ko", bytes),
                 other => {
@@ -338,7 +343,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
                 }
             };
             let dest = module_dir.join(format!("{}{suffix}", record.dest_name));
-            std::fs::write(&dest, data).map_err(io(format!("writing {}", dest.display())))?;
+            ctx.root.write(&dest, &data).map_err(io(format!("writing {}", dest.display())))?;
             records.push(BuiltModule {
                 dest_name: record.dest_name.clone(),
                 dest_location: record.dest_location.clone(),
@@ -346,34 +351,38 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             });
         }
         let symvers = build_dir.join("Module.symvers");
-        if symvers.is_file() {
-            let _ = std::fs::copy(&symvers, module_dir.join("Module.symvers"));
+        if let Ok(data) = ctx.root.read(&symvers) {
+            let _ = ctx.root.write(&module_dir.join("Module.symvers"), &data);
         }
-        let config_path = ctx.kernel_config_path(&target.kernel);
-        if config_path.is_file() {
-            let _ = std::fs::copy(&config_path, log_dir.join(".config"));
+        // The configuration may be a build host file (--kernel-build, --config).
+        if let Ok(config_path) = ctx.kernel_config_path(&target.kernel) {
+            if config_path.is_file() {
+                let _ = ctx.root.copy_in(&config_path, &log_dir.join(".config"));
+            }
         }
         drop(log);
-        std::fs::rename(&log_path, log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))?;
+        ctx.root.rename(&log_path, &log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))?;
         // The record stands for the module's own conf: a build with -c or --directive has none,
         // so status evaluates the conf, as dkms does.
         if ctx.conf_override.is_none() && ctx.directives.is_empty() {
-            tree::write_built_record(&result, &records).map_err(io(format!("writing {}", result.display())))?;
+            tree::write_built_record(&ctx.root, &result, &records)
+                .map_err(io(format!("writing {}", result.display())))?;
         }
         run_script_in(ctx, sandbox, "post_build", &conf.post_build, &build_dir);
-        std::fs::set_permissions(&result, std::fs::Permissions::from_mode(0o755))
+        ctx.root
+            .set_permissions(&result, std::fs::Permissions::from_mode(0o755))
             .map_err(io(format!("setting the mode of {}", result.display())))?;
-        std::fs::rename(&result, &base_dir).map_err(io(format!("moving the build to {}", base_dir.display())))?;
+        ctx.root.rename(&result, &base_dir).map_err(io(format!("moving the build to {}", base_dir.display())))?;
         // dkms deletes its shared build directory after a successful build (a failed one keeps
         // make.log there).
-        let _ = std::fs::remove_dir_all(version_dir.join("build"));
+        let _ = ctx.root.remove_all(&version_dir.join("build"));
         ctx.say(format!("DKMS: build completed for {module}/{version} on {} ({}).", target.kernel, target.arch));
         Ok(())
     })();
-    if outcome.is_err() && build_dir.is_dir() {
+    if outcome.is_err() && ctx.root.is_dir(&build_dir) {
         let kept = version_dir.join("build");
-        let _ = std::fs::remove_dir_all(&kept);
-        let _ = std::fs::rename(&build_dir, &kept);
+        let _ = ctx.root.remove_all(&kept);
+        let _ = ctx.root.rename(&build_dir, &kept);
     }
     outcome
 }

@@ -437,6 +437,31 @@ impl Conf {
         if package_version.is_empty() {
             errors.push("dkms.conf: Error! No 'PACKAGE_VERSION' directive specified.".to_string());
         }
+        // Safety, not dkms: these become path components of the trees.
+        let components = [("PACKAGE_NAME", &package_name), ("PACKAGE_VERSION", &package_version)];
+        for (directive, value) in components.into_iter().filter(|(_, v)| !v.is_empty()) {
+            if let Err(why) = super::names::check_component(value) {
+                errors.push(format!(
+                    "dkms.conf: Error! '{directive}' value {value:?} cannot be a directory name: {why}."
+                ));
+            }
+        }
+        for (index, m) in modules.iter().enumerate() {
+            for (directive, value) in [("BUILT_MODULE_NAME", &m.built_name), ("DEST_MODULE_NAME", &m.dest_name)] {
+                // An empty name has dkms's message above; a '/' dkms 3.4's strict one below.
+                let bad = match super::names::check_component(value) {
+                    Err(super::names::BadName::Empty) => false,
+                    Err(super::names::BadName::Slash) => !d.strict,
+                    Err(_) => true,
+                    Ok(()) => false,
+                };
+                if bad {
+                    errors.push(format!(
+                        "dkms.conf: Error! '{directive}' value {value:?} in record #{index} cannot be a file name."
+                    ));
+                }
+            }
+        }
         let autoinstall = raw.scalar("AUTOINSTALL");
         let autoinstall_yes = !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("no");
         // dkms 3.4's read_conf_strict runs these only on a conf that passed the checks above.

@@ -9,14 +9,17 @@
 
 use std::path::{Path, PathBuf};
 
+use cross::Sysroot;
+
 use super::conf::ver_key;
 use super::tree::{self, module_file};
 use super::{build, exit, Ctx, Failure, Result, Target};
 use crate::module::{ModuleElf, ModuleImage};
 
 /// `(version, srcversion)` from a module's .modinfo; empty strings when absent or unreadable.
-pub fn module_version(path: &Path) -> (String, String) {
-    let Ok(image) = ModuleImage::open(path) else { return Default::default() };
+pub fn module_version(root: &Sysroot, path: &Path) -> (String, String) {
+    let Ok(bytes) = root.read(path) else { return Default::default() };
+    let Ok(image) = ModuleImage::from_bytes(&bytes) else { return Default::default() };
     let Ok(elf) = ModuleElf::parse(&image, Default::default()) else { return Default::default() };
     let field = |key: &[u8]| {
         elf.modinfo_values(key).next().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
@@ -24,19 +27,19 @@ pub fn module_version(path: &Path) -> (String, String) {
     (field(b"version"), field(b"srcversion"))
 }
 
-/// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir`, sorted.
-fn find_module(dir: &Path, name: &str) -> Vec<PathBuf> {
+/// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir` (inside the root; links to
+/// directories are not followed, as find does not), sorted.
+fn find_module(root: &Sysroot, dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            if kind.is_dir() {
-                pending.push(entry.path());
+        let Ok(entries) = root.read_dir(&dir) else { continue };
+        for entry in entries {
+            let file_name = entry.name.to_string_lossy().into_owned();
+            if entry.kind == cross::sysroot::EntryKind::Dir {
+                pending.push(dir.join(&entry.name));
             } else if tree::MODULE_SUFFIXES.iter().any(|s| file_name == format!("{name}{s}")) {
-                found.push(entry.path());
+                found.push(dir.join(&entry.name));
             }
         }
     }
@@ -73,7 +76,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         build::maybe_build(ctx, module, version, target)?;
     }
     let kernel_dir = ctx.in_root(&ctx.install_tree.join(&target.kernel))?;
-    if !kernel_dir.exists() {
+    if !ctx.root.exists(&kernel_dir) {
         return Err(Failure::new(
             6,
             [
@@ -88,14 +91,14 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     let archive_dir = ctx.dkms_tree.join(module).join("original_module").join(&target.kernel).join(&target.arch);
     let mut installed_any = false;
     for (index, record) in conf.modules.iter().enumerate() {
-        let Some(built) = module_file(&built_dir, &record.dest_name) else {
+        let Some(built) = module_file(&ctx.root, &built_dir, &record.dest_name) else {
             return Err(Failure::new(6, [format!("Missing module {} in {}", record.dest_name, built_dir.display())]));
         };
         if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
             continue;
         }
         if index == 0
-            && !build::run_script(ctx, "pre_install", &conf.pre_install, &ctx.source_dir(module, version))
+            && !build::run_script(ctx, "pre_install", &conf.pre_install, &ctx.source_dir(module, version)?)
             && !ctx.force
         {
             return Err(Failure::new(
@@ -103,7 +106,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
                 ["pre_install failed, aborting install.", "You may override by specifying --force."],
             ));
         }
-        if !link.is_symlink() && !is_debian_like(ctx) {
+        if !ctx.root.is_symlink(&link) && !is_debian_like(ctx) {
             archive_original(ctx, &kernel_dir, &record.dest_name, &record.dest_location, &archive_dir)?;
         }
         // Symlinks on the way (an `updates` linked elsewhere) resolve inside the root.
@@ -111,35 +114,29 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let dest = dest_dir.join(&file_name);
         ctx.say(format!("Installing {}", dest.display()));
-        let bytes = std::fs::read(&built).map_err(|e| Failure::io(format!("reading {}", built.display()), e))?;
-        std::fs::create_dir_all(&dest_dir).map_err(|e| Failure::io(format!("creating {}", dest_dir.display()), e))?;
+        let bytes = ctx.root.read(&built).map_err(|e| Failure::io(format!("reading {}", built.display()), e))?;
+        ctx.root.create_dir_all(&dest_dir).map_err(|e| Failure::io(format!("creating {}", dest_dir.display()), e))?;
         // A module of the same name with another suffix would shadow or duplicate this one.
         for other in tree::MODULE_SUFFIXES {
             let stale = dest_dir.join(format!("{}{other}", record.dest_name));
-            if stale != dest && stale.exists() {
-                let _ = std::fs::remove_file(stale);
+            if stale != dest && ctx.root.exists(&stale) {
+                let _ = ctx.root.remove_file(&stale);
             }
         }
-        crate::fsio::replace_file(&dest, &bytes).map_err(|e| Failure::io(format!("writing {}", dest.display()), e))?;
+        ctx.root
+            .write_atomic(&dest, &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
+            .map_err(|e| Failure::io(format!("writing {}", dest.display()), e))?;
         installed_any = true;
     }
     if !installed_any && !conf.modules.is_empty() {
         return Err(Failure::new(6, ["Installation aborted."]));
     }
-    replace_symlink(&link, &Path::new(version).join(&target.kernel).join(&target.arch))
+    ctx.root
+        .replace_symlink(&Path::new(version).join(&target.kernel).join(&target.arch), &link)
         .map_err(|e| Failure::io(format!("creating {}", link.display()), e))?;
-    build::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version));
+    build::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
     Ok(())
-}
-
-/// Creates or replaces a symlink atomically.
-fn replace_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
-    let dir = link.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".{}.xdkms-tmp", link.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp)?;
-    std::fs::rename(&temp, link)
 }
 
 /// dkms's check_version_sanity: false (after saying why) when the module must not be installed.
@@ -153,7 +150,7 @@ fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, bui
         super::print_err(format_args!("You may override by specifying --force."));
         return Ok(false);
     }
-    let existing = find_module(&ctx.install_tree.join(kernel), name);
+    let existing = find_module(&ctx.root, &ctx.install_tree.join(kernel), name);
     if existing.is_empty() || ctx.force_version_override {
         return Ok(true);
     }
@@ -164,8 +161,8 @@ fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, bui
         return Ok(true);
     }
     // dkms compares `version` only; srcversion just tells its two messages apart.
-    let (old_version, _) = module_version(&existing[0]);
-    let (new_version, _) = module_version(built);
+    let (old_version, _) = module_version(&ctx.root, &existing[0]);
+    let (new_version, _) = module_version(&ctx.root, built);
     let suffix = built.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if ctx.force {
         return Ok(true);
@@ -207,11 +204,12 @@ fn is_obsoleted(obsolete_by: &str, kernel: &str) -> bool {
 /// Moves the kernel's own module of this name aside, as dkms does on distributions other than
 /// Debian and Ubuntu: the first of extra/, updates/, the destination, or a single match anywhere.
 fn archive_original(ctx: &Ctx, kernel_dir: &Path, name: &str, dest_location: &str, archive: &Path) -> Result<()> {
-    let everywhere = find_module(kernel_dir, name);
+    let root = &ctx.root;
+    let everywhere = find_module(root, kernel_dir, name);
     let candidates = [
-        module_file(&kernel_dir.join("extra"), name),
-        module_file(&kernel_dir.join("updates"), name),
-        module_file(&kernel_dir.join(dest_location.trim_start_matches('/')), name),
+        module_file(root, &kernel_dir.join("extra"), name),
+        module_file(root, &kernel_dir.join("updates"), name),
+        module_file(root, &kernel_dir.join(dest_location.trim_start_matches('/')), name),
         (everywhere.len() == 1).then(|| everywhere[0].clone()),
     ];
     let io = |p: &Path| {
@@ -221,22 +219,22 @@ fn archive_original(ctx: &Ctx, kernel_dir: &Path, name: &str, dest_location: &st
     if let Some(original) = candidates.into_iter().flatten().next() {
         ctx.say(format!(" - Found {}", original.display()));
         ctx.say(format!(" - Storing in {}/", archive.display()));
-        std::fs::create_dir_all(archive).map_err(io(archive))?;
+        root.create_dir_all(archive).map_err(io(archive))?;
         let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let stored = archive.join(&file_name);
-        std::fs::rename(&original, &stored).map_err(io(&original))?;
+        root.rename(&original, &stored).map_err(io(&original))?;
         let origin = format!("{}\n", original.strip_prefix(kernel_dir).unwrap_or(&original).display());
-        let _ = std::fs::write(archive.join(format!("{}.origin", file_name.to_string_lossy())), origin);
+        let _ = root.write(&archive.join(format!("{}.origin", file_name.to_string_lossy())), origin.as_bytes());
     } else if everywhere.len() > 1 {
         let collisions = archive.join("collisions");
         for duplicate in everywhere {
             let relative = duplicate.strip_prefix(kernel_dir).unwrap_or(&duplicate).to_path_buf();
             let stored = collisions.join(&relative);
             if let Some(parent) = stored.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                root.create_dir_all(parent).map_err(io(parent))?;
             }
             ctx.say(format!("     - Stored {}", duplicate.display()));
-            std::fs::rename(&duplicate, &stored).map_err(io(&duplicate))?;
+            root.rename(&duplicate, &stored).map_err(io(&duplicate))?;
         }
     }
     Ok(())
@@ -259,62 +257,61 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
                 dest_location: record.dest_location.clone(),
                 dest_location_raw: record.dest_location_raw.clone(),
             };
-            let location = module_file(&built_dir, &record.dest_name)
+            let location = module_file(&ctx.root, &built_dir, &record.dest_name)
                 .and_then(|b| tree::installed_location(ctx, target, &built, &b));
             match location {
                 Some(dir) => {
                     ctx.say(format!(" - Deleting from: {}/", dir.display()));
                     for suffix in tree::MODULE_SUFFIXES {
-                        let _ = std::fs::remove_file(dir.join(format!("{}{suffix}", record.dest_name)));
+                        let _ = ctx.root.remove_file(&dir.join(format!("{}{suffix}", record.dest_name)));
                     }
-                    remove_empty_dirs(&dir, &kernel_dir);
+                    remove_empty_dirs(&ctx.root, &dir, &kernel_dir);
                 }
                 None => ctx.say(format!(" - Module was not found within {}/", kernel_dir.display())),
             }
             if !is_debian_like(ctx) {
-                if let Some(original) = module_file(&archive_dir, &record.dest_name) {
+                if let Some(original) = module_file(&ctx.root, &archive_dir, &record.dest_name) {
                     let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                    let origin_record = archive_dir.join(format!("{}.origin", file_name.to_string_lossy()));
                     let origin =
-                        std::fs::read_to_string(archive_dir.join(format!("{}.origin", file_name.to_string_lossy())))
-                            .ok()
-                            .map(|o| kernel_dir.join(o.trim()))
-                            .unwrap_or_else(|| {
-                                kernel_dir.join(record.dest_location_raw.trim_start_matches('/')).join(&file_name)
-                            });
+                        ctx.root.read_to_string(&origin_record).ok().map(|o| kernel_dir.join(o.trim())).unwrap_or_else(
+                            || kernel_dir.join(record.dest_location_raw.trim_start_matches('/')).join(&file_name),
+                        );
                     let origin = ctx.in_root(&origin)?;
                     ctx.say(format!(
                         " - Archived original module found in the DKMS tree, moving it to {}",
                         origin.display()
                     ));
                     if let Some(parent) = origin.parent() {
-                        let _ = std::fs::create_dir_all(parent);
+                        let _ = ctx.root.create_dir_all(parent);
                     }
-                    std::fs::rename(&original, &origin)
+                    ctx.root
+                        .rename(&original, &origin)
                         .map_err(|e| Failure::io(format!("restoring {}", original.display()), e))?;
                 }
             }
         }
-        std::fs::remove_file(&link).map_err(|e| Failure::io(format!("removing {}", link.display()), e))?;
+        ctx.root.remove_file(&link).map_err(|e| Failure::io(format!("removing {}", link.display()), e))?;
     } else {
         ctx.say("This module version was INACTIVE for this kernel.");
     }
-    build::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version));
+    build::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
-    if was_active && archive_dir.is_dir() && !archive_dir.join("collisions").is_dir() {
-        let _ = std::fs::remove_dir_all(&archive_dir);
+    if was_active && ctx.root.is_dir(&archive_dir) && !ctx.root.is_dir(&archive_dir.join("collisions")) {
+        let _ = ctx.root.remove_all(&archive_dir);
         if let Some(kernel_archive) = archive_dir.parent() {
-            let _ = std::fs::remove_dir(kernel_archive);
+            let _ = ctx.root.remove_dir(kernel_archive);
         }
     }
-    let _ = std::fs::remove_dir(ctx.dkms_tree.join(module).join("original_module"));
+    let _ = ctx.root.remove_dir(&ctx.dkms_tree.join(module).join("original_module"));
     Ok(())
 }
 
 /// `rmdir -p --ignore-fail-on-non-empty`, stopping at the kernel's directory.
-fn remove_empty_dirs(from: &Path, stop: &Path) {
+fn remove_empty_dirs(root: &Sysroot, from: &Path, stop: &Path) {
     let mut dir = from.to_path_buf();
     while dir.starts_with(stop) && dir != stop {
-        if std::fs::remove_dir(&dir).is_err() {
+        if root.remove_dir(&dir).is_err() {
             break;
         }
         if !dir.pop() {
@@ -327,8 +324,8 @@ fn remove_empty_dirs(from: &Path, stop: &Path) {
 pub fn unbuild(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
     let kernel_dir = ctx.version_dir(module, version).join(&target.kernel);
     let dir = kernel_dir.join(&target.arch);
-    std::fs::remove_dir_all(&dir).map_err(|e| Failure::io(format!("removing {}", dir.display()), e))?;
-    let _ = std::fs::remove_dir(&kernel_dir);
+    ctx.root.remove_all(&dir).map_err(|e| Failure::io(format!("removing {}", dir.display()), e))?;
+    let _ = ctx.root.remove_dir(&kernel_dir);
     Ok(())
 }
 
@@ -360,17 +357,18 @@ pub fn remove_family(ctx: &Ctx, action: &str, module: &str, version: &str, targe
     }
     if action == "remove" {
         let version_dir = ctx.version_dir(module, version);
-        let keep = tree::sorted_dirs(&version_dir)
+        let keep = tree::sorted_dirs(&ctx.root, &version_dir)
             .into_iter()
             .any(|d| !matches!(d.as_str(), "build" | "tarball" | "driver_disk" | "rpm" | "deb" | "source"));
         if !keep {
             ctx.say(format!("Deleting module {module}-{version} completely from the DKMS tree."));
-            std::fs::remove_dir_all(&version_dir)
+            ctx.root
+                .remove_all(&version_dir)
                 .map_err(|e| Failure::io(format!("removing {}", version_dir.display()), e))?;
         }
         let module_dir = ctx.dkms_tree.join(module);
-        if std::fs::read_dir(&module_dir).is_ok_and(|mut d| d.next().is_none()) {
-            let _ = std::fs::remove_dir(&module_dir);
+        if ctx.root.read_dir(&module_dir).is_ok_and(|entries| entries.is_empty()) {
+            let _ = ctx.root.remove_dir(&module_dir);
         }
     }
     Ok(())
@@ -384,10 +382,10 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
         // Newest version of each module, from everything added.
         let mut candidates: Vec<(String, String, Vec<String>)> = Vec::new();
         let mut installed: Vec<String> = Vec::new();
-        for module in tree::sorted_dirs(&ctx.dkms_tree) {
+        for module in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree) {
             let mut best: Option<(String, Vec<String>)> = None;
             let mut is_installed = false;
-            for version in tree::sorted_dirs(&ctx.dkms_tree.join(&module)) {
+            for version in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree.join(&module)) {
                 if !tree::is_added(ctx, &module, &version) {
                     continue;
                 }
@@ -480,10 +478,10 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
             ));
             continue;
         };
-        if !ctx.install_tree.join(&kernel).is_dir() {
+        if !ctx.root.is_dir(&ctx.install_tree.join(&kernel)) {
             continue;
         }
-        let system_map = basedir.join("boot").join(format!("System.map-{kernel}"));
+        let system_map = ctx.in_root(&basedir.join("boot").join(format!("System.map-{kernel}")))?;
         let options = crate::depmod::Options {
             basedir: Some(basedir.clone()),
             version: kernel.clone(),

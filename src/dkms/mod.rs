@@ -4,6 +4,7 @@
 pub mod build;
 pub mod conf;
 pub mod install;
+pub mod names;
 pub mod parallel;
 pub mod sandbox;
 pub mod sign;
@@ -264,8 +265,8 @@ impl Ctx {
             (self.install_tree.clone(), self.install_tree_target.clone()),
             (dkms_tree.to_path_buf(), self.dkms_tree_target.clone()),
         ];
-        let boot = self.root.root().join("boot");
-        if boot.is_dir() {
+        let boot = self.root.resolve("/boot").ok().filter(|boot| self.root.is_dir(boot));
+        if let Some(boot) = boot {
             binds.push((boot, PathBuf::from("/boot")));
         }
         if let Some(kernel) = kernel {
@@ -273,16 +274,16 @@ impl Ctx {
             // kbuild tools elsewhere: mount each such target at its own path too.
             let mut dirs = vec![self.install_tree_target.join(kernel).join("build")];
             dirs.push(self.source_tree_target.clone());
-            for name in tree::sorted_dirs(&self.source_tree) {
+            for name in tree::sorted_dirs(&self.root, &self.source_tree) {
                 dirs.push(self.source_tree_target.join(name));
             }
             for dir in dirs {
                 let Ok(host_dir) = self.root.resolve(&dir) else { continue };
-                for entry in std::fs::read_dir(&host_dir).into_iter().flatten().flatten() {
-                    if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                for entry in self.root.read_dir(&host_dir).unwrap_or_default() {
+                    if entry.kind != cross::sysroot::EntryKind::Symlink {
                         continue;
                     }
-                    let Ok(inner) = self.root.resolve_target_path(dir.join(entry.file_name())) else { continue };
+                    let Ok(inner) = self.root.resolve_target_path(dir.join(&entry.name)) else { continue };
                     let covered = binds.iter().any(|(_, target)| inner.starts_with(target));
                     if covered || inner == Path::new("/") {
                         continue;
@@ -345,53 +346,66 @@ impl Ctx {
     }
 
     /// The dkms.conf read for a module: `-c`, else `<dkms_tree>/<m>/<v>/source/dkms.conf`.
-    pub fn conf_path(&self, module: &str, version: &str) -> PathBuf {
+    pub fn conf_path(&self, module: &str, version: &str) -> Result<PathBuf> {
         match &self.conf_override {
-            Some(path) => path.clone(),
-            None => self.source_dir(module, version).join("dkms.conf"),
+            Some(path) => Ok(path.clone()),
+            None => Ok(self.source_dir(module, version)?.join("dkms.conf")),
         }
     }
 
     /// The module's source directory on the host: the `source` symlink followed inside the root.
-    pub fn source_dir(&self, module: &str, version: &str) -> PathBuf {
-        let link = self.version_dir(module, version).join("source");
-        match std::fs::read_link(&link) {
-            Ok(target) if target.is_absolute() => self.root.resolve(&target).unwrap_or(target),
-            _ => link,
-        }
+    pub fn source_dir(&self, module: &str, version: &str) -> Result<PathBuf> {
+        self.in_root(&self.version_dir(module, version).join("source"))
     }
 
-    /// The kernel's build directory as found (before any view is made).
-    pub fn kernel_source_dir(&self, kernel: &str) -> PathBuf {
+    /// The kernel's build directory as found (before any view is made): --kernel-build (a
+    /// directory of the build host), else `<install_tree>/<kernel>/build` resolved inside the root.
+    pub fn kernel_source_dir(&self, kernel: &str) -> Result<PathBuf> {
         match &self.kernel_source_override {
-            Some(dir) => dir.clone(),
-            None => {
-                let build = self.install_tree.join(kernel).join("build");
-                let inside = build.strip_prefix(self.root.root()).map(|p| Path::new("/").join(p));
-                match inside {
-                    Ok(target) => self.root.resolve(&target).unwrap_or(build),
-                    Err(_) => build,
-                }
-            }
+            Some(dir) => Ok(dir.clone()),
+            None => self.in_root(&self.install_tree.join(kernel).join("build")),
         }
     }
 
     /// The kernel's configuration file: --config, else `<build>/.config`.
-    pub fn kernel_config_path(&self, kernel: &str) -> PathBuf {
-        self.kernel_config_override.clone().unwrap_or_else(|| self.kernel_source_dir(kernel).join(".config"))
+    pub fn kernel_config_path(&self, kernel: &str) -> Result<PathBuf> {
+        match &self.kernel_config_override {
+            Some(config) => Ok(config.clone()),
+            None => Ok(self.kernel_source_dir(kernel)?.join(".config")),
+        }
     }
 
-    /// The dkms.conf followed by its /etc/dkms overrides, in dkms's order.
-    fn conf_files(&self, conf: &Path, module: &str, version: &str, target: &Target) -> Vec<PathBuf> {
+    /// The kernel's configuration text; empty when it cannot be read (the checks that need it
+    /// say so themselves).
+    pub fn kernel_config_text(&self, kernel: &str) -> String {
+        self.kernel_config_path(kernel).ok().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// Metadata of a file that is the `-c` conf (a build host file) or inside the root.
+    pub fn file_metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
+        if self.conf_override.as_deref() == Some(path) {
+            std::fs::metadata(path)
+        } else {
+            self.root.metadata(path)
+        }
+    }
+
+    /// The dkms.conf followed by its /etc/dkms overrides, in dkms's order; bash reads the
+    /// overrides through paths whose links are resolved inside the root.
+    fn conf_files(&self, conf: &Path, module: &str, version: &str, target: &Target) -> Result<Vec<PathBuf>> {
         let k = &target.kernel;
         let a = &target.arch;
-        vec![
-            conf.to_path_buf(),
-            self.etc_dkms.join(format!("{module}.conf")),
-            self.etc_dkms.join(format!("{module}-{version}.conf")),
-            self.etc_dkms.join(format!("{module}-{version}-{k}.conf")),
-            self.etc_dkms.join(format!("{module}-{version}-{k}-{a}.conf")),
-        ]
+        let overrides = [
+            format!("{module}.conf"),
+            format!("{module}-{version}.conf"),
+            format!("{module}-{version}-{k}.conf"),
+            format!("{module}-{version}-{k}-{a}.conf"),
+        ];
+        let mut files = vec![conf.to_path_buf()];
+        for name in overrides {
+            files.push(self.in_root(&self.etc_dkms.join(name))?);
+        }
+        Ok(files)
     }
 
     /// dkms's `read_conf_or_die`: evaluates the conf for one kernel and checks it. `build_tree`
@@ -411,8 +425,8 @@ impl Ctx {
 
     /// The paths dkms.conf and build commands see for one kernel: the target's paths inside a
     /// sandbox, else host paths (`$kernel_source_dir` naming a headers view when there is one).
-    pub fn scope_paths(&self, kernel: &str, view: &View) -> ScopePaths {
-        match view.sandbox {
+    pub fn scope_paths(&self, kernel: &str, view: &View) -> Result<ScopePaths> {
+        Ok(match view.sandbox {
             Some(sandbox) => {
                 let kernel_source_dir = match &self.kernel_source_override {
                     Some(dir) => sandbox.target_path(dir),
@@ -430,13 +444,16 @@ impl Ctx {
                 }
             }
             None => ScopePaths {
-                kernel_source_dir: view.headers_view.map_or_else(|| self.kernel_source_dir(kernel), Path::to_path_buf),
-                kernel_config: self.kernel_config_path(kernel),
+                kernel_source_dir: match view.headers_view {
+                    Some(dir) => dir.to_path_buf(),
+                    None => self.kernel_source_dir(kernel)?,
+                },
+                kernel_config: self.kernel_config_path(kernel)?,
                 dkms_tree: view.build_tree.to_path_buf(),
                 source_tree: self.source_tree.clone(),
                 install_tree: self.install_tree.clone(),
             },
-        }
+        })
     }
 
     /// [`Ctx::read_conf`] in a given view of the filesystem.
@@ -458,9 +475,9 @@ impl Ctx {
                 ],
             ));
         }
-        let paths = self.scope_paths(&target.kernel, view);
+        let paths = self.scope_paths(&target.kernel, view)?;
         // Read on the host side: the configuration's host path.
-        let config = std::fs::read_to_string(self.kernel_config_path(&target.kernel)).ok();
+        let config = self.kernel_config_path(&target.kernel).ok().and_then(|p| std::fs::read_to_string(p).ok());
         let scope = Scope {
             kernelver: target.kernel.clone(),
             arch: target.arch.clone(),
@@ -474,7 +491,7 @@ impl Ctx {
             parallel_jobs: self.jobs.clone(),
             running_distribution: self.distro.clone(),
         };
-        let files = self.conf_files(conf_path, module, version, target);
+        let files = self.conf_files(conf_path, module, version, target)?;
         let mut raw: RawConf = conf::evaluate(&files, &scope, conf::WHITELIST, view.sandbox)
             .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
         for (name, file) in &raw.deprecated {
@@ -514,18 +531,16 @@ impl Ctx {
 
     /// Reads the module's conf for one kernel with the real dkms tree in scope.
     pub fn module_conf(&self, module: &str, version: &str, target: &Target, strict: bool) -> Result<Conf> {
-        let path = self.conf_path(module, version);
+        let path = self.conf_path(module, version)?;
         self.read_conf(module, version, target, &path, &self.dkms_tree, strict)
     }
 
     /// The `uname -m` label for a kernel: from its configuration, else the build host's.
     pub fn default_arch(&self, kernel: &str) -> String {
-        if let Ok(config) = std::fs::read_to_string(self.kernel_config_path(kernel)) {
-            if let Some(machine) = cross::kernel::uname_machine(&config) {
-                return machine.to_string();
-            }
+        match cross::kernel::uname_machine(&self.kernel_config_text(kernel)) {
+            Some(machine) => machine.to_string(),
+            None => host_machine(),
         }
-        host_machine()
     }
 }
 
@@ -547,7 +562,7 @@ fn print_err_partial(text: &str) {
 impl Drop for Ctx {
     fn drop(&mut self) {
         if let Some(Some(_)) = self.tree_sandbox.get() {
-            let _ = std::fs::remove_dir_all(self.dkms_tree.join(format!(".xdkms-work-{}", std::process::id())));
+            let _ = self.root.remove_all(&self.dkms_tree.join(format!(".xdkms-work-{}", std::process::id())));
         }
     }
 }
@@ -679,6 +694,32 @@ fn classify(args: &Args) -> Vec<Named> {
     requests
 }
 
+/// Every module, version, kernel and arch named on the command line must be one path component
+/// (exit 2 naming the value otherwise), before any of them is joined to a tree path.
+fn check_names(requests: &[Named], args: &Args) -> Result<()> {
+    let mut named: Vec<(&str, &str)> = Vec::new();
+    for request in requests {
+        named.extend(request.module.as_deref().map(|m| ("module", m)));
+        named.extend(request.version.as_deref().map(|v| ("module version", v)));
+    }
+    for kernel in &args.kernelver {
+        match kernel.split_once('/') {
+            Some((k, a)) => named.extend([("kernel version", k), ("arch", a)]),
+            None => named.push(("kernel version", kernel)),
+        }
+    }
+    named.extend(args.arch.iter().map(|a| ("arch", a.as_str())));
+    for (what, value) in named {
+        if let Err(why) = names::check_component(value) {
+            return Err(Failure::new(
+                2,
+                [format!("Invalid {what} {value:?}: {why}."), format!("A {what} must be a single path component.")],
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The single module a command acts on (dkms's actions take one).
 fn single(action: &str, mut requests: Vec<Named>) -> Result<Named> {
     if requests.len() > 1 {
@@ -696,6 +737,7 @@ fn run(action: &str, args: Args) -> Result<()> {
         return Ok(());
     }
     let requests = classify(&args);
+    check_names(&requests, &args)?;
     let ctx = make_ctx(&args)?;
     if args.arch.len() > 1 && args.arch.len() != args.kernelver.len() {
         return Err(Failure::new(
@@ -859,7 +901,8 @@ fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Tar
             let kernels = cross::kernel::installed_kernels(&ctx.root)
                 .map_err(|e| Failure::io(format!("listing kernels in {}", ctx.root.root().display()), e))?;
             for kernel in kernels {
-                if !with_headers || ctx.kernel_source_dir(&kernel).join("include").is_dir() {
+                let has_headers = ctx.kernel_source_dir(&kernel).is_ok_and(|dir| dir.join("include").is_dir());
+                if !with_headers || has_headers {
                     targets.push(Target { kernel, arch: arch.clone() });
                 }
             }
@@ -884,7 +927,8 @@ fn default_targets(ctx: &Ctx, args: &Args, with_headers: bool) -> Result<Vec<Tar
     Ok(targets)
 }
 
-/// A tree option: a target path inside the root in image mode, a host path otherwise.
+/// A tree option: a target path inside the root in image mode (a relative one is taken from the
+/// root's `/`, and `..` stops there), a host path otherwise.
 fn tree_path(root: &Sysroot, given: Option<&PathBuf>, framework: &str, default: &str) -> Result<(PathBuf, PathBuf)> {
     let target = match given {
         Some(path) => path.clone(),
@@ -899,8 +943,24 @@ fn tree_path(root: &Sysroot, given: Option<&PathBuf>, framework: &str, default: 
         };
         return Ok((host.clone(), host));
     }
+    let target = target_absolute(&target);
     let host = root.resolve(&target).map_err(|e| Failure::io(format!("resolving {}", target.display()), e))?;
     Ok((host, target))
+}
+
+/// `path` as an absolute path of the target, `.` and `..` applied lexically and stopping at `/`.
+fn target_absolute(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(name) => out.push(name),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn make_ctx(args: &Args) -> Result<Ctx> {
@@ -908,17 +968,20 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         Some(dir) => Sysroot::new(dir).map_err(|e| {
             Failure::new(2, [format!("{e}"), "--root must name the target's root directory.".to_string()])
         })?,
-        None => Sysroot::host(),
+        None => Sysroot::host().map_err(|e| Failure::io("opening /", e))?,
     };
-    let inside = |p: &str| root.resolve(p).unwrap_or_else(|_| root.root().join(p.trim_start_matches('/')));
-    let etc_dkms = inside("/etc/dkms");
-    // framework.conf and framework.conf.d/*.conf, sourced with their own whitelist.
-    let mut framework_files = vec![etc_dkms.join("framework.conf")];
-    if let Ok(entries) = std::fs::read_dir(etc_dkms.join("framework.conf.d")) {
-        let mut extra: Vec<PathBuf> =
-            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "conf")).collect();
-        extra.sort();
-        framework_files.extend(extra);
+    let inside = |p: &str| root.resolve(p).map_err(|e| Failure::io(format!("resolving {p} inside the root"), e));
+    let etc_dkms = inside("/etc/dkms")?;
+    // framework.conf and framework.conf.d/*.conf, sourced with their own whitelist; bash reads
+    // them through paths whose links are resolved inside the root.
+    let mut framework_files = vec![inside("/etc/dkms/framework.conf")?];
+    let conf_d = etc_dkms.join("framework.conf.d");
+    for entry in root.read_dir(&conf_d).unwrap_or_default() {
+        if Path::new(&entry.name).extension().is_some_and(|e| e == "conf") {
+            let file = conf_d.join(&entry.name);
+            framework_files
+                .push(root.resolve_host(&file).map_err(|e| Failure::io(format!("resolving {}", file.display()), e))?);
+        }
     }
     let framework = if framework_files.iter().any(|f| f.exists()) {
         conf::evaluate(
@@ -937,8 +1000,9 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         tree_path(&root, args.sourcetree.as_ref(), framework.scalar("source_tree"), "/usr/src")?;
     let (install_tree, install_tree_target) =
         tree_path(&root, args.installtree.as_ref(), framework.scalar("install_tree"), "/lib/modules")?;
-    let os_release = std::fs::read_to_string(inside("/etc/os-release"))
-        .or_else(|_| std::fs::read_to_string(inside("/usr/lib/os-release")))
+    let os_release = root
+        .read_to_string(&root.root().join("etc/os-release"))
+        .or_else(|_| root.read_to_string(&root.root().join("usr/lib/os-release")))
         .unwrap_or_default();
     let jobs = match args.jobs.clone().or_else(|| Some(framework.scalar("parallel_jobs").to_string())) {
         Some(j) if !j.is_empty() => j,
@@ -948,7 +1012,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         if root.is_host() {
             Ok(p.clone())
         } else {
-            root.resolve(p).map_err(|e| Failure::io(format!("resolving {}", p.display()), e))
+            let target = target_absolute(p);
+            root.resolve(&target).map_err(|e| Failure::io(format!("resolving {}", p.display()), e))
         }
     };
     let mut directives = Vec::new();

@@ -61,7 +61,8 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let needs_build = |p: &Pair| !install || !tree::is_built(ctx, p.module, p.version, p.target);
     // Largest sources first, so that the longest build does not start last and run alone.
     let mut queue: Vec<usize> = (0..pairs.len()).filter(|&i| needs_build(&pairs[i])).collect();
-    let sizes: Vec<u64> = pairs.iter().map(|p| tree_size(&ctx.source_dir(p.module, p.version))).collect();
+    let sizes: Vec<u64> =
+        pairs.iter().map(|p| ctx.source_dir(p.module, p.version).map_or(0, |dir| tree_size(&dir))).collect();
     queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
     let count = queue.len();
     let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());

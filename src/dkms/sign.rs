@@ -21,12 +21,19 @@ pub struct Signer {
     cert: PathBuf,
 }
 
-/// A path from framework.conf: a target path, resolved inside the root.
-fn in_root(ctx: &Ctx, value: &str) -> PathBuf {
-    if ctx.image_mode() && value.starts_with('/') {
-        ctx.root.resolve(value).unwrap_or_else(|_| PathBuf::from(value))
-    } else {
-        PathBuf::from(value)
+/// A path from framework.conf or a default: on the host as given; in a root a path of the
+/// target (relative ones from its `/`), resolved inside it, and None when that fails (the build
+/// host's own files are never used instead).
+fn in_root(ctx: &Ctx, value: &str) -> Option<PathBuf> {
+    if !ctx.image_mode() {
+        return Some(PathBuf::from(value));
+    }
+    match ctx.root.resolve(Path::new("/").join(value)) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            ctx.warn(format!("cannot resolve {value} inside {}: {e}", ctx.root.root().display()));
+            None
+        }
     }
 }
 
@@ -38,17 +45,16 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
         conf::evaluate(&ctx.framework_files, &scope, &["sign_file", "mok_signing_key", "mok_certificate"], None)
             .unwrap_or_default();
     let configured = |cli: &Option<PathBuf>, name: &str| -> Option<PathBuf> {
-        cli.clone().or_else(|| Some(framework.scalar(name)).filter(|v| !v.is_empty()).map(|v| in_root(ctx, v)))
+        cli.clone().or_else(|| Some(framework.scalar(name)).filter(|v| !v.is_empty()).and_then(|v| in_root(ctx, v)))
     };
     let series = target.kernel.rsplit_once('.').map_or(target.kernel.as_str(), |(head, _)| head);
-    let sign_file = configured(&ctx.signing.sign_file, "sign_file").unwrap_or_else(|| {
+    let sign_file = configured(&ctx.signing.sign_file, "sign_file").or_else(|| {
         let debian = in_root(ctx, &format!("/usr/lib/linux-kbuild-{series}/scripts/sign-file"));
-        if ctx.distro.starts_with("debian") && debian.is_file() {
-            debian
-        } else {
-            ctx.kernel_source_dir(&target.kernel).join("scripts/sign-file")
+        match debian {
+            Some(debian) if ctx.distro.starts_with("debian") && debian.is_file() => Some(debian),
+            _ => ctx.kernel_source_dir(&target.kernel).ok().map(|dir| dir.join("scripts/sign-file")),
         }
-    });
+    })?;
     ctx.say(format!("Sign command: {}", sign_file.display()));
     let executable = std::fs::metadata(&sign_file)
         .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
@@ -59,14 +65,16 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
     let key = match &ctx.signing.key {
         Some(key) => key.to_string_lossy().into_owned(),
         None => match framework.scalar("mok_signing_key") {
-            "" => in_root(ctx, "/var/lib/dkms/mok.key").to_string_lossy().into_owned(),
+            "" => in_root(ctx, "/var/lib/dkms/mok.key")?.to_string_lossy().into_owned(),
             pkcs11 if pkcs11.starts_with("pkcs11:") => pkcs11.to_string(),
-            path => in_root(ctx, path).to_string_lossy().into_owned(),
+            path => in_root(ctx, path)?.to_string_lossy().into_owned(),
         },
     };
     ctx.say(format!("Signing key: {key}"));
-    let cert =
-        configured(&ctx.signing.cert, "mok_certificate").unwrap_or_else(|| in_root(ctx, "/var/lib/dkms/mok.pub"));
+    let cert = match configured(&ctx.signing.cert, "mok_certificate") {
+        Some(cert) => cert,
+        None => in_root(ctx, "/var/lib/dkms/mok.pub")?,
+    };
     ctx.say(format!("Public certificate (MOK): {}", cert.display()));
     let key_present = key.starts_with("pkcs11:") || Path::new(&key).is_file();
     if !key_present || !cert.is_file() {
@@ -92,7 +100,7 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
             return None;
         }
     }
-    let config = std::fs::read_to_string(ctx.kernel_config_path(&target.kernel)).unwrap_or_default();
+    let config = ctx.kernel_config_text(&target.kernel);
     let hash = config
         .lines()
         .find_map(|l| l.strip_prefix("CONFIG_MODULE_SIG_HASH="))

@@ -54,7 +54,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
         // An architecture the table does not know: build as dkms does, with the host's tools.
         return Ok(BuildTarget { spec: None, toolchain: None, cross: false });
     };
-    let config_path = ctx.kernel_config_path(&target.kernel);
+    let config_path = ctx.kernel_config_path(&target.kernel)?;
     let asked = cross::target::by_name(&target.arch);
     if asked.is_empty() {
         return Err(unknown_arch(&target.arch));

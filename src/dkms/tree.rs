@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cross::Sysroot;
 use serde::Serialize;
 
 use super::{exit, Ctx, Failure, Named, Result, Target};
@@ -26,14 +27,13 @@ pub struct Lock {
 
 /// Serializes xdkms runs that change the tree: an exclusive lock on `<dkms_tree>/.xdkms.lock`.
 pub fn lock(ctx: &Ctx) -> Result<Lock> {
-    std::fs::create_dir_all(&ctx.dkms_tree)
+    ctx.root
+        .create_dir_all(&ctx.dkms_tree)
         .map_err(|e| Failure::io(format!("No write access to DKMS tree at {}", ctx.dkms_tree.display()), e))?;
     let path = ctx.dkms_tree.join(".xdkms.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = ctx
+        .root
+        .open_lock_file(&path)
         .map_err(|e| Failure::io(format!("No write access to DKMS tree at {}", ctx.dkms_tree.display()), e))?;
     if file.try_lock().is_err() {
         ctx.say(format!("Waiting for another xdkms run holding {}", path.display()));
@@ -46,44 +46,43 @@ pub fn lock(ctx: &Ctx) -> Result<Lock> {
 /// staging directories (`<m>/<v>/<k>/.tmp_*`) and kernel directories they left empty. Called with the lock held, so none of them is in use.
 pub fn clean_leftovers(ctx: &Ctx) {
     let own_work = format!(".xdkms-work-{}", std::process::id());
-    for entry in std::fs::read_dir(&ctx.dkms_tree).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for entry in ctx.root.read_dir(&ctx.dkms_tree).into_iter().flatten() {
+        let name = entry.name.to_string_lossy().into_owned();
         // `status` takes no lock: a work directory of a live process stays.
         let owner_alive = name.strip_prefix(".xdkms-work-").is_some_and(|pid| Path::new("/proc").join(pid).exists());
         if name.starts_with(".xdkms-work-") && name != own_work && !owner_alive {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = ctx.root.remove_all(&ctx.dkms_tree.join(&entry.name));
         }
     }
-    for module in sorted_dirs(&ctx.dkms_tree) {
-        for version in sorted_dirs(&ctx.dkms_tree.join(&module)) {
+    for module in sorted_dirs(&ctx.root, &ctx.dkms_tree) {
+        for version in sorted_dirs(&ctx.root, &ctx.dkms_tree.join(&module)) {
             let version_dir = ctx.dkms_tree.join(&module).join(&version);
-            for kernel in sorted_dirs(&version_dir).into_iter().filter(|k| is_kernel_dir_name(k)) {
+            for kernel in sorted_dirs(&ctx.root, &version_dir).into_iter().filter(|k| is_kernel_dir_name(k)) {
                 let kernel_dir = version_dir.join(&kernel);
-                let Ok(entries) = std::fs::read_dir(&kernel_dir) else { continue };
-                for entry in entries.flatten() {
-                    if entry.file_name().to_string_lossy().starts_with(".tmp_") {
-                        let _ = std::fs::remove_dir_all(entry.path());
+                let Ok(entries) = ctx.root.read_dir(&kernel_dir) else { continue };
+                for entry in entries {
+                    if entry.name.to_string_lossy().starts_with(".tmp_") {
+                        let _ = ctx.root.remove_all(&kernel_dir.join(&entry.name));
                     }
                 }
                 // Only removes an empty directory.
-                let _ = std::fs::remove_dir(&kernel_dir);
+                let _ = ctx.root.remove_dir(&kernel_dir);
             }
         }
     }
 }
 
-/// Names of the subdirectories of `dir` not starting with a dot, in byte order (the C locale's
-/// glob order, which dkms's output follows).
-pub fn sorted_dirs(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
+/// Names of the subdirectories of `dir` (a host path inside `root`; links to directories count,
+/// resolved inside the root) not starting with a dot, in byte order (the C locale's glob order,
+/// which dkms's output follows). Names that are not UTF-8 are left out: no module, version or
+/// kernel of the tree can have one.
+pub fn sorted_dirs(root: &Sysroot, dir: &Path) -> Vec<String> {
+    let Ok(entries) = root.read_dir(dir) else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|e| e.name.into_string().ok())
+        .filter(|n| !n.starts_with('.') && root.is_dir(&dir.join(n)))
+        .collect()
 }
 
 /// dkms's glob for kernel directories, `+([0-9]).*`.
@@ -98,17 +97,18 @@ pub fn is_added(ctx: &Ctx, module: &str, version: &str) -> bool {
         return false;
     }
     let source = ctx.version_dir(module, version).join("source");
-    source.is_symlink() || source.is_dir()
+    ctx.root.is_symlink(&source) || ctx.root.is_dir(&source)
 }
 
 /// An added module whose source is gone: the link dangles or the directory has no dkms.conf.
 pub fn is_broken(ctx: &Ctx, module: &str, version: &str) -> bool {
-    ctx.conf_override.is_none() && !ctx.source_dir(module, version).join("dkms.conf").is_file()
+    ctx.conf_override.is_none()
+        && !ctx.source_dir(module, version).is_ok_and(|dir| ctx.root.is_file(&dir.join("dkms.conf")))
 }
 
-/// The module file for `name` in `dir`, plain or compressed.
-pub fn module_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    MODULE_SUFFIXES.iter().map(|s| dir.join(format!("{name}{s}"))).find(|p| p.exists())
+/// The module file for `name` in `dir` (inside `root`), plain or compressed.
+pub fn module_file(root: &Sysroot, dir: &Path, name: &str) -> Option<PathBuf> {
+    MODULE_SUFFIXES.iter().map(|s| dir.join(format!("{name}{s}"))).find(|p| root.exists(p))
 }
 
 /// One built module as recorded at build time.
@@ -120,10 +120,10 @@ pub struct BuiltModule {
 }
 
 /// Records the modules of a build in its staging directory.
-pub fn write_built_record(dir: &Path, modules: &[BuiltModule]) -> io::Result<()> {
+pub fn write_built_record(root: &Sysroot, dir: &Path, modules: &[BuiltModule]) -> io::Result<()> {
     let text: String =
         modules.iter().map(|m| format!("{}\t{}\t{}\n", m.dest_name, m.dest_location, m.dest_location_raw)).collect();
-    std::fs::write(dir.join(BUILT_RECORD), text)
+    root.write(&dir.join(BUILT_RECORD), text.as_bytes())
 }
 
 /// The modules a build of `<m>/<v>/<k>/<a>` must contain: from its record while that is newer than
@@ -133,8 +133,8 @@ pub fn expected_modules(ctx: &Ctx, module: &str, version: &str, target: &Target)
     let dir = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch);
     let record = dir.join(BUILT_RECORD);
     if ctx.directives.is_empty() {
-        if let Ok(recorded) = std::fs::metadata(&record).and_then(|m| m.modified()) {
-            let conf = ctx.conf_path(module, version);
+        if let Ok(recorded) = ctx.root.metadata(&record).and_then(|m| m.modified()) {
+            let conf = ctx.conf_path(module, version).ok()?;
             let overrides = [
                 format!("{module}.conf"),
                 format!("{module}-{version}.conf"),
@@ -143,10 +143,10 @@ pub fn expected_modules(ctx: &Ctx, module: &str, version: &str, target: &Target)
             ];
             let newer = std::iter::once(conf)
                 .chain(overrides.iter().map(|o| ctx.etc_dkms.join(o)))
-                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .filter_map(|p| ctx.file_metadata(&p).and_then(|m| m.modified()).ok())
                 .any(|t| t > recorded);
             if !newer {
-                if let Ok(text) = std::fs::read_to_string(&record) {
+                if let Ok(text) = ctx.root.read_to_string(&record) {
                     return Some(
                         text.lines()
                             .filter_map(|l| {
@@ -179,11 +179,11 @@ pub fn expected_modules(ctx: &Ctx, module: &str, version: &str, target: &Target)
 /// dkms's is_module_built: the module directory exists and holds every module the conf names.
 pub fn is_built(ctx: &Ctx, module: &str, version: &str, target: &Target) -> bool {
     let dir = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch).join("module");
-    if !dir.is_dir() {
+    if !ctx.root.is_dir(&dir) {
         return false;
     }
     match expected_modules(ctx, module, version, target) {
-        Some(modules) => modules.iter().all(|m| module_file(&dir, &m.dest_name).is_some()),
+        Some(modules) => modules.iter().all(|m| module_file(&ctx.root, &dir, &m.dest_name).is_some()),
         None => false,
     }
 }
@@ -192,19 +192,15 @@ pub fn is_built(ctx: &Ctx, module: &str, version: &str, target: &Target) -> bool
 pub fn is_installed_link(ctx: &Ctx, module: &str, version: &str, target: &Target) -> bool {
     let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
     let built = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch);
-    link.is_symlink()
-        && matches!(
-            (std::fs::canonicalize(&link), std::fs::canonicalize(&built)),
-            (Ok(a), Ok(b)) if a == b
-        )
+    ctx.root.is_symlink(&link) && ctx.root.same_file(&link, &built)
 }
 
 /// Every (kernel, arch) a module version is built for, in `sort -V`-like order.
 pub fn built_targets(ctx: &Ctx, module: &str, version: &str) -> Vec<Target> {
     let version_dir = ctx.version_dir(module, version);
     let mut targets = Vec::new();
-    for kernel in sorted_dirs(&version_dir).into_iter().filter(|k| is_kernel_dir_name(k)) {
-        for arch in sorted_dirs(&version_dir.join(&kernel)) {
+    for kernel in sorted_dirs(&ctx.root, &version_dir).into_iter().filter(|k| is_kernel_dir_name(k)) {
+        for arch in sorted_dirs(&ctx.root, &version_dir.join(&kernel)) {
             let target = Target { kernel: kernel.clone(), arch };
             if is_built(ctx, module, version, &target) {
                 targets.push(target);
@@ -254,10 +250,13 @@ impl StatusEntry {
 /// Every status entry matching the filters (empty filters match everything).
 pub fn entries(ctx: &Ctx, module: &str, version: &str, kernel: &str, arch: &str) -> Vec<StatusEntry> {
     let mut out = Vec::new();
-    let modules = if module.is_empty() { sorted_dirs(&ctx.dkms_tree) } else { vec![module.to_string()] };
+    let modules = if module.is_empty() { sorted_dirs(&ctx.root, &ctx.dkms_tree) } else { vec![module.to_string()] };
     for m in modules {
-        let versions =
-            if version.is_empty() { sorted_dirs(&ctx.dkms_tree.join(&m)) } else { vec![version.to_string()] };
+        let versions = if version.is_empty() {
+            sorted_dirs(&ctx.root, &ctx.dkms_tree.join(&m))
+        } else {
+            vec![version.to_string()]
+        };
         for v in versions {
             if !is_added(ctx, &m, &v) {
                 continue;
@@ -277,39 +276,44 @@ pub fn entries(ctx: &Ctx, module: &str, version: &str, kernel: &str, arch: &str)
             }
             let version_dir = ctx.version_dir(&m, &v);
             let kernels: Vec<String> = if kernel.is_empty() {
-                sorted_dirs(&version_dir).into_iter().filter(|k| is_kernel_dir_name(k)).collect()
+                sorted_dirs(&ctx.root, &version_dir).into_iter().filter(|k| is_kernel_dir_name(k)).collect()
             } else {
                 vec![kernel.to_string()]
             };
             let mut any = false;
             for k in kernels {
-                let arches = if arch.is_empty() { sorted_dirs(&version_dir.join(&k)) } else { vec![arch.to_string()] };
+                let arches = if arch.is_empty() {
+                    sorted_dirs(&ctx.root, &version_dir.join(&k))
+                } else {
+                    vec![arch.to_string()]
+                };
                 for a in arches {
                     let target = Target { kernel: k.clone(), arch: a.clone() };
                     // is_built, keeping what it reads.
                     let built_dir = version_dir.join(&k).join(&a).join("module");
-                    if !built_dir.is_dir() {
+                    if !ctx.root.is_dir(&built_dir) {
                         continue;
                     }
                     let Some(records) = expected_modules(ctx, &m, &v, &target) else { continue };
                     let built: Option<Vec<PathBuf>> =
-                        records.iter().map(|r| module_file(&built_dir, &r.dest_name)).collect();
+                        records.iter().map(|r| module_file(&ctx.root, &built_dir, &r.dest_name)).collect();
                     let Some(built) = built else { continue };
                     any = true;
                     let installed = is_installed_link(ctx, &m, &v, &target);
                     let mut e = entry(if installed { "installed" } else { "built" }, Some(k.clone()), Some(a.clone()));
                     e.original_module_exists =
-                        ctx.dkms_tree.join(&m).join("original_module").join(&k).join(&a).is_dir();
+                        ctx.root.is_dir(&ctx.dkms_tree.join(&m).join("original_module").join(&k).join(&a));
                     if installed {
                         for (record, built) in records.iter().zip(&built) {
                             // The usual case first: an identical copy where the distribution puts it.
                             let usual = ctx.install_tree.join(&k).join(record.dest_location.trim_start_matches('/'));
-                            if module_file(&usual, &record.dest_name).is_some_and(|f| files_equal(&f, built)) {
+                            let equal = |f: PathBuf| files_equal(&ctx.root, &f, built);
+                            if module_file(&ctx.root, &usual, &record.dest_name).is_some_and(equal) {
                                 continue;
                             }
                             let installed_file = installed_location(ctx, &target, record, built)
-                                .and_then(|dir| module_file(&dir, &record.dest_name));
-                            e.differs_from_installed |= !installed_file.is_some_and(|f| files_equal(&f, built));
+                                .and_then(|dir| module_file(&ctx.root, &dir, &record.dest_name));
+                            e.differs_from_installed |= !installed_file.is_some_and(equal);
                         }
                     }
                     out.push(e);
@@ -331,16 +335,15 @@ pub fn installed_location(ctx: &Ctx, target: &Target, record: &BuiltModule, buil
     if record.dest_location_raw != record.dest_location {
         locations.push(record.dest_location_raw.clone());
     }
-    let built_version = super::install::module_version(built);
-    let in_root = |dir: PathBuf| ctx.root.resolve_host(&dir).unwrap_or(dir);
-    locations.into_iter().map(|l| in_root(kernel_dir.join(l.trim_start_matches('/')))).find(|dir| {
-        module_file(dir, &record.dest_name)
-            .is_some_and(|installed| super::install::module_version(&installed).0 == built_version.0)
+    let built_version = super::install::module_version(&ctx.root, built);
+    locations.into_iter().map(|l| kernel_dir.join(l.trim_start_matches('/'))).find(|dir| {
+        module_file(&ctx.root, dir, &record.dest_name)
+            .is_some_and(|installed| super::install::module_version(&ctx.root, &installed).0 == built_version.0)
     })
 }
 
-fn files_equal(a: &Path, b: &Path) -> bool {
-    match (std::fs::read(a), std::fs::read(b)) {
+fn files_equal(root: &Sysroot, a: &Path, b: &Path) -> bool {
+    match (root.read(a), root.read(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
     }
@@ -376,9 +379,10 @@ pub fn status(ctx: &Ctx, named: &Named, targets: &[Target], json: bool) -> Resul
     Ok(())
 }
 
-/// Copies a source tree as `cp -a` does: modes kept, symlinks copied as symlinks.
-pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
+/// Copies a source tree of the build host (`from`) into the root (`to`) as `cp -a` does: modes
+/// kept, symlinks copied as symlinks.
+pub fn copy_tree(root: &Sysroot, from: &Path, to: &Path) -> io::Result<()> {
+    root.create_dir_all(to)?;
     let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -386,13 +390,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         let dest = to.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_symlink() {
-            let _ = std::fs::remove_file(&dest);
-            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &dest)?;
+            let _ = root.remove_file(&dest);
+            root.symlink(&std::fs::read_link(&source)?, &dest)?;
         } else if kind.is_dir() {
-            copy_tree(&source, &dest)?;
-            std::fs::set_permissions(&dest, std::fs::metadata(&source)?.permissions())?;
+            copy_tree(root, &source, &dest)?;
+            root.set_permissions(&dest, std::fs::metadata(&source)?.permissions())?;
         } else {
-            std::fs::copy(&source, &dest)?;
+            root.copy_in(&source, &dest)?;
         }
     }
     Ok(())
@@ -423,11 +427,11 @@ pub fn add(
             // Nothing to copy when the source already is that directory (and with --force, dkms
             // would delete it).
             let in_place = std::fs::canonicalize(&dest).ok().as_ref() == Some(&from);
-            if ctx.force && dest.is_dir() && !in_place {
-                std::fs::remove_dir_all(&dest).map_err(|e| Failure::io(format!("removing {}", dest.display()), e))?;
+            if ctx.force && ctx.root.is_dir(&dest) && !in_place {
+                ctx.root.remove_all(&dest).map_err(|e| Failure::io(format!("removing {}", dest.display()), e))?;
             }
             if !in_place {
-                copy_tree(&from, &dest)
+                copy_tree(&ctx.root, &from, &dest)
                     .map_err(|e| Failure::io(format!("copying {} to {}", from.display(), dest.display()), e))?;
             }
             (module, version)
@@ -447,7 +451,7 @@ pub fn add(
         ));
     }
     let source = ctx.in_root(&ctx.source_tree.join(format!("{module}-{version}")))?;
-    if !source.is_dir() {
+    if !ctx.root.is_dir(&source) {
         return Err(Failure::new(
             2,
             [
@@ -461,9 +465,11 @@ pub fn add(
     let version_dir = ctx.version_dir(&module, &version);
     let link_target = ctx.source_tree_target.join(format!("{module}-{version}"));
     ctx.say(format!("Creating symlink {}/source -> {}", version_dir.display(), link_target.display()));
-    std::fs::create_dir_all(version_dir.join("build"))
+    ctx.root
+        .create_dir_all(&version_dir.join("build"))
         .map_err(|e| Failure::io(format!("creating {}", version_dir.display()), e))?;
-    std::os::unix::fs::symlink(&link_target, version_dir.join("source"))
+    ctx.root
+        .symlink(&link_target, &version_dir.join("source"))
         .map_err(|e| Failure::io(format!("creating {}/source", version_dir.display()), e))?;
     super::build::run_script(ctx, "post_add", &conf.post_add, &source);
     Ok((module, version))
