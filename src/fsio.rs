@@ -1,17 +1,147 @@
-//! Writing files so that readers only ever see the old or the new content.
+//! Writing files so that readers only ever see the old or the new content, and so that what a
+//! killed run left half-written is cleaned up by the next one.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Replaces `path` with `bytes`: written to a temporary file in the same directory, given mode
-/// 0644, then renamed over the target. A crash at any point leaves the old file or the new one.
+/// Suffix of the temporary files written beside their targets: `.<name>.<pid>.xdkms-tmp`.
+const TEMP_SUFFIX: &str = ".xdkms-tmp";
+
+/// Replaces `path` with `bytes`: written to a temporary file in the same directory (named after
+/// this process and locked while written), given mode 0644, then renamed over the target. A
+/// crash at any point leaves the old file or the new one, plus a temporary file that the next
+/// write of the same target removes. A symlink is replaced where it points (`initrd.img ->
+/// initrd.img-6.1.0`), never turned into a file.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let path = real_target(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut temp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".xdkms-tmp").tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    temp.persist(path).map_err(|e| e.error)?;
+    remove_stale_temporaries(dir, &name);
+    let temp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
+    let written = write_locked(&temp, bytes).and_then(|()| std::fs::rename(&temp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Reads a whole file that must be a regular one: a device (`/dev/zero`), FIFO or socket given
+/// where a file is expected would never end.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// A scratch directory `<prefix><pid>-<random>` in `parent`, removed when dropped; those a
+/// killed run left there (their process gone) are removed first.
+pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir> {
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split_once('-')) else {
+            continue;
+        };
+        let pid = pid.0;
+        let dead = !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && pid != std::process::id().to_string()
+            && !Path::new("/proc").join(pid).exists();
+        if dead && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent)
+}
+
+/// The file a path names once its symlinks are followed (the path itself when it is none, or
+/// does not exist yet).
+fn real_target(path: &Path) -> io::Result<PathBuf> {
+    if !path.is_symlink() {
+        return Ok(path.to_path_buf());
+    }
+    std::fs::canonicalize(path).map_err(|e| {
+        io::Error::new(e.kind(), format!("{} is a symbolic link to nothing that exists: {e}", path.display()))
+    })
+}
+
+fn write_locked(temp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = File::options().write(true).create(true).truncate(true).open(temp)?;
+    file.lock()?;
+    file.write_all(bytes)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     Ok(())
+}
+
+/// Removes `.<name>.<pid>.xdkms-tmp` files beside a target left by runs that died: their
+/// process is gone and nobody holds their lock.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if pid == std::process::id().to_string() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let unlocked = File::open(&path).is_ok_and(|file| file.try_lock().is_ok());
+        if unlocked {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xdkms-fsio-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn a_symlinked_target_is_replaced_where_it_points() {
+        let dir = scratch("link");
+        std::fs::write(dir.join("initrd.img-6.1"), "old").expect("write");
+        std::os::unix::fs::symlink("initrd.img-6.1", dir.join("initrd.img")).expect("symlink");
+        replace_file(&dir.join("initrd.img"), b"new").expect("replace");
+        assert!(dir.join("initrd.img").is_symlink());
+        assert_eq!(std::fs::read(dir.join("initrd.img-6.1")).expect("read"), b"new");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
+        let dir = scratch("stale");
+        // PID 0 never names a process in /proc; our parent's does.
+        let dead = dir.join(".image.0.xdkms-tmp");
+        let live = dir.join(format!(".image.{}.xdkms-tmp", std::os::unix::process::parent_id()));
+        let other = dir.join(".other.0.xdkms-tmp");
+        for file in [&dead, &live, &other] {
+            std::fs::write(file, "partial").expect("write");
+        }
+        replace_file(&dir.join("image"), b"whole").expect("replace");
+        assert!(!dead.exists(), "a dead run's temporary file was kept");
+        assert!(live.exists() && other.exists());
+        let names: Vec<_> = std::fs::read_dir(&dir).expect("read_dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

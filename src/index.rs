@@ -12,8 +12,10 @@ const FLAG_PREFIX: u32 = 0x8000_0000;
 const FLAG_VALUES: u32 = 0x4000_0000;
 const FLAG_CHILDS: u32 = 0x2000_0000;
 const OFFSET_MASK: u32 = 0x0FFF_FFFF;
-/// Keys and values are 7-bit: a node's child table is indexed by the byte.
-const CHILD_MAX: u8 = 128;
+/// kmod 34 refuses keys and values with a byte of 0x80 or more (its child tables are indexed by
+/// a 7-bit byte); kmod 30 to 33 store them (within a node's prefix as they are, and as a child
+/// byte read unsigned here).
+const SEVEN_BIT_END: u8 = 128;
 
 /// Which kmod's byte layout to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,24 +58,33 @@ struct Node {
 #[derive(Debug)]
 pub struct IndexBuilder {
     nodes: Vec<Node>,
+    /// Keys and values may hold bytes of 0x80 and more (kmod 30 to 33), or not (kmod 34).
+    eight_bit: bool,
 }
 
 impl Default for IndexBuilder {
     fn default() -> Self {
-        IndexBuilder { nodes: vec![Node::default()] }
+        IndexBuilder { nodes: vec![Node::default()], eight_bit: false }
     }
 }
 
 impl IndexBuilder {
+    /// An index taking 7-bit keys and values only, as kmod 34 does.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An index for `layout`'s kmod: kmod 30 to 33 (post-order) also take 8-bit bytes, as in
+    /// module file names that are not ASCII.
+    pub fn for_layout(layout: Layout) -> Self {
+        IndexBuilder { eight_bit: layout == Layout::PostOrder, ..Self::default() }
     }
 
     /// Adds `value` under `key` with `priority`. Returns whether an equal value was already
     /// stored under that key (depmod's `-w` reports those).
     pub fn insert(&mut self, key: &[u8], value: &[u8], priority: u32) -> Result<bool, BadCharacter> {
         for text in [key, value] {
-            if text.iter().any(|&b| b >= CHILD_MAX) || text.contains(&0) {
+            if (!self.eight_bit && text.iter().any(|&b| b >= SEVEN_BIT_END)) || text.contains(&0) {
                 return Err(BadCharacter { text: text.to_vec() });
             }
         }

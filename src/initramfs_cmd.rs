@@ -1,13 +1,14 @@
 //! `xdkms initramfs list|extract|create`: reading and writing images without kernel knowledge.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use initramfs::image::{archive_entries, normalize, segment_bytes};
-use initramfs::newc::S_IFMT;
+use initramfs::stream::{scan, Header, ScanError, SegmentInfo, Visitor};
 use initramfs::{Codec, Entry, Image, Level};
 
 /// Reads and parses an image, naming the file in every error.
@@ -61,85 +62,118 @@ pub fn parse_compress(value: &str) -> anyhow::Result<Option<Codec>> {
     }
 }
 
-/// `list`: every member name of every segment, as stored, in order.
-pub fn list(path: &Path, segments: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let (_, image) = read_image(path)?;
-    for (index, segment) in image.segments.iter().enumerate() {
-        if segments {
-            writeln!(
-                out,
-                "segment {index}: offset {} length {} {} {} entries",
-                segment.offset,
-                segment.len,
-                segment.codec,
-                segment.entries.len()
-            )?;
-        }
-        for entry in &segment.entries {
-            writeln!(out, "{}{}", if segments { "  " } else { "" }, entry.name)?;
-        }
+/// Opens an image for streaming, refusing what is not a regular file (`/dev/zero` would never end).
+fn open_image(path: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read the image {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read the image {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file; give the image file itself", path.display());
     }
-    Ok(())
+    Ok(file)
+}
+
+/// Streams an image through `visitor`, naming the file in the error.
+fn scan_image(path: &Path, visitor: &mut dyn Visitor) -> anyhow::Result<()> {
+    match scan(open_image(path)?, visitor) {
+        Ok(_) => Ok(()),
+        Err(ScanError::Image(e)) => Err(anyhow::Error::new(e)
+            .context(format!("{} is not an initramfs image the kernel would unpack", path.display()))),
+        Err(ScanError::Visitor(e)) => Err(e.into()),
+    }
+}
+
+/// `list`: every member name of every segment, as stored (bytes, as `cpio -t` prints them), in
+/// order, read as a stream.
+pub fn list(path: &Path, segments: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    scan_image(path, &mut Lister { out, segments, names: Vec::new() })
+}
+
+/// Prints names as they come; with segment lines, one segment's names wait for its line (which
+/// gives its length and count).
+struct Lister<'a> {
+    out: &'a mut dyn Write,
+    segments: bool,
+    names: Vec<u8>,
+}
+
+impl Visitor for Lister<'_> {
+    fn member(&mut self, _segment: &SegmentInfo, header: &Header, _data: &mut dyn Read) -> std::io::Result<()> {
+        if self.segments {
+            self.names.extend_from_slice(b"  ");
+            self.names.extend_from_slice(&header.name);
+            self.names.push(b'\n');
+            return Ok(());
+        }
+        self.out.write_all(&header.name)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn segment_end(&mut self, segment: &SegmentInfo) -> std::io::Result<()> {
+        if self.segments {
+            writeln!(
+                self.out,
+                "segment {}: offset {} length {} {} {} entries",
+                segment.index, segment.offset, segment.len, segment.codec, segment.entries
+            )?;
+            self.out.write_all(&self.names)?;
+            self.names.clear();
+        }
+        Ok(())
+    }
 }
 
 /// A member name that could write outside the extraction directory.
-fn unsafe_name(name: &str) -> bool {
-    name.starts_with('/') || name.split('/').any(|c| c == "..")
+fn unsafe_name(name: &[u8]) -> bool {
+    name.starts_with(b"/") || name.split(|&b| b == b'/').any(|c| c == b"..")
 }
 
-/// `extract`: the merged view (what the kernel ends up with) into `dir`, created beside and
-/// renamed into place. Device nodes, FIFOs and sockets are counted and skipped.
-pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
-    let (_, image) = read_image(path)?;
-    if let Some(bad) = image.segments.iter().flat_map(|s| &s.entries).find(|e| unsafe_name(&e.name)) {
-        bail!(
-            "{}: member {:?} would be written outside the destination; nothing was extracted",
-            path.display(),
-            bad.name
-        );
+/// A member's path relative to the root: leading `./` and `/` and trailing `/` removed; `.` is
+/// the root itself (empty).
+fn relative_name(name: &[u8]) -> &[u8] {
+    let mut name = name;
+    loop {
+        if let Some(rest) = name.strip_prefix(b"./") {
+            name = rest;
+        } else if let Some(rest) = name.strip_prefix(b"/") {
+            name = rest;
+        } else {
+            break;
+        }
     }
+    while let Some(rest) = name.strip_suffix(b"/") {
+        name = rest;
+    }
+    if name == b"." {
+        b""
+    } else {
+        name
+    }
+}
+
+/// `extract`: what the kernel ends up with, member after member as it unpacks them (a later
+/// member replaces an earlier one of the same path), into `dir`, created beside and renamed into
+/// place; the image is streamed and each file's data copied in pieces. Device nodes, FIFOs and
+/// sockets are counted and skipped.
+pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} exists and is not an empty directory", dir.display());
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = tempfile::Builder::new()
-        .prefix(".xdkms-extract-")
-        .tempdir_in(parent)
+    let staging = crate::fsio::scratch_dir(parent, ".xdkms-extract-")
         .with_context(|| format!("cannot create a directory beside {}", dir.display()))?;
     let root = cross::Sysroot::new(staging.path())?;
-    let mut skipped = 0;
+    let mut extractor = Extractor { root: &root, dir_modes: BTreeMap::new(), links: HashMap::new(), skipped: 0 };
+    scan_image(path, &mut extractor).with_context(|| format!("nothing was extracted from {}", path.display()))?;
     // Directory modes are applied last, deepest first: a read-only directory must not stop the
     // files inside it from being written.
-    let mut dir_modes = Vec::new();
-    for (name, entry) in image.merged().files {
-        let target = root.resolve(&name)?;
-        let mode = entry.mode & 0o7777;
-        match entry.mode & S_IFMT {
-            initramfs::newc::S_IFDIR => {
-                std::fs::create_dir_all(&target)?;
-                dir_modes.push((target, mode));
-            }
-            initramfs::newc::S_IFREG => {
-                if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                std::fs::write(&target, &entry.data)?;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-            }
-            initramfs::newc::S_IFLNK => {
-                if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                let _ = std::fs::remove_file(&target);
-                let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&entry.data);
-                std::os::unix::fs::symlink(link, &target)?;
-            }
-            _ => skipped += 1,
+    let mut dir_modes: Vec<(PathBuf, u32)> = std::mem::take(&mut extractor.dir_modes).into_iter().collect();
+    dir_modes.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (target, mode) in dir_modes {
+        if root.symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            root.set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
         }
     }
-    for (target, mode) in dir_modes.iter().rev() {
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(*mode))?;
-    }
+    let skipped = extractor.skipped;
     let staged = staging.keep();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
     if dir.exists() {
@@ -147,6 +181,99 @@ pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
     }
     std::fs::rename(&staged, dir).with_context(|| format!("cannot move the extracted tree to {}", dir.display()))?;
     Ok(skipped)
+}
+
+/// Writes members into a staging root as the kernel's unpacker would.
+struct Extractor<'a> {
+    root: &'a cross::Sysroot,
+    /// Directory modes, applied at the end (the last member of a path wins).
+    dir_modes: BTreeMap<PathBuf, u32>,
+    /// The first path of each multiply-linked file of the current archive, by (device, inode, type).
+    links: HashMap<(u32, u32, u32, u32), PathBuf>,
+    skipped: usize,
+}
+
+impl Extractor<'_> {
+    /// Makes room for a member at `target`: what is there (not a directory) is removed, as the
+    /// kernel unlinks it; an empty directory too when the member is not one.
+    fn clear(&self, target: &Path, is_dir: bool) -> std::io::Result<()> {
+        match self.root.symlink_metadata(target) {
+            Ok(meta) if meta.is_dir() && !is_dir => self.root.remove_dir(target).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{}: a non-empty directory stands where a file goes", target.display()),
+                )
+            }),
+            Ok(meta) if !meta.is_dir() => self.root.remove_file(target),
+            _ => Ok(()),
+        }
+    }
+
+    fn file(&mut self, target: &Path, header: &Header, data: &mut dyn Read) -> std::io::Result<()> {
+        let key = (header.dev_major, header.dev_minor, header.ino, header.file_type());
+        let first = if header.nlink >= 2 { self.links.get(&key).cloned() } else { None };
+        self.clear(target, false)?;
+        let mut file = match first {
+            // A later link of a file already written: linked to it, its data (cpio puts it on the
+            // last link) written through the shared inode.
+            Some(first) => {
+                self.root.hard_link(&first, target)?;
+                if header.file_size == 0 {
+                    return Ok(());
+                }
+                self.root.create_file(target)?
+            }
+            None => {
+                if header.nlink >= 2 {
+                    self.links.insert(key, target.to_path_buf());
+                }
+                self.root.create_file(target)?
+            }
+        };
+        std::io::copy(data, &mut file)?;
+        file.set_permissions(std::fs::Permissions::from_mode(header.mode & 0o7777))
+    }
+}
+
+impl Visitor for Extractor<'_> {
+    fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> std::io::Result<()> {
+        if unsafe_name(&header.name) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("member {:?} would be written outside the destination", String::from_utf8_lossy(&header.name)),
+            ));
+        }
+        let name = relative_name(&header.name);
+        if name.is_empty() {
+            return Ok(());
+        }
+        let target = self.root.root().join(std::ffi::OsStr::from_bytes(name));
+        if let Some(parent) = target.parent() {
+            self.root.create_dir_all(parent)?;
+        }
+        match header.file_type() {
+            initramfs::newc::S_IFDIR => {
+                self.clear(&target, true)?;
+                self.root.create_dir_all(&target)?;
+                self.dir_modes.insert(target, header.mode & 0o7777);
+            }
+            initramfs::newc::S_IFREG => self.file(&target, header, data)?,
+            initramfs::newc::S_IFLNK => {
+                let mut link = Vec::new();
+                data.take(u64::from(initramfs::newc::NAME_MAX)).read_to_end(&mut link)?;
+                self.clear(&target, false)?;
+                self.root.symlink(Path::new(std::ffi::OsStr::from_bytes(&link)), &target)?;
+            }
+            _ => self.skipped += 1,
+        }
+        Ok(())
+    }
+
+    fn segment_end(&mut self, _segment: &SegmentInfo) -> std::io::Result<()> {
+        // Hard links pair up within one archive.
+        self.links.clear();
+        Ok(())
+    }
 }
 
 /// `create`: an image from a directory tree, deterministic (sorted, 0:0, SOURCE_DATE_EPOCH).

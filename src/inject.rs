@@ -58,6 +58,12 @@ struct Added {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<Report> {
+    if let Err(why) = crate::names::check_component(&options.version) {
+        bail!(
+            "kernel version {:?} cannot be used: {why}; give the release of a kernel in ROOT/lib/modules",
+            options.version
+        );
+    }
     if !options.root.is_dir() {
         bail!("ROOT {} does not exist or is not a directory", options.root.display());
     }
@@ -451,9 +457,9 @@ fn indexes_for(
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     // The image's modules are written out for depmod: in memory (tmpfs) where the host has it.
     let shm = Path::new("/dev/shm");
-    let scratch = match tempfile::Builder::new().prefix("xdkms-inject-").tempdir_in(shm) {
+    let scratch = match crate::fsio::scratch_dir(shm, "xdkms-inject-") {
         Ok(dir) => dir,
-        Err(_) => tempfile::Builder::new().prefix("xdkms-inject-").tempdir()?,
+        Err(_) => crate::fsio::scratch_dir(&std::env::temp_dir(), "xdkms-inject-")?,
     };
     let dir = scratch.path().join("lib/modules").join(version);
     std::fs::create_dir_all(&dir)?;

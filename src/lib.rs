@@ -9,3 +9,4 @@ pub mod initramfs_cmd;
 pub mod inject;
 pub mod modinfo;
 pub mod module;
+pub mod names;

@@ -127,6 +127,14 @@ if [ "$(cat "$CACHE/dkms-packages/stamp" 2>/dev/null)" != "${dkms_pkgs[*]}" ]; t
   echo "${dkms_pkgs[*]}" > "$CACHE/dkms-packages/stamp"
 fi
 
+# 6. 3cpio, the initramfs tool dracut and Debian use: the yardstick for streaming list and
+#    extract (bench/stream.sh). A pinned version, built once into the cache.
+threecpio_version=0.14.0
+if [ "$("$CACHE/threecpio/bin/3cpio" --version 2>/dev/null)" != "3cpio $threecpio_version" ]; then
+  log "building 3cpio $threecpio_version"
+  cargo install --quiet --locked --force --version "$threecpio_version" --root "$CACHE/threecpio" threecpio
+fi
+
 cat > "$CACHE/env.sh.tmp" <<ENV
 # Written by tests/setup.sh; sourced by the test suite and benchmarks.
 XDKMS_KERNEL_PKGVER='$pkgver'
@@ -141,6 +149,7 @@ XDKMS_ROOT_ARM64_ZST='$CACHE/arm64-zst'
 XDKMS_BUSYBOX_AMD64='/bin/busybox'
 XDKMS_BUSYBOX_ARM64='$CACHE/busybox-arm64/bin/busybox'
 XDKMS_DKMS_PACKAGES='$CACHE/dkms-packages'
+XDKMS_3CPIO='$CACHE/threecpio/bin/3cpio'
 ENV
 mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
 log "ready: $CACHE/env.sh"

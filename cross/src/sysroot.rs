@@ -433,16 +433,17 @@ impl Sysroot {
         self.create_file(host)?.write_all(data).map_err(|e| with_path(e, host))
     }
 
-    /// Writes `data` to a temporary file beside `host`, then renames it over `host`: a reader
-    /// (or a killed run) sees the old or the new file, never a part.
+    /// Writes `data` to a temporary file beside `host` (`.<name>.<pid>.xdkms-tmp`, locked while
+    /// written), then renames it over `host`: a reader (or a killed run) sees the old or the new
+    /// file, never a part, and what a killed run left beside it is removed by the next write.
     pub fn write_atomic(&self, host: &Path, data: &[u8], permissions: Option<Permissions>) -> io::Result<()> {
         let (dir, name) = self.parent_of(host)?;
-        let mut temp_name = OsString::from(".");
-        temp_name.push(&name);
-        temp_name.push(format!(".{}.xdkms-tmp", std::process::id()));
+        remove_stale_temporaries(&dir, &name);
+        let temp_name = temporary_name(&name, std::process::id());
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&dir, &temp_name, flags, Mode::from_raw_mode(0o666))
             .map_err(|e| with_path(e.into(), host))?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive).map_err(|e| with_path(e.into(), host))?;
         let mut file = File::from(fd);
         let written = file
             .write_all(data)
@@ -515,9 +516,8 @@ impl Sysroot {
     /// Points the symlink `host` at `target` in one step (a new link beside it, renamed over it).
     pub fn replace_symlink(&self, target: &Path, host: &Path) -> io::Result<()> {
         let (dir, name) = self.parent_of(host)?;
-        let mut temp_name = OsString::from(".");
-        temp_name.push(&name);
-        temp_name.push(format!(".{}.xdkms-tmp", std::process::id()));
+        remove_stale_temporaries(&dir, &name);
+        let temp_name = temporary_name(&name, std::process::id());
         let _ = rustix::fs::unlinkat(&dir, &temp_name, AtFlags::empty());
         rustix::fs::symlinkat(target, &dir, &temp_name)
             .and_then(|()| rustix::fs::renameat(&dir, &temp_name, &dir, &name))
@@ -531,11 +531,65 @@ impl Sysroot {
         Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
     }
 
+    /// `ln existing host`: a hard link, both inside the root (their last components not followed).
+    pub fn hard_link(&self, existing: &Path, host: &Path) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent_of(existing)?;
+        let (to_dir, to_name) = self.parent_of(host)?;
+        rustix::fs::linkat(&from_dir, &from_name, &to_dir, &to_name, AtFlags::empty())
+            .map_err(|e| with_path(e.into(), host))
+    }
+
     /// Renames `from` to `to`, both inside the root (their last components not followed).
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
         rustix::fs::renameat(&from_dir, &from_name, &to_dir, &to_name).map_err(|e| with_path(e.into(), from))
+    }
+}
+
+/// The temporary file a write of `name` by process `pid` uses beside it.
+fn temporary_name(name: &OsStr, pid: u32) -> OsString {
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{pid}.xdkms-tmp"));
+    temp
+}
+
+/// Removes the temporary files of `name` in `dir` that runs which died left: their process is
+/// gone and nobody holds their lock.
+fn remove_stale_temporaries(dir: &OwnedFd, name: &OsStr) {
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let Ok(listing) = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    let Ok(entries) = rustix::fs::Dir::read_from(&listing) else { return };
+    for entry in entries.flatten() {
+        let entry_name = OsStr::from_bytes(entry.file_name().to_bytes());
+        let Some(pid) = entry_name
+            .as_bytes()
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|rest| rest.strip_suffix(b".xdkms-tmp"))
+            .filter(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
+        else {
+            continue;
+        };
+        let pid = String::from_utf8_lossy(pid);
+        if pid == std::process::id().to_string() || Path::new("/proc").join(pid.as_ref()).exists() {
+            continue;
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let unused = match rustix::fs::openat(dir, entry_name, flags, Mode::empty()) {
+            Ok(fd) => rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok(),
+            // A link being put in place (replace_symlink) has no lock: its dead owner is enough.
+            Err(Errno::LOOP) => true,
+            Err(_) => false,
+        };
+        if unused {
+            let _ = rustix::fs::unlinkat(dir, entry_name, AtFlags::empty());
+        }
     }
 }
 

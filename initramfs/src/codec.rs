@@ -2,7 +2,7 @@
 //! and encoding with settings every kernel decoder accepts.
 
 use std::fmt;
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 
 /// A compression method, as the kernel's `decompress_method()` tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,9 +18,9 @@ pub enum Codec {
 }
 
 /// The LZ4 "legacy" frame magic (`lz4 -l`), the only LZ4 framing the kernel unpacks.
-const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+pub(crate) const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
 /// The kernel decompresses each legacy block into at most this much.
-const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+pub(crate) const LZ4_LEGACY_BLOCK: usize = 8 << 20;
 
 impl Codec {
     /// The codec whose magic starts `head`, with the kernel's two-byte test.
@@ -69,115 +69,31 @@ impl fmt::Display for Codec {
 /// number of input bytes it occupied. Decoding stops at the member's end, as the kernel's does,
 /// so whatever follows (padding, another member) is left to the caller.
 pub fn decode_member(codec: Codec, input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
-    let mut out = Vec::new();
-    let mut cursor = Cursor::new(input);
-    match codec {
-        Codec::None => return Ok((input.to_vec(), input.len())),
-        Codec::Gzip => {
-            flate2::bufread::GzDecoder::new(&mut cursor).read_to_end(&mut out)?;
-        }
-        Codec::Bzip2 => {
-            bzip2::bufread::BzDecoder::new(&mut cursor).read_to_end(&mut out)?;
-        }
-        Codec::Xz | Codec::Lzma => {
-            let stream = if codec == Codec::Xz {
-                // Without the CONCATENATED flag the decoder ends with the first stream.
-                xz2::stream::Stream::new_stream_decoder(LZMA_MEMORY_LIMIT, 0)
-            } else {
-                xz2::stream::Stream::new_lzma_decoder(LZMA_MEMORY_LIMIT)
+    if codec == Codec::None {
+        return Ok((input.to_vec(), input.len()));
+    }
+    if codec == Codec::Zstd {
+        // A frame that declares its size is decoded in one pass into a buffer of that size.
+        let frame_len = zstd::zstd_safe::find_frame_compressed_size(input).ok();
+        let content = frame_len.and_then(|len| zstd::zstd_safe::get_frame_content_size(&input[..len]).ok().flatten());
+        if let (Some(len), Some(size)) = (frame_len, content) {
+            // Trusted only when plausible for the frame's length: a forged header must not
+            // make us allocate gigabytes up front (streaming grows with the real output).
+            if size <= (len as u64).saturating_mul(ZSTD_TRUSTED_RATIO).saturating_add(1 << 20) {
+                let out = zstd::bulk::Decompressor::new()?.decompress(&input[..len], size as usize)?;
+                return Ok((out, len));
             }
-            .map_err(io::Error::other)?;
-            return decode_lzma_stream(stream, input);
-        }
-        Codec::Zstd => {
-            // A frame that declares its size is decoded in one pass into a buffer of that size.
-            let frame_len = zstd::zstd_safe::find_frame_compressed_size(input).ok();
-            let content =
-                frame_len.and_then(|len| zstd::zstd_safe::get_frame_content_size(&input[..len]).ok().flatten());
-            if let (Some(len), Some(size)) = (frame_len, content) {
-                // Trusted only when plausible for the frame's length: a forged header must not
-                // make us allocate gigabytes up front (streaming grows with the real output).
-                if size <= (len as u64).saturating_mul(ZSTD_TRUSTED_RATIO).saturating_add(1 << 20) {
-                    let out = zstd::bulk::Decompressor::new()?.decompress(&input[..len], size as usize)?;
-                    return Ok((out, len));
-                }
-            }
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut cursor)?.single_frame();
-            decoder.read_to_end(&mut out)?;
-            decoder.finish();
-        }
-        Codec::Lz4 => return decode_lz4_legacy(input),
-        Codec::Lzo => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "lzo-compressed members are not supported; recompress the image with gzip, xz or zstd",
-            ))
         }
     }
-    Ok((out, cursor.position() as usize))
-}
-
-/// Runs a liblzma decoder over `input` until its stream ends (xz2's `Read` adapters treat data
-/// after the end as corruption, but here it is the next segment).
-fn decode_lzma_stream(mut stream: xz2::stream::Stream, input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(1 << 30));
-    loop {
-        if out.capacity() - out.len() < (64 << 10) {
-            out.reserve(out.capacity().max(1 << 20));
-        }
-        let consumed = stream.total_in() as usize;
-        let produced = out.len();
-        let status =
-            stream.process_vec(&input[consumed..], &mut out, xz2::stream::Action::Run).map_err(|e| match e {
-                xz2::stream::Error::MemLimit => io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the member's header asks for more than {} MiB to decompress", LZMA_MEMORY_LIMIT >> 20),
-                ),
-                other => io::Error::new(io::ErrorKind::InvalidData, other),
-            })?;
-        if status == xz2::stream::Status::StreamEnd {
-            return Ok((out, stream.total_in() as usize));
-        }
-        // With output space always available, no progress means the input ran out (or liblzma
-        // refuses it), never that it needs another call.
-        if stream.total_in() as usize == consumed && out.len() == produced {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the compressed member is truncated"));
-        }
-    }
-}
-
-/// The kernel's legacy LZ4 reader: magic, then `[u32 LE length][block]` until the input ends or a
-/// zero length word; a repeated magic starts a concatenated stream.
-fn decode_lz4_legacy(input: &[u8]) -> io::Result<(Vec<u8>, usize)> {
-    let word = |at: usize| input.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    if word(0) != Some(LZ4_LEGACY_MAGIC) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an LZ4 legacy stream"));
-    }
+    let mut reader = crate::stream::Input::new(input);
     let mut out = Vec::new();
-    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
-    let mut at = 4;
-    while let Some(len) = word(at) {
-        if len == 0 {
-            break;
-        }
-        at += 4;
-        if len == LZ4_LEGACY_MAGIC {
-            continue;
-        }
-        let data = input.get(at..at + len as usize).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "LZ4 legacy block runs past the end of the image")
-        })?;
-        let n = lz4_flex::block::decompress_into(data, &mut block)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("LZ4 block: {e}")))?;
-        out.extend_from_slice(&block[..n]);
-        at += len as usize;
-    }
-    Ok((out, at.min(input.len())))
+    crate::stream::decoder(codec, &mut reader)?.read_to_end(&mut out)?;
+    Ok((out, reader.position() as usize))
 }
 
 /// liblzma's memory limit for one member: the largest dictionary any preset uses is 64 MiB
 /// (`xz -9`, `lzma -9`); a header asking for more is refused instead of allocated.
-const LZMA_MEMORY_LIMIT: u64 = 256 << 20;
+pub(crate) const LZMA_MEMORY_LIMIT: u64 = 256 << 20;
 /// A zstd frame's declared content size is used to size the output up front only when it is at
 /// most this many times the frame's length.
 const ZSTD_TRUSTED_RATIO: u64 = 64;

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod image;
 pub mod newc;
+pub mod stream;
 
 pub use codec::{Codec, Level};
 pub use image::{Image, ImageError, Merged, Segment};

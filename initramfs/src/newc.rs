@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::Read;
 
 /// Header length: 6-byte magic and 13 eight-digit hex fields.
-const HEADER_LEN: usize = 110;
+pub(crate) const HEADER_LEN: usize = 110;
 /// The kernel's PATH_MAX: longer names are not unpacked.
 pub const NAME_MAX: u32 = 4096;
 pub const TRAILER: &str = "TRAILER!!!";

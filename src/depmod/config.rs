@@ -66,7 +66,7 @@ impl Config {
         }
         let mut config = Config::default();
         for (_, path) in &files {
-            match std::fs::read(path) {
+            match crate::fsio::read_regular(path) {
                 Ok(text) => config.parse_file(&text, path, version, warnings),
                 Err(e) => warnings.push(format!("file parse {}: {e}", path.display())),
             }

@@ -170,9 +170,11 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
         None => Sysroot::host().context("could not open /")?,
     };
     let dirname = module_dir(&root, &options.version);
+    // kmod names the module directory with the base directory in front.
+    let shown_dir = format!("{}{}", shown_root(&root), show(&dirname));
     let input_dir = root
         .resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))
-        .with_context(|| format!("could not open directory {}", show(&dirname)))?;
+        .with_context(|| format!("could not open directory {shown_dir}"))?;
 
     if options.quick && (options.dry_run || up_to_date(&input_dir)) {
         return Ok(None);
@@ -220,12 +222,11 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
     };
 
     // Messages name a module as kmod does: the root as given, then the path as scanned.
-    let root_prefix =
-        if root.is_host() || !options.files.is_empty() { String::new() } else { root.root().display().to_string() };
+    let root_prefix = if options.files.is_empty() { shown_root(&root) } else { String::new() };
     let shown = |m: &FoundModule| format!("{root_prefix}{}", show(&m.path));
 
     hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
-    sort_by_modules_order(&mut modules, &input_dir, &dirname, options.format());
+    sort_by_modules_order(&mut modules, &input_dir, &shown_dir, options.format());
 
     // Parse every module in parallel; order is restored by index.
     let read_options = ReadOptions { export_crcs: check_symvers };
@@ -302,19 +303,28 @@ fn strerror(e: &std::io::Error) -> String {
     }
 }
 
+/// The base directory as kmod prints it in front of paths: nothing for the host's `/`.
+pub fn shown_root(root: &Sysroot) -> String {
+    if root.is_host() {
+        String::new()
+    } else {
+        root.root().display().to_string()
+    }
+}
+
 /// Orders modules listed in modules.order by that file, the rest after them in hash order
 /// (stable). kmod 30 keys each module by its last line, kmod 34 by its first.
-fn sort_by_modules_order(modules: &mut Vec<FoundModule>, input_dir: &Path, dirname: &[u8], format: Format) {
+fn sort_by_modules_order(modules: &mut Vec<FoundModule>, input_dir: &Path, shown_dir: &str, format: Format) {
     let text = match std::fs::read(input_dir.join("modules.order")) {
         Ok(text) => text,
         Err(e) => {
-            warn(&format!("could not open modules.order at {}: {}", show(dirname), strerror(&e)));
+            warn(&format!("could not open modules.order at {shown_dir}: {}", strerror(&e)));
             return;
         }
     };
     let lines: Vec<&[u8]> = output::fgets_lines(&text).collect();
     if let Some(bad) = lines.iter().position(|l| !l.is_empty() && !l.ends_with(b"\n")) {
-        error(&format!("{}/modules.order:{} corrupted line misses '\\n'", show(dirname), bad + 1));
+        error(&format!("{shown_dir}/modules.order:{} corrupted line misses '\\n'", bad + 1));
         return;
     }
     let by_path: std::collections::HashMap<&[u8], usize> =
@@ -378,7 +388,7 @@ fn seconds(t: std::time::SystemTime) -> i64 {
 
 /// `-E`: kernel symbols with CRCs from Module.symvers (`crc symbol vmlinux ...`).
 fn load_symvers(symbols: &mut Symbols, path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read(path).with_context(|| format!("could not load {}", path.display()))?;
+    let text = crate::fsio::read_regular(path).with_context(|| format!("could not load {}", path.display()))?;
     for (line_no, line) in output::fgets_lines(&text).enumerate() {
         let mut words = line.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
         let (Some(crc), Some(symbol), Some(owner)) = (words.next(), words.next(), words.next()) else { continue };
@@ -397,7 +407,7 @@ fn load_symvers(symbols: &mut Symbols, path: &Path) -> anyhow::Result<()> {
 
 /// `-F`: kernel symbols from System.map (`addr type __ksymtab_NAME`).
 fn load_system_map(symbols: &mut Symbols, path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read(path).with_context(|| format!("could not load {}", path.display()))?;
+    let text = crate::fsio::read_regular(path).with_context(|| format!("could not load {}", path.display()))?;
     for (line_no, line) in output::fgets_lines(&text).enumerate() {
         let mut spaces = line.iter().enumerate().filter(|(_, &b)| b == b' ').map(|(i, _)| i);
         let (Some(_), Some(second)) = (spaces.next(), spaces.next()) else {

@@ -141,7 +141,7 @@ impl Model<'_> {
                 out
             }
             "modules.dep.bin" => {
-                let mut index = IndexBuilder::new();
+                let mut index = IndexBuilder::for_layout(layout);
                 for m in 0..n {
                     let line = self.dep_line(m);
                     if index.insert(&self.modules[m].modname, &line, m as u32).map_err(index_error)? {
@@ -164,7 +164,7 @@ impl Model<'_> {
                 out
             }
             "modules.alias.bin" => {
-                let mut index = IndexBuilder::new();
+                let mut index = IndexBuilder::for_layout(layout);
                 for m in 0..n {
                     let modname = &self.modules[m].modname;
                     for value in self.modinfo(m, b"alias") {
@@ -210,7 +210,7 @@ impl Model<'_> {
                 out
             }
             "modules.symbols.bin" => {
-                let mut index = IndexBuilder::new();
+                let mut index = IndexBuilder::for_layout(layout);
                 for (name, owner) in self.owned_symbols() {
                     let mut key = b"symbol:".to_vec();
                     key.extend_from_slice(name);
@@ -225,7 +225,7 @@ impl Model<'_> {
                 // kmod leaves the file empty when its input is missing.
                 None => Vec::new(),
                 Some(text) => {
-                    let mut index = IndexBuilder::new();
+                    let mut index = IndexBuilder::for_layout(layout);
                     for line in fgets_lines(&text) {
                         if !line.first().is_some_and(u8::is_ascii_alphabetic) {
                             report(Level::Error, format!("Invalid modules.builtin line: {}", lossy(line)));
@@ -239,7 +239,7 @@ impl Model<'_> {
             "modules.builtin.alias.bin" => match read_optional(input_dir, "modules.builtin.modinfo", report)? {
                 None => Vec::new(),
                 Some(data) => {
-                    let mut index = IndexBuilder::new();
+                    let mut index = IndexBuilder::for_layout(layout);
                     for (modname, value) in builtin_aliases(&data) {
                         let Some(alias) = alias_normalize(&value) else {
                             report(Level::Warning, format!("Unmatched bracket in {}", lossy(&value)));

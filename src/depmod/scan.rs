@@ -39,8 +39,9 @@ pub struct Found {
 /// directory of `config`. Fails only when the module directory itself cannot be read.
 pub fn search(root: &Sysroot, dirname: &[u8], config: &Config) -> Result<Found, String> {
     let mut walker = Walker { root, dirname, config, found: Found::default() };
-    let host_dir = resolve(root, dirname).map_err(|e| format!("could not open directory {}: {e}", show(dirname)))?;
-    walker.walk(&host_dir, dirname).map_err(|e| format!("could not open directory {}: {e}", show(dirname)))?;
+    let shown = format!("{}{}", super::shown_root(root), show(dirname));
+    let host_dir = resolve(root, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
+    walker.walk(&host_dir, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
     for external in &config.externals {
         match resolve(root, external) {
             Ok(host) => {

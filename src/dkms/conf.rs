@@ -440,7 +440,7 @@ impl Conf {
         // Safety, not dkms: these become path components of the trees.
         let components = [("PACKAGE_NAME", &package_name), ("PACKAGE_VERSION", &package_version)];
         for (directive, value) in components.into_iter().filter(|(_, v)| !v.is_empty()) {
-            if let Err(why) = super::names::check_component(value) {
+            if let Err(why) = crate::names::check_component(value) {
                 errors.push(format!(
                     "dkms.conf: Error! '{directive}' value {value:?} cannot be a directory name: {why}."
                 ));
@@ -449,9 +449,9 @@ impl Conf {
         for (index, m) in modules.iter().enumerate() {
             for (directive, value) in [("BUILT_MODULE_NAME", &m.built_name), ("DEST_MODULE_NAME", &m.dest_name)] {
                 // An empty name has dkms's message above; a '/' dkms 3.4's strict one below.
-                let bad = match super::names::check_component(value) {
-                    Err(super::names::BadName::Empty) => false,
-                    Err(super::names::BadName::Slash) => !d.strict,
+                let bad = match crate::names::check_component(value) {
+                    Err(crate::names::BadName::Empty) => false,
+                    Err(crate::names::BadName::Slash) => !d.strict,
                     Err(_) => true,
                     Ok(()) => false,
                 };

@@ -4,7 +4,6 @@
 pub mod build;
 pub mod conf;
 pub mod install;
-pub mod names;
 pub mod parallel;
 pub mod sandbox;
 pub mod sign;
@@ -710,7 +709,7 @@ fn check_names(requests: &[Named], args: &Args) -> Result<()> {
     }
     named.extend(args.arch.iter().map(|a| ("arch", a.as_str())));
     for (what, value) in named {
-        if let Err(why) = names::check_component(value) {
+        if let Err(why) = crate::names::check_component(value) {
             return Err(Failure::new(
                 2,
                 [format!("Invalid {what} {value:?}: {why}."), format!("A {what} must be a single path component.")],

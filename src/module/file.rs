@@ -94,26 +94,30 @@ impl ModuleImage {
     }
 }
 
-/// The whole content of a compressed module.
+/// The whole content of a compressed module. What does not start as an ELF file is decoded to
+/// its end without being kept (so a corrupt stream still reports its own error) and refused as
+/// the ELF reader would: a gigabyte of compressed zeros costs no memory.
 fn decompress(input: &mut dyn Read, compression: Compression, compressed_len: u64) -> io::Result<Vec<u8>> {
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        // A single-stream decoder: trailing garbage after the stream is an error.
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_stream(
+            input,
+            xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other)?,
+        )),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(input)),
+        Compression::None => Box::new(input),
+    };
+    let mut head = Vec::with_capacity(16);
+    decoder.by_ref().take(16).read_to_end(&mut head)?;
+    if head.len() == 16 && !head.starts_with(b"\x7fELF") {
+        io::copy(&mut decoder, &mut io::sink())?;
+        return Err(io::Error::from_raw_os_error(8)); // ENOEXEC, as the ELF reader says
+    }
     // Modules are a few MiB at most; capacity from the compressed size avoids most regrowth.
     let mut out = Vec::with_capacity((compressed_len as usize).saturating_mul(4));
-    match compression {
-        Compression::Xz => {
-            // A single-stream decoder: trailing garbage after the stream is an error.
-            let stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other)?;
-            xz2::read::XzDecoder::new_stream(input, stream).read_to_end(&mut out)?;
-        }
-        Compression::Zstd => {
-            zstd::stream::read::Decoder::new(input)?.read_to_end(&mut out)?;
-        }
-        Compression::Gzip => {
-            flate2::read::GzDecoder::new(input).read_to_end(&mut out)?;
-        }
-        Compression::None => {
-            input.read_to_end(&mut out)?;
-        }
-    }
+    out.extend_from_slice(&head);
+    decoder.read_to_end(&mut out)?;
     Ok(out)
 }
 

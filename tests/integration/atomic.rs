@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::util::{copy_module_dir, refs, run_ok, xdkms, TempDir, KMOD30_FILES};
+use crate::util::{copy_module_dir, refs, run_ok, temporary_files, xdkms, TempDir, KMOD30_FILES};
 
 fn outputs(dir: &Path) -> HashMap<&'static str, Vec<u8>> {
     KMOD30_FILES.iter().map(|&name| (name, std::fs::read(dir.join(name)).expect(name))).collect()
@@ -77,6 +77,11 @@ fn killed_depmod_leaves_each_index_old_or_new() {
         }
     }
     assert!(killed >= 12, "only {killed} of 24 runs were killed before finishing: the test is not testing");
+    // The next run removes the temporary files the killed ones left beside the indexes.
+    run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
+    assert_eq!(outputs(&dir), new);
+    let temporaries = temporary_files(&dir);
+    assert!(temporaries.is_empty(), "temporary files of killed runs remain: {temporaries:?}");
     eprintln!("{killed} of 24 runs killed, {mixed} left a mix of old and new files");
 }
 
@@ -138,5 +143,10 @@ fn killed_inject_leaves_the_image_whole() {
         }
     }
     assert!(killed >= 6, "only {killed} of 16 runs were killed before finishing");
+    // The next run, in place and with -o, removes the temporary files the killed ones left.
+    run_ok(&mut inject(&[]));
+    run_ok(&mut inject(&["-o", work.join("out.img").to_str().expect("utf-8")]));
+    let temporaries = temporary_files(work.path());
+    assert!(temporaries.is_empty(), "temporary files of killed runs remain: {temporaries:?}");
     eprintln!("{killed} of 16 injections killed; {kept} left the original in place");
 }

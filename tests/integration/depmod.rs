@@ -435,21 +435,50 @@ fn quick_mode_skips_up_to_date_trees() {
 #[test]
 fn bad_input_gives_clear_errors_and_exit_1() {
     let fx = TempDir::new("bad-input");
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["-b".into(), fx.join("missing").display().to_string(), "6.1.0".into()], "could not open base directory"),
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["-b".into(), fx.join("missing").display().to_string(), "6.1.0".into()],
+            "could not open base directory".into(),
+        ),
         (
             vec!["-b".into(), fx.path().display().to_string(), "6.1.0".into()],
-            "could not open directory /lib/modules/6.1.0",
+            // As kmod names it: the base directory, then the module directory.
+            format!("could not open directory {}/lib/modules/6.1.0", fx.path().display()),
         ),
-        (vec!["-b".into(), fx.path().display().to_string(), "six".into()], "Bad version passed six"),
-        (vec!["-P".into(), "ab".into(), "6.1.0".into()], "-P only takes a single char"),
-        (vec!["-b".into(), fx.path().display().to_string()], "no kernel version given"),
-        (vec!["--no-such-option".into(), "6.1.0".into()], "Unrecognized argument"),
+        (vec!["-b".into(), fx.path().display().to_string(), "six".into()], "Bad version passed six".into()),
+        (vec!["-P".into(), "ab".into(), "6.1.0".into()], "-P only takes a single char".into()),
+        (vec!["-b".into(), fx.path().display().to_string()], "no kernel version given".into()),
+        (vec!["--no-such-option".into(), "6.1.0".into()], "Unrecognized argument".into()),
     ];
     for (args, message) in cases {
         let out = run(xdkms().arg("depmod").args(&args));
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in:\n{stderr}");
+        assert!(stderr.contains(&message), "{args:?}: expected {message:?} in:\n{stderr}");
     }
+}
+
+/// Module file names that are not ASCII (UTF-8 and a stray byte): kmod 30 indexes them (its trie
+/// keeps such bytes in node prefixes), so xdkms must too, byte for byte; it used to stop with
+/// "only 7-bit ASCII is supported". kmod 34 does stop (`--kmod-version 34` still refuses).
+#[test]
+fn regression_non_ascii_module_names_are_indexed_as_kmod_30_does() {
+    use std::os::unix::ffi::OsStrExt;
+    let r = refs();
+    let source =
+        r.path("XDKMS_ROOT_AMD64").join("lib/modules").join(r.get("XDKMS_KVER_AMD64")).join("kernel/drivers/block");
+    let work = TempDir::new("non-ascii");
+    let version = "6.1.0-99-amd64";
+    let tree = work.join("root");
+    let dir = tree.join("lib/modules").join(version).join("kernel");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (from, to) in
+        [("virtio_blk.ko", &b"v\xc3\xafrtio_blk.ko"[..]), ("loop.ko", b"lo\xffop.ko"), ("nbd.ko", b"nbd.ko")]
+    {
+        std::fs::copy(source.join(from), dir.join(std::ffi::OsStr::from_bytes(to))).expect("copy");
+    }
+    assert_eq!(compare_with_kmod(&tree, version, &[]), Vec::<String>::new());
+    let out = run(xdkms().args(["depmod", "--kmod-version", "34", "-b"]).arg(&tree).arg(version));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only 7-bit ASCII"));
 }

@@ -552,6 +552,14 @@ fn killed_builds_and_installs_leave_the_previous_state() {
             pair.xdkms("uninstall", &["-k", &k, "xdkms_test/1.0"]);
         }
     }
+    // The next run leaves nothing of the killed ones: no staging directory, no temporary file
+    // beside a module, an index or the installed-version link.
+    let out = pair.xdkms("install", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(status(), installed);
+    assert!(leftovers(&root).is_empty(), "left behind: {:?}", leftovers(&root));
+    let temporaries = crate::util::temporary_files(&root);
+    assert!(temporaries.is_empty(), "temporary files of killed runs remain: {temporaries:?}");
 }
 
 #[test]

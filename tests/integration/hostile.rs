@@ -316,3 +316,79 @@ fn paths_given_are_not_confused_with_the_root() {
     let diff = std::fs::read_to_string(case.dir.join("out/diff")).expect("diff");
     assert!(diff.contains("/mnt/H/keep/file"), "the harness missed a write outside the root:\n{diff}");
 }
+
+/// Devices given where depmod expects a file (`-F`, `-E`, `-C`) are refused at once instead of
+/// read forever.
+#[test]
+fn regression_depmod_refuses_devices_as_input_files() {
+    let work = TempDir::new("depmod-devices");
+    std::fs::create_dir_all(work.join("lib/modules").join(KERNEL)).expect("mkdir");
+    for option in ["-F", "-E", "-C"] {
+        let out = Command::new("timeout")
+            .args(["-s", "KILL", "20"])
+            .arg(xdkms_bin())
+            .args(["depmod", "-b"])
+            .arg(work.path())
+            .args([option, "/dev/zero", KERNEL])
+            .output()
+            .expect("run depmod");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(137), "depmod {option} /dev/zero ran on");
+        if option != "-C" {
+            assert_eq!(out.status.code(), Some(1), "{option}: {stderr}");
+        }
+        assert!(stderr.contains("not a regular file"), "{option}: {stderr}");
+    }
+}
+
+/// `inject -k ""` wrote indexes to `usr/lib/modules/`; a kernel version must name one directory.
+#[test]
+fn regression_inject_refuses_an_empty_kernel_version() {
+    let work = TempDir::new("inject-empty-k");
+    std::fs::create_dir_all(work.join("tree/bin")).expect("mkdir");
+    let image = work.join("image.img");
+    let out = Command::new(xdkms_bin())
+        .args(["initramfs", "create"])
+        .arg(work.join("tree"))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = std::fs::read(&image).expect("read");
+    for version in ["", "..", "a/b"] {
+        let out = Command::new(xdkms_bin())
+            .args(["initramfs", "inject", "--root"])
+            .arg(work.path())
+            .args(["-k", version])
+            .arg(&image)
+            .arg("nvme")
+            .output()
+            .expect("inject");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{version:?}: {stderr}");
+        assert!(stderr.contains(&format!("kernel version {version:?} cannot be used")), "{stderr}");
+        assert_eq!(std::fs::read(&image).expect("read"), before);
+    }
+}
+
+/// Ubuntu's `/boot/initrd.img -> initrd.img-K`: writing the image keeps the link and replaces
+/// the file it points to (the link used to become a file, the real image left unchanged).
+#[test]
+fn regression_a_symlinked_image_is_updated_where_it_points() {
+    let work = TempDir::new("image-link");
+    std::fs::create_dir_all(work.join("tree/bin")).expect("mkdir");
+    std::fs::write(work.join("initrd.img-6.1.0-99-amd64"), "old").expect("write");
+    symlink("initrd.img-6.1.0-99-amd64", work.join("initrd.img")).expect("symlink");
+    let out = Command::new(xdkms_bin())
+        .args(["initramfs", "create"])
+        .arg(work.join("tree"))
+        .arg("-o")
+        .arg(work.join("initrd.img"))
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(work.join("initrd.img").is_symlink(), "the link was replaced by a file");
+    let real = std::fs::read(work.join("initrd.img-6.1.0-99-amd64")).expect("read");
+    assert!(real.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || real.starts_with(b"070701"), "the real image is unchanged");
+}

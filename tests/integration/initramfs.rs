@@ -421,3 +421,67 @@ fn the_images_depmod_d_applies_to_its_indexes() {
         );
     }
 }
+
+/// Member names are bytes to the kernel: names that are not UTF-8 (and ones with newlines or
+/// backslashes) are listed byte for byte as `cpio -t` lists them and extracted as `cpio -i`
+/// extracts them, contents, modes and hard links included.
+#[test]
+fn names_the_kernel_accepts_are_listed_and_extracted_as_cpio_does() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = TempDir::new("byte-names");
+    let tree = work.join("tree");
+    sample_tree(&tree);
+    for name in [&b"caf\xe9"[..], b"new\nline", b"back\\slash", "ünïcödé".as_bytes()] {
+        std::fs::write(tree.join(std::ffi::OsStr::from_bytes(name)), name).expect("write");
+    }
+    for (codec, compress, decompress) in [("gzip", "gzip -n", "gzip -dc"), ("zstd", "zstd -q", "zstd -dcq")] {
+        let bytes = reference_archive(&tree, compress);
+        let image = work.join(format!("names.{codec}"));
+        std::fs::write(&image, &bytes).expect("write");
+        let listed = run_ok(xdkms().args(["initramfs", "list"]).arg(&image)).stdout;
+        let want =
+            run_ok(Command::new("sh").arg("-c").arg(format!("{decompress} < '{}' | cpio --quiet -t", image.display())))
+                .stdout;
+        assert_eq!(listed, want, "{codec}: list differs from cpio -t");
+        let ours = work.join(format!("x-{codec}"));
+        run_ok(xdkms().args(["initramfs", "extract"]).arg(&image).arg(&ours));
+        let theirs = work.join(format!("cpio-{codec}"));
+        std::fs::create_dir_all(&theirs).expect("mkdir");
+        run_ok(Command::new("sh").arg("-c").arg(format!(
+            "cd '{}' && {decompress} < '{}' | cpio --quiet -id --no-absolute-filenames",
+            theirs.display(),
+            image.display()
+        )));
+        let diff = run(Command::new("diff").arg("-r").arg("--no-dereference").arg(&ours).arg(&theirs));
+        assert!(
+            diff.status.success(),
+            "{codec}: extract differs from cpio -i:\n{}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
+        let mode = |dir: &Path, name: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::symlink_metadata(dir.join(name)).expect(name).mode()
+        };
+        for name in ["init", "bin", "etc/empty", "bin/sh"] {
+            assert_eq!(mode(&ours, name), mode(&theirs, name), "{codec}: mode of {name}");
+        }
+        use std::os::unix::fs::MetadataExt;
+        let inode = |dir: &Path, name: &str| std::fs::metadata(dir.join(name)).expect(name).ino();
+        assert_eq!(inode(&ours, "bin/tool"), inode(&ours, "bin/tool-link"), "{codec}: hard link");
+    }
+}
+
+/// Something other than an image file (a device that never ends) is refused at once.
+#[test]
+fn a_device_is_not_an_image() {
+    for command in ["list", "extract"] {
+        let mut cmd = xdkms();
+        cmd.args(["initramfs", command, "/dev/zero"]);
+        if command == "extract" {
+            cmd.arg(std::env::temp_dir().join(format!("xdkms-never-{}", std::process::id())));
+        }
+        let out = run(&mut cmd);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/zero is not a regular file"), "{command}");
+    }
+}

@@ -150,3 +150,20 @@ pub const KMOD30_FILES: [&str; 11] = [
     // Never written by depmod: checked so that a tool that touched it would be caught.
     "modules.order",
 ];
+
+/// Every `*.xdkms-tmp` file or link below `dir` (what a killed write leaves beside its target).
+pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().ends_with(".xdkms-tmp") {
+                found.push(path);
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            }
+        }
+    }
+    found
+}

@@ -1,6 +1,6 @@
-//! Names that become path components of the dkms tree (module, version, kernel, arch, module
-//! file names): each must be one component, or a crafted `-m ..` or `PACKAGE_NAME=../x` would
-//! name a directory outside the tree.
+//! Names that become path components (module, version, kernel release, arch, module file
+//! names): each must be one component, or a crafted `-m ..`, `-k ../x` or `PACKAGE_NAME=../x`
+//! would name a directory outside the tree it belongs in.
 
 use std::fmt;
 
@@ -17,7 +17,7 @@ impl fmt::Display for BadName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BadName::Empty => "it is empty",
-            BadName::Dots => "'.' and '..' name directories, not modules",
+            BadName::Dots => "'.' and '..' are not names",
             BadName::Slash => "it contains '/'",
             BadName::Nul => "it contains a NUL byte",
         })

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Streaming image reads: `xdkms initramfs list` and `extract` against 3cpio (the Rust initramfs
+# tool dracut and Debian use), wall time and peak RSS, on an image of Debian's whole amd64
+# module tree (about 393 MiB of cpio) compressed with zstd and with gzip, then on an image
+# holding one member of 4 GiB (the newc maximum, 4 GiB - 1 byte).
+# Bounds (issue "Confinement by construction"): list and extract of the module-tree images take
+# no more time than 3cpio's (ratio <= 1.0); list and extract of the 4 GiB member stay under
+# 64 MiB. Medians of alternating rounds; a missed bound is measured once more before failing.
+#   bash bench/stream.sh [ROUNDS]
+set -euo pipefail
+rounds=${1:-5}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+threecpio=$XDKMS_3CPIO
+
+tree=$work/tree
+mkdir -p "$tree/lib/modules"
+cp -a "$XDKMS_ROOT_AMD64/lib/modules/$XDKMS_KVER_AMD64" "$tree/lib/modules/"
+rm -f "$tree/lib/modules/$XDKMS_KVER_AMD64/"{build,source}
+(cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) > "$work/modules.cpio"
+zstd -q -T0 -3 "$work/modules.cpio" -o "$work/modules.zst"
+gzip -c -6 "$work/modules.cpio" > "$work/modules.gz"
+cpio_mib=$(( $(stat -c %s "$work/modules.cpio") >> 20 ))
+rm -rf "$tree"
+
+big=$work/big
+mkdir -p "$big"
+truncate -s $(( (4 << 30) - 1 )) "$big/member"
+(cd "$big" && echo member | cpio --quiet -o -H newc -R 0:0) | zstd -q -T0 -1 -o "$work/big.zst"
+rm -rf "$big"
+
+# Wall time and peak RSS (KiB) of one run, as "seconds kib".
+measure() { /usr/bin/time -f '%e %M' -o "$work/time" "$@" > /dev/null; cat "$work/time"; }
+list_x() { measure "$xdkms" initramfs list "$1"; }
+list_3() { measure "$threecpio" --list "$1"; }
+extract_x() { rm -rf "$work/out"; measure "$xdkms" initramfs extract "$1" "$work/out"; }
+extract_3() { rm -rf "$work/out"; mkdir "$work/out"; measure "$threecpio" --extract -C "$work/out" "$1"; }
+
+# One comparison: medians of $rounds alternating runs of xdkms and 3cpio.
+compare() {
+  local label=$1 ours=$2 theirs=$3 image=$4
+  : > "$work/ours"; : > "$work/theirs"
+  for _ in $(seq "$rounds"); do
+    "$ours" "$image" >> "$work/ours"
+    "$theirs" "$image" >> "$work/theirs"
+  done
+  local ot om tt tm
+  ot=$(cut -d' ' -f1 < "$work/ours" | median); om=$(cut -d' ' -f2 < "$work/ours" | median)
+  tt=$(cut -d' ' -f1 < "$work/theirs" | median); tm=$(cut -d' ' -f2 < "$work/theirs" | median)
+  awk -v l="$label" -v ot="$ot" -v om="$om" -v tt="$tt" -v tm="$tm" 'BEGIN {
+    printf "%-13s xdkms %6.2f s %7.1f MiB | 3cpio %6.2f s %7.1f MiB | time ratio %.2f (bound 1.00)\n",
+      l, ot, om / 1024, tt, tm / 1024, ot / tt
+    exit (ot <= tt) ? 0 : 1 }'
+}
+# One memory check of xdkms alone.
+under_64mib() {
+  local label=$1; shift
+  local r; r=$("$@")
+  awk -v l="$label" -v r="$r" 'BEGIN { split(r, f, " ");
+    printf "%-13s xdkms %6.2f s %7.1f MiB (bound 64 MiB)\n", l, f[1], f[2] / 1024
+    exit (f[2] < 64 * 1024) ? 0 : 1 }'
+}
+# Each check runs twice before it fails: a busy neighbour on a 2-core box can double a time.
+check() { "$@" || { echo "bench: missed, measuring again" >&2; "$@"; }; }
+
+echo "stream benchmark: Debian $XDKMS_KVER_AMD64 module tree, $cpio_mib MiB of cpio, $(nproc) CPUs, median of $rounds"
+failed=0
+check compare "list zstd" list_x list_3 "$work/modules.zst" || failed=1
+check compare "list gzip" list_x list_3 "$work/modules.gz" || failed=1
+check compare "extract zstd" extract_x extract_3 "$work/modules.zst" || failed=1
+check compare "extract gzip" extract_x extract_3 "$work/modules.gz" || failed=1
+check under_64mib "list 4 GiB" list_x "$work/big.zst" || failed=1
+check under_64mib "extract 4 GiB" extract_x "$work/big.zst" || failed=1
+rm -rf "$work/out"
+if [ "$failed" != 0 ]; then echo "bench: a bound was missed" >&2; exit 1; fi
+echo "bench: all bounds met"
