@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Streaming image reads: `xdkms initramfs list` and `extract` against 3cpio (the Rust initramfs
-# tool dracut and Debian use), wall time and peak RSS, on an image of Debian's whole amd64
-# module tree (about 393 MiB of cpio) compressed with zstd and with gzip, then on an image
-# holding one member of 4 GiB (the newc maximum, 4 GiB - 1 byte).
+# Bounded memory. Streaming image reads: `xdkms initramfs list` and `extract` against 3cpio (the
+# Rust initramfs tool dracut and Debian use), wall time and peak RSS, on an image of Debian's
+# whole amd64 module tree (about 393 MiB of cpio) compressed with zstd and with gzip, then on an
+# image holding one member of 4 GiB (the newc maximum, 4 GiB - 1 byte). And depmod over four
+# `.ko.zst` files of 1 GiB of zeros each, against kmod's depmod.
 # Bounds (issue "Confinement by construction"): list and extract of the module-tree images take
 # no more time than 3cpio's (ratio <= 1.0); list and extract of the 4 GiB member stay under
-# 64 MiB. Medians of alternating rounds; a missed bound is measured once more before failing.
+# 64 MiB; depmod's peak RSS stays under kmod's. Medians of alternating rounds; a missed bound
+# is measured once more before failing.
 #   bash bench/stream.sh [ROUNDS]
 set -euo pipefail
 rounds=${1:-5}
@@ -28,6 +30,12 @@ mkdir -p "$big"
 truncate -s $(( (4 << 30) - 1 )) "$big/member"
 (cd "$big" && echo member | cpio --quiet -o -H newc -R 0:0) | zstd -q -T0 -1 -o "$work/big.zst"
 rm -rf "$big"
+
+zeros=$work/zeros
+mkdir -p "$zeros/lib/modules/6.1.0-99-amd64/kernel"
+for i in 1 2 3 4; do
+  head -c 1G /dev/zero | zstd -q -1 -o "$zeros/lib/modules/6.1.0-99-amd64/kernel/zero$i.ko.zst"
+done
 
 # Wall time and peak RSS (KiB) of one run, as "seconds kib".
 measure() { /usr/bin/time -f '%e %M' -o "$work/time" "$@" > /dev/null; cat "$work/time"; }
@@ -60,6 +68,16 @@ under_64mib() {
     printf "%-13s xdkms %6.2f s %7.1f MiB (bound 64 MiB)\n", l, f[1], f[2] / 1024
     exit (f[2] < 64 * 1024) ? 0 : 1 }'
 }
+# depmod's peak RSS against kmod's on the tree of zeros (kmod decompresses each module whole).
+depmod_memory() {
+  local ours theirs
+  ours=$(measure "$xdkms" depmod -b "$zeros" 6.1.0-99-amd64)
+  theirs=$(measure depmod -b "$zeros" 6.1.0-99-amd64)
+  awk -v o="$ours" -v t="$theirs" 'BEGIN { split(o, a, " "); split(t, b, " ");
+    printf "%-13s xdkms %6.2f s %7.1f MiB | kmod  %6.2f s %7.1f MiB | memory ratio %.3f (bound 1.00)\n",
+      "depmod zeros", a[1], a[2] / 1024, b[1], b[2] / 1024, a[2] / b[2]
+    exit (a[2] < b[2]) ? 0 : 1 }'
+}
 # Each check runs twice before it fails: a busy neighbour on a 2-core box can double a time.
 check() { "$@" || { echo "bench: missed, measuring again" >&2; "$@"; }; }
 
@@ -71,6 +89,7 @@ check compare "extract zstd" extract_x extract_3 "$work/modules.zst" || failed=1
 check compare "extract gzip" extract_x extract_3 "$work/modules.gz" || failed=1
 check under_64mib "list 4 GiB" list_x "$work/big.zst" || failed=1
 check under_64mib "extract 4 GiB" extract_x "$work/big.zst" || failed=1
+check depmod_memory || failed=1
 rm -rf "$work/out"
 if [ "$failed" != 0 ]; then echo "bench: a bound was missed" >&2; exit 1; fi
 echo "bench: all bounds met"

@@ -60,6 +60,15 @@ pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir>
     tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent)
 }
 
+/// `path` made absolute against the working directory (as given when that cannot be read).
+pub fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir().map(|cwd| cwd.join(&path)).unwrap_or(path)
+    }
+}
+
 /// The file a path names once its symlinks are followed (the path itself when it is none, or
 /// does not exist yet).
 fn real_target(path: &Path) -> io::Result<PathBuf> {

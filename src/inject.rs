@@ -82,30 +82,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let ((original, image), modules) = (image?, modules?);
     let mut report = Report::default();
 
-    // Modules of ROOT by index, plus module files from outside ROOT (they go to updates/).
-    let mut wanted: BTreeSet<usize> = BTreeSet::new();
-    let mut added: Vec<Added> = Vec::new();
-    let mut outside_softdeps = Vec::new();
-    for item in &options.items {
-        let path = Path::new(item);
-        if path.is_file() && is_module_file_name(item.as_bytes()) && !path_is_in(&root, path) {
-            let elf = ModuleImage::open(path)
-                .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
-                .with_context(|| format!("{item} is not a readable kernel module"))?;
-            let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            wanted.extend(elf.imports.iter().flatten().filter_map(|import| modules.symbols.get(&import.name)));
-            outside_softdeps.extend(elf.modinfo_values(b"softdep").flat_map(softdep_names));
-            added.push(Added { relpath: format!("updates/{base}"), host: path.to_path_buf() });
-            continue;
-        }
-        let found = lookup(&modules, item);
-        if found.is_empty() {
-            bail!("{}", not_found_message(&modules, item, &options.version));
-        }
-        wanted.extend(found);
-    }
+    let (wanted, mut added, outside_softdeps) = resolve_items(options, &root, &modules)?;
     let closure = close_over(&modules, wanted, &outside_softdeps);
-
     // Files to add, by path in the image.
     let merged = image.merged();
     let module_dir = merged.resolve(&format!("lib/modules/{}", options.version));
@@ -161,6 +139,37 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     };
     write_output(options.output.as_deref().unwrap_or(&options.image), &bytes)?;
     Ok(report)
+}
+
+/// The items asked for: modules of ROOT (by index: names, aliases, modaliases) and module files
+/// from outside ROOT (they go to updates/), with what those import and softdep.
+fn resolve_items(
+    options: &Options,
+    root: &Sysroot,
+    modules: &RootModules,
+) -> anyhow::Result<(BTreeSet<usize>, Vec<Added>, Vec<String>)> {
+    let mut wanted: BTreeSet<usize> = BTreeSet::new();
+    let mut added: Vec<Added> = Vec::new();
+    let mut outside_softdeps = Vec::new();
+    for item in &options.items {
+        let path = Path::new(item);
+        if path.is_file() && is_module_file_name(item.as_bytes()) && !path_is_in(root, path) {
+            let elf = ModuleImage::open(path)
+                .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
+                .with_context(|| format!("{item} is not a readable kernel module"))?;
+            let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            wanted.extend(elf.imports.iter().flatten().filter_map(|import| modules.symbols.get(&import.name)));
+            outside_softdeps.extend(elf.modinfo_values(b"softdep").flat_map(softdep_names));
+            added.push(Added { relpath: format!("updates/{base}"), host: path.to_path_buf() });
+            continue;
+        }
+        let found = lookup(modules, item);
+        if found.is_empty() {
+            bail!("{}", not_found_message(modules, item, &options.version));
+        }
+        wanted.extend(found);
+    }
+    Ok((wanted, added, outside_softdeps))
 }
 
 /// What inject needs to know about ROOT's modules.

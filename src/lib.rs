@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod depmod;
 pub mod dkms;
+pub mod exit;
 pub mod fsio;
 pub mod index;
 pub mod initramfs_cmd;

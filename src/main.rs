@@ -14,8 +14,8 @@ fn main() {
         Ok(args) => xdkms::cli::main_with_args(args),
         Err(bad) => {
             eprintln!("xdkms: argument is not valid UTF-8: {}", bad.to_string_lossy());
-            xdkms::cli::EXIT_USAGE
+            xdkms::exit::Exit::Usage
         }
     };
-    std::process::exit(code);
+    std::process::exit(code.code());
 }

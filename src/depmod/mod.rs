@@ -182,21 +182,68 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
 
     let mut symbols = Symbols::new(options.sym_prefix);
     let check_symvers = options.symvers.is_some();
-    let mut print_unknown = options.print_unknown;
-    if let Some(path) = &options.symvers {
-        load_symvers(&mut symbols, path)?;
-    } else if let Some(path) = &options.system_map {
-        load_system_map(&mut symbols, path)?;
-    } else if print_unknown {
-        warn("-e needs -E or -F");
-        print_unknown = false;
-    }
+    let print_unknown = load_kernel_symbols(options, &mut symbols)?;
+    let mut modules = find_modules(options, &root, &dirname, &input_dir)?;
 
-    let mut modules: Vec<FoundModule> = if options.files.is_empty() {
+    // Messages name a module as kmod does: the root as given, then the path as scanned.
+    let root_prefix = if options.files.is_empty() { shown_root(&root) } else { String::new() };
+    let shown = |m: &FoundModule| format!("{root_prefix}{}", show(&m.path));
+
+    hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
+    sort_by_modules_order(&mut modules, &input_dir, &shown_dir, options.format());
+    let elves = parse_modules(&modules, ReadOptions { export_crcs: check_symvers }, &shown);
+    for (index, elf) in elves.iter().enumerate() {
+        if let Some(elf) = elf {
+            for export in &elf.exports {
+                symbols.add(&export.name, false, export.crc, Some(index as u32));
+            }
+        }
+    }
+    let resolution = graph::resolve(&elves, &symbols, print_unknown, check_symvers);
+    report_resolution(options, &resolution, &modules, &shown, stdout)?;
+    let order = match graph::topological_order(&resolution.deps) {
+        Ok(order) => order,
+        Err(users) => {
+            let names: Vec<&[u8]> = modules.iter().map(|m| m.modname.as_slice()).collect();
+            let (lines, count) = graph::report_cycles(&resolution.deps, &users, &names);
+            let mut errors = lines;
+            errors.push(format!("Found {count} modules in dependency cycles!"));
+            return Err(Failure { errors }.into());
+        }
+    };
+    let mut seen = vec![0u32; modules.len()];
+    let all_deps: Vec<Vec<u32>> = (0..modules.len() as u32)
+        .map(|m| graph::all_dependencies(m, &resolution.deps, &order, &mut seen, m + 1))
+        .collect();
+    Ok(Some(Analysis { input_dir, modules, elves, all_deps, symbols }))
+}
+
+/// `-E` or `-F`: the kernel's own symbols. Returns whether `-e` can report unknown symbols.
+fn load_kernel_symbols(options: &Options, symbols: &mut Symbols) -> anyhow::Result<bool> {
+    if let Some(path) = &options.symvers {
+        load_symvers(symbols, path)?;
+    } else if let Some(path) = &options.system_map {
+        load_system_map(symbols, path)?;
+    } else if options.print_unknown {
+        warn("-e needs -E or -F");
+        return Ok(false);
+    }
+    Ok(options.print_unknown)
+}
+
+/// The modules to index: the module directory's (with depmod.d's search, override and external
+/// rules), or the files named on the command line.
+fn find_modules(
+    options: &Options,
+    root: &Sysroot,
+    dirname: &[u8],
+    input_dir: &Path,
+) -> anyhow::Result<Vec<FoundModule>> {
+    Ok(if options.files.is_empty() {
         let mut warnings = Vec::new();
-        let config = Config::load(&root, &options.config_paths, &options.version, options.kmod_version, &mut warnings);
+        let config = Config::load(root, &options.config_paths, &options.version, options.kmod_version, &mut warnings);
         warnings.iter().for_each(|w| error(w));
-        let found = scan::search(&root, &dirname, &config).map_err(|e| {
+        let found = scan::search(root, dirname, &config).map_err(|e| {
             error(&e);
             anyhow::anyhow!("could not search modules")
         })?;
@@ -219,25 +266,23 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
             by_name.insert(module.modname.clone(), module);
         }
         by_name.into_values().collect()
-    };
+    })
+}
 
-    // Messages name a module as kmod does: the root as given, then the path as scanned.
-    let root_prefix = if options.files.is_empty() { shown_root(&root) } else { String::new() };
-    let shown = |m: &FoundModule| format!("{root_prefix}{}", show(&m.path));
-
-    hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
-    sort_by_modules_order(&mut modules, &input_dir, &shown_dir, options.format());
-
-    // Parse every module in parallel; order is restored by index.
-    let read_options = ReadOptions { export_crcs: check_symvers };
+/// Every module parsed, in parallel; failures reported in module order, as kmod's sequential
+/// loop does.
+fn parse_modules(
+    modules: &[FoundModule],
+    read_options: ReadOptions,
+    shown: &dyn Fn(&FoundModule) -> String,
+) -> Vec<Option<ModuleElf>> {
     let parsed: Vec<std::io::Result<ModuleElf>> = modules
         .par_iter()
         .map(|m| ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)))
         .collect();
-    // Reported in module order, as kmod's sequential loop does.
-    let elves: Vec<Option<ModuleElf>> = parsed
+    parsed
         .into_iter()
-        .zip(&modules)
+        .zip(modules)
         .map(|(result, m)| match result {
             Ok(elf) => Some(elf),
             Err(e) => {
@@ -245,17 +290,17 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
                 None
             }
         })
-        .collect();
+        .collect()
+}
 
-    for (index, elf) in elves.iter().enumerate() {
-        if let Some(elf) = elf {
-            for export in &elf.exports {
-                symbols.add(&export.name, false, export.crc, Some(index as u32));
-            }
-        }
-    }
-
-    let resolution = graph::resolve(&elves, &symbols, print_unknown, check_symvers);
+/// `-v` lines for each resolved symbol, and the unknown or mismatched ones as warnings.
+fn report_resolution(
+    options: &Options,
+    resolution: &graph::Resolution,
+    modules: &[FoundModule],
+    shown: &dyn Fn(&FoundModule) -> String,
+    stdout: &mut dyn Write,
+) -> anyhow::Result<()> {
     if options.verbose {
         for (module, symbol, owner) in &resolution.verbose {
             writeln!(
@@ -275,23 +320,7 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
             warn(&format!("{path} needs unknown symbol {}", show(symbol)));
         }
     }
-
-    let order = match graph::topological_order(&resolution.deps) {
-        Ok(order) => order,
-        Err(users) => {
-            let names: Vec<&[u8]> = modules.iter().map(|m| m.modname.as_slice()).collect();
-            let (lines, count) = graph::report_cycles(&resolution.deps, &users, &names);
-            let mut errors = lines;
-            errors.push(format!("Found {count} modules in dependency cycles!"));
-            return Err(Failure { errors }.into());
-        }
-    };
-    let mut seen = vec![0u32; modules.len()];
-    let all_deps: Vec<Vec<u32>> = (0..modules.len() as u32)
-        .map(|m| graph::all_dependencies(m, &resolution.deps, &order, &mut seen, m + 1))
-        .collect();
-
-    Ok(Some(Analysis { input_dir, modules, elves, all_deps, symbols }))
+    Ok(())
 }
 
 /// strerror's text for an I/O error, without Rust's "(os error N)" suffix.

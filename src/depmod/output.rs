@@ -121,178 +121,177 @@ impl Model<'_> {
         line
     }
 
-    /// Renders `file`; `input_dir` is where modules.builtin* are read. Warnings go to `warn`.
+    /// Renders `file`; `input_dir` is where modules.builtin* are read. Warnings go to `report`.
     pub fn render(&self, file: &str, input_dir: &Path, report: Report) -> Result<Vec<u8>, RenderError> {
         let layout = self.format.layout();
         let index_error = |e| RenderError::Index(static_name(file), e);
-        let dup = |report: Report, what: &str, text: String| {
-            if self.warn_dups {
-                report(Level::Warning, format!("duplicate module {what}:\n{text}"));
-            }
-        };
-        let n = self.modules.len();
         Ok(match file {
-            "modules.dep" => {
-                let mut out = Vec::new();
-                for m in 0..n {
-                    out.extend_from_slice(&self.dep_line(m));
-                    out.push(b'\n');
-                }
-                out
+            "modules.dep" => self.dep_text(),
+            "modules.dep.bin" => self.dep_index(layout, report).map_err(index_error)?,
+            "modules.alias" => self.alias_text(),
+            "modules.alias.bin" => self.alias_index(layout, report).map_err(index_error)?,
+            "modules.softdep" => {
+                self.modinfo_text(b"softdep", b"# Soft dependencies extracted from modules themselves.\n")
             }
-            "modules.dep.bin" => {
-                let mut index = IndexBuilder::for_layout(layout);
-                for m in 0..n {
-                    let line = self.dep_line(m);
-                    if index.insert(&self.modules[m].modname, &line, m as u32).map_err(index_error)? {
-                        dup(report, "deps", String::from_utf8_lossy(&line).into_owned());
-                    }
-                }
-                index.to_bytes(layout)
+            "modules.weakdep" => {
+                self.modinfo_text(b"weakdep", b"# Weak dependencies extracted from modules themselves.\n")
             }
-            "modules.alias" => {
-                let mut out = b"# Aliases extracted from modules themselves.\n".to_vec();
-                for m in 0..n {
-                    for value in self.modinfo(m, b"alias") {
-                        out.extend_from_slice(b"alias ");
-                        out.extend_from_slice(value);
-                        out.push(b' ');
-                        out.extend_from_slice(&self.modules[m].modname);
-                        out.push(b'\n');
-                    }
-                }
-                out
-            }
-            "modules.alias.bin" => {
-                let mut index = IndexBuilder::for_layout(layout);
-                for m in 0..n {
-                    let modname = &self.modules[m].modname;
-                    for value in self.modinfo(m, b"alias") {
-                        let Some(alias) = alias_normalize(value) else {
-                            report(Level::Warning, format!("Unmatched bracket in {}", String::from_utf8_lossy(value)));
-                            continue;
-                        };
-                        if index.insert(&alias, modname, m as u32).map_err(index_error)? {
-                            dup(report, "alias", format!("{} {}", lossy(&alias), lossy(modname)));
-                        }
-                    }
-                }
-                index.to_bytes(layout)
-            }
-            "modules.softdep" | "modules.weakdep" => {
-                let (key, header): (&[u8], &[u8]) = if file == "modules.softdep" {
-                    (b"softdep", b"# Soft dependencies extracted from modules themselves.\n")
-                } else {
-                    (b"weakdep", b"# Weak dependencies extracted from modules themselves.\n")
-                };
-                let mut out = header.to_vec();
-                for m in 0..n {
-                    for value in self.modinfo(m, key) {
-                        out.extend_from_slice(key);
-                        out.push(b' ');
-                        out.extend_from_slice(&self.modules[m].modname);
-                        out.push(b' ');
-                        out.extend_from_slice(value);
-                        out.push(b'\n');
-                    }
-                }
-                out
-            }
-            "modules.symbols" => {
-                let mut out = b"# Aliases for symbols, used by symbol_request().\n".to_vec();
-                for (name, owner) in self.owned_symbols() {
-                    out.extend_from_slice(b"alias symbol:");
-                    out.extend_from_slice(name);
-                    out.push(b' ');
-                    out.extend_from_slice(&self.modules[owner as usize].modname);
-                    out.push(b'\n');
-                }
-                out
-            }
-            "modules.symbols.bin" => {
-                let mut index = IndexBuilder::for_layout(layout);
-                for (name, owner) in self.owned_symbols() {
-                    let mut key = b"symbol:".to_vec();
-                    key.extend_from_slice(name);
-                    let modname = &self.modules[owner as usize].modname;
-                    if index.insert(&key, modname, owner).map_err(index_error)? {
-                        dup(report, "syms", format!("{} {}", lossy(&key), lossy(modname)));
-                    }
-                }
-                index.to_bytes(layout)
-            }
+            "modules.symbols" => self.symbols_text(),
+            "modules.symbols.bin" => self.symbols_index(layout, report).map_err(index_error)?,
             "modules.builtin.bin" => match read_optional(input_dir, "modules.builtin", report)? {
                 // kmod leaves the file empty when its input is missing.
                 None => Vec::new(),
-                Some(text) => {
-                    let mut index = IndexBuilder::for_layout(layout);
-                    for line in fgets_lines(&text) {
-                        if !line.first().is_some_and(u8::is_ascii_alphabetic) {
-                            report(Level::Error, format!("Invalid modules.builtin line: {}", lossy(line)));
-                            continue;
-                        }
-                        index.insert(&builtin_modname(line), b"", 0).map_err(index_error)?;
-                    }
-                    index.to_bytes(layout)
-                }
+                Some(text) => builtin_index(&text, layout, report).map_err(index_error)?,
             },
             "modules.builtin.alias.bin" => match read_optional(input_dir, "modules.builtin.modinfo", report)? {
                 None => Vec::new(),
-                Some(data) => {
-                    let mut index = IndexBuilder::for_layout(layout);
-                    for (modname, value) in builtin_aliases(&data) {
-                        let Some(alias) = alias_normalize(&value) else {
-                            report(Level::Warning, format!("Unmatched bracket in {}", lossy(&value)));
-                            continue;
-                        };
-                        index.insert(&alias, &modname, 0).map_err(index_error)?;
-                    }
-                    index.to_bytes(layout)
-                }
+                Some(data) => builtin_alias_index(&data, layout, report).map_err(index_error)?,
             },
-            "modules.devname" => {
-                let mut out = Vec::new();
-                for m in 0..n {
-                    let modname = &self.modules[m].modname;
-                    let mut devname: Option<&[u8]> = None;
-                    let mut node: Option<(u8, u32, u32)> = None;
-                    for value in self.modinfo(m, b"alias") {
-                        if let Some(name) = value.strip_prefix(b"devname:") {
-                            devname = Some(name);
-                        } else if let Some((major, minor)) = scan_major_minor(value, b"char-major-") {
-                            node = Some((b'c', major, minor));
-                        } else if let Some((major, minor)) = scan_major_minor(value, b"block-major-") {
-                            node = Some((b'b', major, minor));
-                        }
-                        if devname.is_some() && node.is_some() {
-                            break;
-                        }
-                    }
-                    match (devname, node) {
-                        (Some(devname), Some((kind, major, minor))) => {
-                            if out.is_empty() {
-                                out.extend_from_slice(b"# Device nodes to trigger on-demand module loading.\n");
-                            }
-                            out.extend_from_slice(modname);
-                            out.push(b' ');
-                            out.extend_from_slice(devname);
-                            out.extend_from_slice(format!(" {}{major}:{minor}\n", kind as char).as_bytes());
-                        }
-                        (Some(devname), None) => report(
-                            Level::Error,
-                            format!(
-                                "Module '{}' has devname ({}) but lacks major and minor information. Ignoring.",
-                                lossy(modname),
-                                lossy(devname)
-                            ),
-                        ),
-                        _ => {}
-                    }
-                }
-                out
-            }
+            "modules.devname" => self.devname_text(report),
             _ => Vec::new(),
         })
+    }
+
+    /// `-w`: a value stored twice under one key.
+    fn duplicate(&self, report: Report, what: &str, text: String) {
+        if self.warn_dups {
+            report(Level::Warning, format!("duplicate module {what}:\n{text}"));
+        }
+    }
+
+    fn dep_text(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in 0..self.modules.len() {
+            out.extend_from_slice(&self.dep_line(m));
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn dep_index(&self, layout: Layout, report: Report) -> Result<Vec<u8>, BadCharacter> {
+        let mut index = IndexBuilder::for_layout(layout);
+        for m in 0..self.modules.len() {
+            let line = self.dep_line(m);
+            if index.insert(&self.modules[m].modname, &line, m as u32)? {
+                self.duplicate(report, "deps", String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+        Ok(index.to_bytes(layout))
+    }
+
+    fn alias_text(&self) -> Vec<u8> {
+        let mut out = b"# Aliases extracted from modules themselves.\n".to_vec();
+        for m in 0..self.modules.len() {
+            for value in self.modinfo(m, b"alias") {
+                out.extend_from_slice(b"alias ");
+                out.extend_from_slice(value);
+                out.push(b' ');
+                out.extend_from_slice(&self.modules[m].modname);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    fn alias_index(&self, layout: Layout, report: Report) -> Result<Vec<u8>, BadCharacter> {
+        let mut index = IndexBuilder::for_layout(layout);
+        for m in 0..self.modules.len() {
+            let modname = &self.modules[m].modname;
+            for value in self.modinfo(m, b"alias") {
+                let Some(alias) = alias_normalize(value) else {
+                    report(Level::Warning, format!("Unmatched bracket in {}", String::from_utf8_lossy(value)));
+                    continue;
+                };
+                if index.insert(&alias, modname, m as u32)? {
+                    self.duplicate(report, "alias", format!("{} {}", lossy(&alias), lossy(modname)));
+                }
+            }
+        }
+        Ok(index.to_bytes(layout))
+    }
+
+    /// modules.softdep and modules.weakdep: `KEY modname value` for each `KEY=` modinfo entry.
+    fn modinfo_text(&self, key: &[u8], header: &[u8]) -> Vec<u8> {
+        let mut out = header.to_vec();
+        for m in 0..self.modules.len() {
+            for value in self.modinfo(m, key) {
+                out.extend_from_slice(key);
+                out.push(b' ');
+                out.extend_from_slice(&self.modules[m].modname);
+                out.push(b' ');
+                out.extend_from_slice(value);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    fn symbols_text(&self) -> Vec<u8> {
+        let mut out = b"# Aliases for symbols, used by symbol_request().\n".to_vec();
+        for (name, owner) in self.owned_symbols() {
+            out.extend_from_slice(b"alias symbol:");
+            out.extend_from_slice(name);
+            out.push(b' ');
+            out.extend_from_slice(&self.modules[owner as usize].modname);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn symbols_index(&self, layout: Layout, report: Report) -> Result<Vec<u8>, BadCharacter> {
+        let mut index = IndexBuilder::for_layout(layout);
+        for (name, owner) in self.owned_symbols() {
+            let mut key = b"symbol:".to_vec();
+            key.extend_from_slice(name);
+            let modname = &self.modules[owner as usize].modname;
+            if index.insert(&key, modname, owner)? {
+                self.duplicate(report, "syms", format!("{} {}", lossy(&key), lossy(modname)));
+            }
+        }
+        Ok(index.to_bytes(layout))
+    }
+
+    /// modules.devname: modules with a `devname:` alias and a char or block major:minor.
+    fn devname_text(&self, report: Report) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in 0..self.modules.len() {
+            let modname = &self.modules[m].modname;
+            let mut devname: Option<&[u8]> = None;
+            let mut node: Option<(u8, u32, u32)> = None;
+            for value in self.modinfo(m, b"alias") {
+                if let Some(name) = value.strip_prefix(b"devname:") {
+                    devname = Some(name);
+                } else if let Some((major, minor)) = scan_major_minor(value, b"char-major-") {
+                    node = Some((b'c', major, minor));
+                } else if let Some((major, minor)) = scan_major_minor(value, b"block-major-") {
+                    node = Some((b'b', major, minor));
+                }
+                if devname.is_some() && node.is_some() {
+                    break;
+                }
+            }
+            match (devname, node) {
+                (Some(devname), Some((kind, major, minor))) => {
+                    if out.is_empty() {
+                        out.extend_from_slice(b"# Device nodes to trigger on-demand module loading.\n");
+                    }
+                    out.extend_from_slice(modname);
+                    out.push(b' ');
+                    out.extend_from_slice(devname);
+                    out.extend_from_slice(format!(" {}{major}:{minor}\n", kind as char).as_bytes());
+                }
+                (Some(devname), None) => report(
+                    Level::Error,
+                    format!(
+                        "Module '{}' has devname ({}) but lacks major and minor information. Ignoring.",
+                        lossy(modname),
+                        lossy(devname)
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Module-owned symbols in kmod's symbol-table iteration order.
@@ -306,6 +305,32 @@ impl Model<'_> {
         sort_in_table_order(&mut owned, SYMBOL_BUCKETS, |(name, _)| name);
         owned
     }
+}
+
+/// modules.builtin.bin: one key per builtin module of modules.builtin.
+fn builtin_index(text: &[u8], layout: Layout, report: Report) -> Result<Vec<u8>, BadCharacter> {
+    let mut index = IndexBuilder::for_layout(layout);
+    for line in fgets_lines(text) {
+        if !line.first().is_some_and(u8::is_ascii_alphabetic) {
+            report(Level::Error, format!("Invalid modules.builtin line: {}", lossy(line)));
+            continue;
+        }
+        index.insert(&builtin_modname(line), b"", 0)?;
+    }
+    Ok(index.to_bytes(layout))
+}
+
+/// modules.builtin.alias.bin: the aliases of modules.builtin.modinfo.
+fn builtin_alias_index(data: &[u8], layout: Layout, report: Report) -> Result<Vec<u8>, BadCharacter> {
+    let mut index = IndexBuilder::for_layout(layout);
+    for (modname, value) in builtin_aliases(data) {
+        let Some(alias) = alias_normalize(&value) else {
+            report(Level::Warning, format!("Unmatched bracket in {}", lossy(&value)));
+            continue;
+        };
+        index.insert(&alias, &modname, 0)?;
+    }
+    Ok(index.to_bytes(layout))
 }
 
 fn static_name(file: &str) -> &'static str {

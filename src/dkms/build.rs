@@ -8,28 +8,28 @@
 //! builds in the isolated copy. A killed build leaves only the staging directory, which the
 //! next run removes; `status` never sees a half-built module.
 
+use crate::exit::Exit;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use initramfs::codec::{encode, Codec, Level};
 
+use super::commands::{log_tail, run_logged, run_script_in, shell_quote};
+use super::conf::Conf;
 use super::sandbox::Sandbox;
 use super::tree::{self, BuiltModule};
-use super::{exit, Ctx, Failure, Result, Target, View};
-
-/// How many lines of a failed make.log are shown.
-const LOG_TAIL_LINES: usize = 20;
+use super::{Ctx, Failure, Result, ScopePaths, Target, View};
 
 /// dkms's maybe_build_module: skip with a message when built, unless --force.
 pub fn maybe_build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
     if tree::is_broken(ctx, module, version) {
-        return Err(broken(module, version));
+        return Err(tree::broken(module, version));
     }
     if tree::is_built(ctx, module, version, target) {
         if ctx.force {
-            super::install::unbuild(ctx, module, version, target)?;
+            unbuild(ctx, module, version, target)?;
         } else {
             ctx.say(format!(
                 "Module {module}/{version} already built for kernel {} ({}), skip. You may override by specifying --force.",
@@ -44,7 +44,7 @@ pub fn maybe_build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> R
 /// install's build step: builds a pair that is not built (never rebuilds, even with --force).
 pub fn build_if_missing(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
     if tree::is_broken(ctx, module, version) {
-        return Err(broken(module, version));
+        return Err(tree::broken(module, version));
     }
     if tree::is_built(ctx, module, version, target) {
         return Ok(());
@@ -52,16 +52,13 @@ pub fn build_if_missing(ctx: &Ctx, module: &str, version: &str, target: &Target)
     build(ctx, module, version, target)
 }
 
-/// The failure for a module whose source is gone.
-pub fn broken(module: &str, version: &str) -> Failure {
-    Failure::new(
-        4,
-        [
-            format!("{module}/{version} is broken!"),
-            "Missing the module source directory or the symbolic link pointing to it.".to_string(),
-            "Manual intervention is required!".to_string(),
-        ],
-    )
+/// dkms's do_unbuild: uninstall if installed, then delete `<m>/<v>/<k>/<a>`.
+pub fn unbuild(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    let kernel_dir = ctx.version_dir(module, version).join(&target.kernel);
+    let dir = kernel_dir.join(&target.arch);
+    ctx.root.remove_all(&dir).map_err(|e| Failure::io(format!("removing {}", dir.display()), e))?;
+    let _ = ctx.root.remove_dir(&kernel_dir);
+    Ok(())
 }
 
 /// Removes the staging directory when dropped, whatever happened.
@@ -80,185 +77,189 @@ impl Drop for Staging<'_> {
     }
 }
 
-/// dkms's do_build for one kernel.
+/// dkms's do_build for one kernel: checks, sources staged in an isolated dkms tree, patches,
+/// make, the modules stripped, signed and compressed, the result renamed into place.
 pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
-    // Resolved once inside the root: the build's commands get these paths.
-    let version_dir = ctx.in_root(&ctx.version_dir(module, version))?;
-    let kernel_dir = ctx.in_root(&version_dir.join(&target.kernel))?;
-    let base_dir = kernel_dir.join(&target.arch);
-    if ctx.root.is_dir(&base_dir) {
-        return Err(Failure::new(
-            exit::TREE_STATE,
-            [
-                format!("This module/version has already been built on: {}", target.kernel),
-                format!(
-                    "Directory {} already exists. Use the dkms remove function before trying to build again.",
-                    base_dir.display()
-                ),
-            ],
-        ));
-    }
-    let staging =
-        Staging { root: &ctx.root, dir: kernel_dir.join(format!(".tmp_{}_{}", target.arch, std::process::id())) };
-    let build_tree = staging.dir.join("tree");
-    let build_dir = build_tree.join(module).join(version).join("build");
-    let conf_path = ctx.conf_path(module, version)?;
-    let conf = ctx.read_conf(module, version, target, &conf_path, &ctx.dkms_tree, true)?;
-    if conf.excluded {
-        return Err(Failure::new(
-            exit::EXCLUDED,
-            [
-                format!(
-                    "The {}/dkms.conf for module {module} includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config.",
-                    base_dir.display()
-                ),
-                "This indicates that it should not be built.".to_string(),
-            ],
-        ));
-    }
-    let source_dir = ctx.source_dir(module, version)?;
-    let source_entries = ctx.root.read_dir(&source_dir).map(|d| d.len()).unwrap_or(0);
-    if source_entries < 2 {
-        return Err(Failure::new(
-            8,
-            [
-                format!(
-                    "The directory {} does not appear to have module source located within it.",
-                    version_dir.join("source").display()
-                ),
-                "Build halted.".to_string(),
-            ],
-        ));
-    }
-    let headers = ctx.kernel_source_dir(&target.kernel)?;
-    if !headers.join("include").is_dir() {
-        return Err(Failure::new(
-            exit::NO_HEADERS,
-            [
-                format!("Your kernel headers for kernel {} cannot be found at {}.", target.kernel, headers.display()),
-                format!(
-                    "Please install the linux-headers-{} package or use the --kernelsourcedir option to tell DKMS where it's located.",
-                    target.kernel
-                ),
-            ],
-        ));
-    }
-    // Modules carry the headers' UTS_RELEASE in their vermagic: other headers than the kernel's
-    // would build modules it refuses.
-    if let Some(release) = cross::kernel::headers_release(&headers).filter(|r| r != &target.kernel) {
-        return Err(Failure::new(
-            exit::NO_HEADERS,
-            [
-                format!(
-                    "The headers at {} are for kernel {release}, not {} (include/generated/utsrelease.h).",
-                    headers.display(),
-                    target.kernel
-                ),
-                format!(
-                    "Give -k {release}, or the headers of {} with --kernelsourcedir or --kernel-build.",
-                    target.kernel
-                ),
-            ],
-        ));
-    }
-    let config_text = ctx.kernel_config_text(&target.kernel);
-    let build_target = super::target::prepare(ctx, target, &headers, &config_text)?;
-    let io = |what: String| move |e: std::io::Error| Failure::io(what, e);
-    ctx.root
-        .create_dir_all(build_dir.parent().unwrap_or(&build_tree))
-        .map_err(io(format!("creating {}", staging.dir.display())))?;
-    tree::copy_tree(&ctx.root, &source_dir, &build_dir).map_err(io(format!("copying {}", source_dir.display())))?;
-    ctx.root
-        .symlink(&source_dir, &build_tree.join(module).join(version).join("source"))
-        .map_err(io(format!("creating {}", build_tree.display())))?;
-    // The other modules stay reachable through the build's dkms tree (a conf may read a
-    // dependency's Module.symvers there).
-    for other in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree).into_iter().filter(|o| o != module) {
-        let _ = ctx.root.symlink(&ctx.dkms_tree.join(&other), &build_tree.join(&other));
-    }
-    let sandbox = ctx.sandbox(&build_tree, &staging.dir.join("mounts"), Some(&target.kernel));
-    let sandbox = sandbox.as_ref();
+    let job = Job::prepare(ctx, module, version, target)?;
+    job.stage_sources()?;
+    let sandbox = ctx.sandbox(&job.build_tree, &job.staging.dir.join("mounts"), Some(&target.kernel));
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
-    let outcome = (|| -> Result<()> {
+    let outcome = job.run(sandbox.as_ref());
+    if outcome.is_err() && ctx.root.is_dir(&job.build_dir) {
+        let kept = job.version_dir.join("build");
+        let _ = ctx.root.remove_all(&kept);
+        let _ = ctx.root.rename(&job.build_dir, &kept);
+    }
+    outcome
+}
+
+/// One build of a module version for one kernel: where it happens and what the checks found.
+struct Job<'a> {
+    ctx: &'a Ctx,
+    module: &'a str,
+    version: &'a str,
+    target: &'a Target,
+    /// `<dkms_tree>/<m>/<v>` and the build's final `<k>/<arch>` in it, resolved inside the root.
+    version_dir: PathBuf,
+    base_dir: PathBuf,
+    /// `<k>/.tmp_<arch>_<pid>`: the build's own dkms tree and work files.
+    staging: Staging<'a>,
+    build_tree: PathBuf,
+    build_dir: PathBuf,
+    conf_path: PathBuf,
+    source_dir: PathBuf,
+    headers: PathBuf,
+    config_text: String,
+    build_target: super::target::BuildTarget,
+}
+
+/// An I/O failure while doing `what`.
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Failure {
+    move |e| Failure::io(what, e)
+}
+
+impl<'a> Job<'a> {
+    /// dkms's checks before a build, in its order.
+    fn prepare(ctx: &'a Ctx, module: &'a str, version: &'a str, target: &'a Target) -> Result<Job<'a>> {
+        // Resolved once inside the root: the build's commands get these paths.
+        let version_dir = ctx.in_root(&ctx.version_dir(module, version))?;
+        let kernel_dir = ctx.in_root(&version_dir.join(&target.kernel))?;
+        let base_dir = kernel_dir.join(&target.arch);
+        check_not_built(ctx, target, &base_dir)?;
+        let conf_path = ctx.conf_path(module, version)?;
+        let conf = ctx.read_conf(module, version, target, &conf_path, &ctx.dkms_tree, true)?;
+        if conf.excluded {
+            return Err(excluded(module, &base_dir));
+        }
+        let source_dir = ctx.source_dir(module, version)?;
+        check_source(ctx, &source_dir, &version_dir)?;
+        let headers = ctx.kernel_source_dir(&target.kernel)?;
+        check_headers(&headers, &target.kernel)?;
+        let config_text = ctx.kernel_config_text(&target.kernel);
+        let build_target = super::target::prepare(ctx, target, &headers, &config_text)?;
+        let staging =
+            Staging { root: &ctx.root, dir: kernel_dir.join(format!(".tmp_{}_{}", target.arch, std::process::id())) };
+        let build_tree = staging.dir.join("tree");
+        let build_dir = build_tree.join(module).join(version).join("build");
+        Ok(Job {
+            ctx,
+            module,
+            version,
+            target,
+            version_dir,
+            base_dir,
+            staging,
+            build_tree,
+            build_dir,
+            conf_path,
+            source_dir,
+            headers,
+            config_text,
+            build_target,
+        })
+    }
+
+    /// Copies the source into the build's own dkms tree, in which the other modules stay
+    /// reachable (a conf may read a dependency's Module.symvers there).
+    fn stage_sources(&self) -> Result<()> {
+        let root = &self.ctx.root;
+        root.create_dir_all(self.build_dir.parent().unwrap_or(&self.build_tree))
+            .map_err(io(format!("creating {}", self.staging.dir.display())))?;
+        tree::copy_tree(root, &self.source_dir, &self.build_dir)
+            .map_err(io(format!("copying {}", self.source_dir.display())))?;
+        root.symlink(&self.source_dir, &self.build_tree.join(self.module).join(self.version).join("source"))
+            .map_err(io(format!("creating {}", self.build_tree.display())))?;
+        for other in tree::sorted_dirs(root, &self.ctx.dkms_tree).into_iter().filter(|o| o != self.module) {
+            let _ = root.symlink(&self.ctx.dkms_tree.join(&other), &self.build_tree.join(&other));
+        }
+        Ok(())
+    }
+
+    /// Everything after staging: the conf read for the build's own paths, patches, make, the
+    /// modules collected, the result moved into place.
+    fn run(&self, sandbox: Option<&Sandbox>) -> Result<()> {
+        let ctx = self.ctx;
         // Without a sandbox, the headers may need a view usable from the host (see
-        // cross::kernel::kbuild_dir). The conf is read again for the build's own tree and paths.
+        // cross::kernel::kbuild_dir).
         let headers_view = match sandbox {
             Some(_) => None,
             None => {
-                let kbuild = cross::kernel::kbuild_dir(&ctx.root, &headers, &staging.dir.join("kbuild"))
-                    .map_err(io(format!("preparing the kernel headers at {}", headers.display())))?;
-                (kbuild.path != headers).then_some(kbuild.path)
+                let kbuild = cross::kernel::kbuild_dir(&ctx.root, &self.headers, &self.staging.dir.join("kbuild"))
+                    .map_err(io(format!("preparing the kernel headers at {}", self.headers.display())))?;
+                (kbuild.path != self.headers).then_some(kbuild.path)
             }
         };
-        let view = View { build_tree: &build_tree, sandbox, headers_view: headers_view.as_deref() };
-        let conf = ctx.read_conf_in(module, version, target, &conf_path, &view, true)?;
-        let paths = ctx.scope_paths(&target.kernel, &view)?;
-
+        let view = View { build_tree: &self.build_tree, sandbox, headers_view: headers_view.as_deref() };
+        let conf = ctx.read_conf_in(self.module, self.version, self.target, &self.conf_path, &view, true)?;
+        let paths = ctx.scope_paths(&self.target.kernel, &view)?;
         ctx.say("");
         ctx.say("Building module:");
+        self.apply_patches(&conf, sandbox)?;
+        let log_path = self.make(&conf, &paths, sandbox)?;
+        self.check_built(&conf)?;
+        let result = self.staging.dir.join("result");
+        let records = self.collect_modules(&conf, &result)?;
+        self.keep_logs(&log_path, &result)?;
+        // The record stands for the module's own conf: a build with -c or --directive has none,
+        // so status evaluates the conf, as dkms does.
+        if ctx.conf_override.is_none() && ctx.directives.is_empty() {
+            tree::write_built_record(&ctx.root, &result, &records)
+                .map_err(io(format!("writing {}", result.display())))?;
+        }
+        run_script_in(ctx, sandbox, "post_build", &conf.post_build, &self.build_dir);
+        self.put_in_place(&result)
+    }
+
+    /// PATCH[] in order, each `patch -p1` in the build directory (output on the console).
+    fn apply_patches(&self, conf: &Conf, sandbox: Option<&Sandbox>) -> Result<()> {
         for patch in &conf.patches {
             if Path::new(patch).components().any(|c| c == std::path::Component::ParentDir) {
                 return Err(Failure::new(
-                    5,
+                    Exit::BadPatch,
                     [format!("Patch {patch} as specified in dkms.conf contains '..' path component.")],
                 ));
             }
-            if !build_dir.join("patches").join(patch).is_file() {
+            if !self.build_dir.join("patches").join(patch).is_file() {
                 return Err(Failure::new(
-                    5,
+                    Exit::BadPatch,
                     [
                         format!(" Patch {patch} as specified in dkms.conf cannot be"),
-                        format!("found in {}/patches/.", build_dir.display()),
+                        format!("found in {}/patches/.", self.build_dir.display()),
                     ],
                 ));
             }
-            ctx.say(format!("applying patch {patch}..."));
+            self.ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(sandbox, None, &script, &build_dir, None, ctx.quiet, &[])? {
+            if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, &[])? {
                 return Err(Failure::new(
-                    6,
+                    Exit::PatchFailed,
                     [
                         format!("Application of patch {patch} failed."),
-                        format!("Check {} for more information.", build_dir.display()),
+                        format!("Check {} for more information.", self.build_dir.display()),
                     ],
                 ));
             }
         }
+        Ok(())
+    }
 
-        // As in dkms, make.log starts after the patches (whose output goes to the console).
-        let log_path = build_dir.join("make.log");
+    /// The pre_build script and the make command, output in make.log (which, as in dkms,
+    /// starts after the patches); returns make.log's path.
+    fn make(&self, conf: &Conf, paths: &ScopePaths, sandbox: Option<&Sandbox>) -> Result<PathBuf> {
+        let (ctx, target) = (self.ctx, self.target);
+        let log_path = self.build_dir.join("make.log");
         let mut log = ctx.root.create_file(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
         let date = Command::new("date").output().map(|o| o.stdout).unwrap_or_default();
-        let _ = writeln!(log, "DKMS make.log for {module}-{version} for kernel {} ({})", target.kernel, target.arch);
+        let _ = writeln!(
+            log,
+            "DKMS make.log for {}-{} for kernel {} ({})",
+            self.module, self.version, target.kernel, target.arch
+        );
         let _ = log.write_all(&date);
-
-        let mut make_env: Vec<(String, String)> = Vec::new();
-        let cc = match &build_target.toolchain {
-            Some(toolchain) => toolchain.cc.clone(),
-            None => compiler_from_config(&config_text),
-        };
-        if let Some(cc) = cc {
-            make_env.push(("CC".into(), cc));
-        }
-        let mut make_variables = build_target.make_variables();
-        if ctx.image_mode() {
-            for name in KERNEL_DIR_VARIABLES {
-                make_variables.push((name.to_string(), paths.kernel_source_dir.to_string_lossy().into_owned()));
-            }
-        }
-        if !make_variables.is_empty() {
-            make_env.push(("MAKEFLAGS".into(), make_flags(&make_variables)));
-        }
-        // `uname -r`/`uname -m` in module Makefiles answer as the target kernel.
-        let shim_dir = staging.dir.join("bin");
-        super::target::write_uname_shim(&shim_dir, &target.kernel, &target.arch)
-            .map_err(io(format!("writing {}", shim_dir.display())))?;
-        let host_path = std::env::var("PATH").unwrap_or_default();
-        make_env.push(("PATH".into(), format!("{}:{host_path}", shim_dir.display())));
-        let jobserver = ctx.jobserver.as_ref();
-        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &build_dir);
-
+        drop(log);
+        let make_env = self.make_environment(paths)?;
+        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir);
         // With a shared jobserver, make takes its -j from MAKEFLAGS.
         let jobs = if ctx.jobserver.is_some() { None } else { Some(ctx.jobs.as_str()) };
         let make_command = rewrite_make(&conf.make_command, jobs, &target.kernel);
@@ -271,64 +272,91 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
             shell_quote(&paths.dkms_tree.to_string_lossy()),
             shell_quote(&paths.source_tree.to_string_lossy()),
             shell_quote(&paths.install_tree.to_string_lossy()),
-            shell_quote(module),
-            shell_quote(version),
+            shell_quote(self.module),
+            shell_quote(self.version),
         );
-        if !run_logged(
-            sandbox,
-            jobserver,
-            &format!("{assignments}{{ {make_command}; }}"),
-            &build_dir,
-            Some(&log_path),
-            false,
-            &make_env,
-        )? {
-            let kept = version_dir.join("build").join("make.log");
+        let script = format!("{assignments}{{ {make_command}; }}");
+        if !run_logged(sandbox, ctx.jobserver.as_ref(), &script, &self.build_dir, Some(&log_path), false, &make_env)? {
+            let kept = self.version_dir.join("build").join("make.log");
             let mut lines = vec![
                 format!("Bad return status for module build on kernel: {} ({})", target.kernel, target.arch),
                 format!("Consult {} for more information.", kept.display()),
             ];
             lines.extend(log_tail(&log_path));
-            return Err(Failure::new(exit::MAKE_FAILED, lines));
+            return Err(Failure::new(Exit::MakeFailed, lines));
         }
+        Ok(log_path)
+    }
+
+    /// CC, MAKEFLAGS (the target's ARCH/CROSS_COMPILE, kernel directory variables inside a
+    /// root) and a PATH whose `uname` answers as the target kernel.
+    fn make_environment(&self, paths: &ScopePaths) -> Result<Vec<(String, String)>> {
+        let mut make_env: Vec<(String, String)> = Vec::new();
+        let cc = match &self.build_target.toolchain {
+            Some(toolchain) => toolchain.cc.clone(),
+            None => compiler_from_config(&self.config_text),
+        };
+        if let Some(cc) = cc {
+            make_env.push(("CC".into(), cc));
+        }
+        let mut make_variables = self.build_target.make_variables();
+        if self.ctx.image_mode() {
+            for name in KERNEL_DIR_VARIABLES {
+                make_variables.push((name.to_string(), paths.kernel_source_dir.to_string_lossy().into_owned()));
+            }
+        }
+        if !make_variables.is_empty() {
+            make_env.push(("MAKEFLAGS".into(), make_flags(&make_variables)));
+        }
+        let shim_dir = self.staging.dir.join("bin");
+        super::target::write_uname_shim(&shim_dir, &self.target.kernel, &self.target.arch)
+            .map_err(io(format!("writing {}", shim_dir.display())))?;
+        let host_path = std::env::var("PATH").unwrap_or_default();
+        make_env.push(("PATH".into(), format!("{}:{host_path}", shim_dir.display())));
+        Ok(make_env)
+    }
+
+    /// Every module the conf names must have been built.
+    fn check_built(&self, conf: &Conf) -> Result<()> {
         for record in &conf.modules {
-            let built = build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
+            let built = self.build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
             if !built.is_file() {
                 return Err(Failure::new(
-                    7,
+                    Exit::ModuleNotBuilt,
                     [
-                        format!(" Build of {}.ko failed for: {} ({})", record.built_name, target.kernel, target.arch),
+                        format!(
+                            " Build of {}.ko failed for: {} ({})",
+                            record.built_name, self.target.kernel, self.target.arch
+                        ),
                         "Make sure the name of the generated module is correct and at the root of the".to_string(),
                         "build directory, or consult make.log in the build directory".to_string(),
-                        format!("{} for more information.", version_dir.join("build").display()),
+                        format!("{} for more information.", self.version_dir.join("build").display()),
                     ],
                 ));
             }
         }
+        Ok(())
+    }
 
-        let result = staging.dir.join("result");
+    /// Each built module stripped, signed and compressed into `<result>/module`.
+    fn collect_modules(&self, conf: &Conf, result: &Path) -> Result<Vec<BuiltModule>> {
+        let ctx = self.ctx;
         let module_dir = result.join("module");
-        let log_dir = result.join("log");
-        for dir in [&module_dir, &log_dir] {
-            ctx.root.create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        }
-        let codec = choose_compression(ctx, &target.kernel, &config_text)?;
-        let strip = build_target.strip();
-        let signer = super::sign::prepare(ctx, target);
+        ctx.root.create_dir_all(&module_dir).map_err(io(format!("creating {}", module_dir.display())))?;
+        let codec = choose_compression(ctx, &self.target.kernel, &self.config_text)?;
+        let strip = self.build_target.strip();
+        let signer = super::sign::prepare(ctx, self.target);
         let mut records = Vec::new();
         for record in &conf.modules {
-            let built = build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
+            let built = self.build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
             if record.strip {
-                let status = Command::new(&strip).arg("-g").arg(&built).status();
-                if !matches!(status, Ok(s) if s.success()) {
-                    return Err(Failure::new(
-                        exit::MAKE_FAILED,
-                        [format!(
-                            "{strip} -g {} failed; set STRIP[i]=no or put the target's strip on PATH.",
-                            built.display()
-                        )],
-                    ));
-                }
+                let what = format!("{strip} -g {}", built.display());
+                super::commands::run_tool(Command::new(&strip).arg("-g").arg(&built), &what).map_err(|e| {
+                    Failure::new(
+                        Exit::MakeFailed,
+                        [e, "Set STRIP[i]=no in dkms.conf or put the target's strip on PATH.".to_string()],
+                    )
+                })?;
             }
             if let Some(signer) = &signer {
                 super::sign::sign(ctx, signer, &built);
@@ -350,41 +378,119 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
                 dest_location_raw: record.dest_location_raw.clone(),
             });
         }
-        let symvers = build_dir.join("Module.symvers");
+        let symvers = self.build_dir.join("Module.symvers");
         if let Ok(data) = ctx.root.read(&symvers) {
             let _ = ctx.root.write(&module_dir.join("Module.symvers"), &data);
         }
+        Ok(records)
+    }
+
+    /// make.log and the kernel's configuration into `<result>/log`.
+    fn keep_logs(&self, log_path: &Path, result: &Path) -> Result<()> {
+        let root = &self.ctx.root;
+        let log_dir = result.join("log");
+        root.create_dir_all(&log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
         // The configuration may be a build host file (--kernel-build, --config).
-        if let Ok(config_path) = ctx.kernel_config_path(&target.kernel) {
+        if let Ok(config_path) = self.ctx.kernel_config_path(&self.target.kernel) {
             if config_path.is_file() {
-                let _ = ctx.root.copy_in(&config_path, &log_dir.join(".config"));
+                let _ = root.copy_in(&config_path, &log_dir.join(".config"));
             }
         }
-        drop(log);
-        ctx.root.rename(&log_path, &log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))?;
-        // The record stands for the module's own conf: a build with -c or --directive has none,
-        // so status evaluates the conf, as dkms does.
-        if ctx.conf_override.is_none() && ctx.directives.is_empty() {
-            tree::write_built_record(&ctx.root, &result, &records)
-                .map_err(io(format!("writing {}", result.display())))?;
-        }
-        run_script_in(ctx, sandbox, "post_build", &conf.post_build, &build_dir);
-        ctx.root
-            .set_permissions(&result, std::fs::Permissions::from_mode(0o755))
-            .map_err(io(format!("setting the mode of {}", result.display())))?;
-        ctx.root.rename(&result, &base_dir).map_err(io(format!("moving the build to {}", base_dir.display())))?;
-        // dkms deletes its shared build directory after a successful build (a failed one keeps
-        // make.log there).
-        let _ = ctx.root.remove_all(&version_dir.join("build"));
-        ctx.say(format!("DKMS: build completed for {module}/{version} on {} ({}).", target.kernel, target.arch));
-        Ok(())
-    })();
-    if outcome.is_err() && ctx.root.is_dir(&build_dir) {
-        let kept = version_dir.join("build");
-        let _ = ctx.root.remove_all(&kept);
-        let _ = ctx.root.rename(&build_dir, &kept);
+        root.rename(log_path, &log_dir.join("make.log")).map_err(io(format!("moving {}", log_path.display())))
     }
-    outcome
+
+    /// The result renamed to `<k>/<arch>` in one step; dkms's shared build directory deleted
+    /// (a failed build keeps make.log there).
+    fn put_in_place(&self, result: &Path) -> Result<()> {
+        let root = &self.ctx.root;
+        root.set_permissions(result, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(format!("setting the mode of {}", result.display())))?;
+        root.rename(result, &self.base_dir).map_err(io(format!("moving the build to {}", self.base_dir.display())))?;
+        let _ = root.remove_all(&self.version_dir.join("build"));
+        self.ctx.say(format!(
+            "DKMS: build completed for {}/{} on {} ({}).",
+            self.module, self.version, self.target.kernel, self.target.arch
+        ));
+        Ok(())
+    }
+}
+
+/// `<k>/<arch>` must not exist yet.
+fn check_not_built(ctx: &Ctx, target: &Target, base_dir: &Path) -> Result<()> {
+    if !ctx.root.is_dir(base_dir) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::TreeState,
+        [
+            format!("This module/version has already been built on: {}", target.kernel),
+            format!(
+                "Directory {} already exists. Use the dkms remove function before trying to build again.",
+                base_dir.display()
+            ),
+        ],
+    ))
+}
+
+/// The failure for a kernel that BUILD_EXCLUSIVE rules out.
+fn excluded(module: &str, base_dir: &Path) -> Failure {
+    Failure::new(
+        Exit::Excluded,
+        [
+            format!(
+                "The {}/dkms.conf for module {module} includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config.",
+                base_dir.display()
+            ),
+            "This indicates that it should not be built.".to_string(),
+        ],
+    )
+}
+
+/// The source must hold something (dkms: at least two entries).
+fn check_source(ctx: &Ctx, source_dir: &Path, version_dir: &Path) -> Result<()> {
+    let source_entries = ctx.root.read_dir(source_dir).map(|d| d.len()).unwrap_or(0);
+    if source_entries >= 2 {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::EmptySource,
+        [
+            format!(
+                "The directory {} does not appear to have module source located within it.",
+                version_dir.join("source").display()
+            ),
+            "Build halted.".to_string(),
+        ],
+    ))
+}
+
+/// The headers must be there, and be the kernel's: modules carry the headers' UTS_RELEASE in
+/// their vermagic, so other headers would build modules the kernel refuses.
+fn check_headers(headers: &Path, kernel: &str) -> Result<()> {
+    if !headers.join("include").is_dir() {
+        return Err(Failure::new(
+            Exit::NoHeaders,
+            [
+                format!("Your kernel headers for kernel {kernel} cannot be found at {}.", headers.display()),
+                format!(
+                    "Please install the linux-headers-{kernel} package or use the --kernelsourcedir option to tell DKMS where it's located."
+                ),
+            ],
+        ));
+    }
+    match cross::kernel::headers_release(headers).filter(|r| r != kernel) {
+        None => Ok(()),
+        Some(release) => Err(Failure::new(
+            Exit::NoHeaders,
+            [
+                format!(
+                    "The headers at {} are for kernel {release}, not {kernel} (include/generated/utsrelease.h).",
+                    headers.display()
+                ),
+                format!("Give -k {release}, or the headers of {kernel} with --kernelsourcedir or --kernel-build."),
+            ],
+        )),
+    }
 }
 
 /// dkms's rewrite: a command starting with `make` becomes `make -jN KERNELRELEASE=<kernel> ...`;
@@ -434,7 +540,7 @@ pub fn choose_compression(ctx: &Ctx, kernel: &str, config: &str) -> Result<Codec
             "gz" | "gzip" => Ok(Codec::Gzip),
             "xz" => Ok(Codec::Xz),
             "zst" | "zstd" => Ok(Codec::Zstd),
-            other => Err(Failure::new(2, [format!("--compress {other}: use none, gz, xz or zst")])),
+            other => Err(Failure::new(Exit::BadArguments, [format!("--compress {other}: use none, gz, xz or zst")])),
         };
     }
     for (symbol, codec) in [
@@ -490,102 +596,6 @@ pub fn suffix_of(codec: Codec) -> &'static str {
         Codec::Zstd => ".ko.zst",
         _ => ".ko",
     }
-}
-
-/// Runs a shell command in `dir` with its output appended to `log` (else on the console, or
-/// nowhere with `quiet`); true on success.
-fn run_logged(
-    sandbox: Option<&Sandbox>,
-    jobserver: Option<&jobserver::Client>,
-    script: &str,
-    dir: &Path,
-    log: Option<&Path>,
-    quiet: bool,
-    env: &[(String, String)],
-) -> Result<bool> {
-    let (out, err) = match log {
-        Some(log) => {
-            let out = std::fs::OpenOptions::new()
-                .append(true)
-                .open(log)
-                .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
-            let err = out.try_clone().map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
-            (Stdio::from(out), Stdio::from(err))
-        }
-        None if quiet => (Stdio::null(), Stdio::null()),
-        None => (Stdio::inherit(), Stdio::inherit()),
-    };
-    let mut command = match sandbox {
-        Some(sandbox) => sandbox.command("bash", dir),
-        None => Command::new("bash"),
-    };
-    command.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
-    // dkms unsets these so that the kernel's own flags apply.
-    for name in ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"] {
-        command.env_remove(name);
-    }
-    let mut env = env.to_vec();
-    if let Some(jobserver) = jobserver {
-        jobserver.configure_make(&mut command);
-        // Our MAKEFLAGS additions go after the jobserver's.
-        let shared = command
-            .get_envs()
-            .find(|(k, _)| *k == "MAKEFLAGS")
-            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
-            .unwrap_or_default();
-        for (name, value) in &mut env {
-            if name == "MAKEFLAGS" {
-                *value = format!("{shared} {value}");
-            }
-        }
-    }
-    command.envs(env.iter().map(|(k, v)| (k, v)));
-    let status = command.status().map_err(|e| Failure::io("running bash (bash is required)", e))?;
-    Ok(status.success())
-}
-
-/// The last lines of a log, indented, for an error message.
-fn log_tail(log: &Path) -> Vec<String> {
-    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-    let mut out = vec![format!("Last lines of make.log:")];
-    out.extend(lines[start..].iter().map(|l| format!("  {l}")));
-    out
-}
-
-/// Quotes a word for bash.
-pub fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// dkms's run_build_script: `SCRIPT args` relative to `dir`, run there if executable, else a
-/// warning. Its status only matters for pre_install.
-pub fn run_script(ctx: &Ctx, kind: &str, value: &str, dir: &Path) -> bool {
-    run_script_in(ctx, ctx.tree_sandbox(), kind, value, dir)
-}
-
-/// [`run_script`], inside the build's sandbox when there is one.
-fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &str, dir: &Path) -> bool {
-    let mut words = value.split_whitespace();
-    let Some(script) = words.next() else { return true };
-    let path = dir.join(script);
-    let executable = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    ctx.say("");
-    if !executable {
-        ctx.warn(format!("The {kind} script is not executable."));
-        return true;
-    }
-    ctx.say(format!("Running the {kind} script:"));
-    let mut command = match sandbox {
-        Some(sandbox) => sandbox.command(sandbox.target_path(&path), dir),
-        None => Command::new(&path),
-    };
-    command.args(words).current_dir(dir).stdin(Stdio::null());
-    if ctx.quiet {
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-    }
-    matches!(command.status(), Ok(s) if s.success())
 }
 
 #[cfg(test)]

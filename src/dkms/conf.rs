@@ -315,117 +315,10 @@ impl Conf {
     /// `dkms.conf: Error! ...` lines, in dkms's order.
     pub fn from_raw(raw: RawConf, d: &Derive) -> Result<Conf, Vec<String>> {
         let mut errors = Vec::new();
-        let count = ["BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION"]
-            .iter()
-            .map(|n| raw.count(n))
-            .max()
-            .unwrap_or(0);
-        let mut modules = Vec::with_capacity(count);
-        let mut strip0: Option<bool> = None;
-        for index in 0..count {
-            let mut built_name = raw.get("BUILT_MODULE_NAME", index).to_string();
-            let mut built_location = raw.get("BUILT_MODULE_LOCATION", index).to_string();
-            let mut dest_name = raw.get("DEST_MODULE_NAME", index).to_string();
-            let dest_location_raw = raw.get("DEST_MODULE_LOCATION", index).to_string();
-            let strip = match raw.get("STRIP", index).chars().next() {
-                Some('n' | 'N') => false,
-                Some('y' | 'Y') => true,
-                // An unset entry takes STRIP[0]'s decision; other words leave it at yes.
-                _ => strip0.unwrap_or(true),
-            };
-            if index == 0 {
-                strip0 = Some(strip);
-            }
-            if built_name.is_empty() && raw.count("DEST_MODULE_LOCATION") == 1 {
-                // Debian's dkms 3.0.10 defaults to PACKAGE_NAME (upstream used $module).
-                built_name = raw.scalar("PACKAGE_NAME").to_string();
-            }
-            if dest_name.is_empty() {
-                dest_name = built_name.clone();
-            }
-            if !built_location.is_empty() && !built_location.ends_with('/') {
-                built_location.push('/');
-            }
-            if built_name.is_empty() {
-                errors
-                    .push(format!("dkms.conf: Error! No 'BUILT_MODULE_NAME' directive specified for record #{index}."));
-            }
-            if built_name.ends_with(".o") || built_name.ends_with(".ko") {
-                errors.push(format!(
-                    "dkms.conf: Error! 'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #{index}."
-                ));
-            }
-            if dest_name.ends_with(".o") || dest_name.ends_with(".ko") {
-                errors.push(format!(
-                    "dkms.conf: Error! 'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #{index}."
-                ));
-            }
-            let dest_location = match (d.addon_modules_dir, distro_dest_location(d.distro)) {
-                (Some(dir), _) => format!("/{dir}"),
-                (None, Some(fixed)) => fixed.to_string(),
-                (None, None) => dest_location_raw.clone(),
-            };
-            if dest_location_raw.is_empty() {
-                errors.push(format!(
-                    "dkms.conf: Error! No 'DEST_MODULE_LOCATION' directive specified for record #{index}."
-                ));
-            }
-            if !["/kernel", "/updates", "/extra"].iter().any(|p| dest_location_raw.starts_with(p)) {
-                errors.push("dkms.conf: Error! Directive 'DEST_MODULE_LOCATION' does not begin with".to_string());
-                errors.push(format!("'/kernel', '/updates', or '/extra' in record #{index}."));
-            }
-            // The archive code relies on names without path separators.
-            modules.push(ModuleRecord {
-                built_name: std::mem::take(&mut built_name),
-                built_location: std::mem::take(&mut built_location),
-                dest_name: std::mem::take(&mut dest_name),
-                dest_location,
-                dest_location_raw,
-                strip,
-            });
-        }
-
-        let kernelver = d.kernelver;
-        let mut make_command =
-            if raw.get("MAKE_MATCH", 0).is_empty() { raw.get("MAKE", 0).to_string() } else { String::new() };
-        if let Some(makes) = raw.vars.get("MAKE") {
-            for (&index, make) in makes {
-                let pattern = raw.get("MAKE_MATCH", index);
-                if !make.is_empty() && !pattern.is_empty() && ere_matches(pattern, kernelver) {
-                    make_command = make.clone();
-                }
-            }
-        }
-        if make_command.is_empty() {
-            make_command = format!(
-                "make -C {} M={}/{}/{}/build",
-                d.kernel_source_dir.display(),
-                d.build_dkms_tree.display(),
-                d.module,
-                d.module_version
-            );
-        }
-        if let Some(config) = d.kernel_config {
-            if config.lines().any(|l| l.starts_with("CONFIG_CC_IS_CLANG=y")) {
-                make_command.push_str(" CC=clang");
-            }
-            if config.lines().any(|l| l.starts_with("CONFIG_LD_IS_LLD=y")) {
-                make_command.push_str(" LD=ld.lld");
-            }
-        }
-
-        let mut patches = Vec::new();
-        if let Some(list) = raw.vars.get("PATCH") {
-            for (&index, patch) in list {
-                let pattern = raw.get("PATCH_MATCH", index);
-                if !patch.is_empty() && (pattern.is_empty() || ere_matches(pattern, kernelver)) {
-                    patches.push(patch.clone());
-                }
-            }
-        }
-
+        let modules = module_records(&raw, d, &mut errors);
+        let make_command = make_command(&raw, d);
+        let patches = matching_patches(&raw, d.kernelver);
         let excluded = is_excluded(&raw, d);
-
         if modules.is_empty() {
             errors.push("dkms.conf: Error! No 'DEST_MODULE_LOCATION' directive specified.".to_string());
         }
@@ -437,67 +330,11 @@ impl Conf {
         if package_version.is_empty() {
             errors.push("dkms.conf: Error! No 'PACKAGE_VERSION' directive specified.".to_string());
         }
-        // Safety, not dkms: these become path components of the trees.
-        let components = [("PACKAGE_NAME", &package_name), ("PACKAGE_VERSION", &package_version)];
-        for (directive, value) in components.into_iter().filter(|(_, v)| !v.is_empty()) {
-            if let Err(why) = crate::names::check_component(value) {
-                errors.push(format!(
-                    "dkms.conf: Error! '{directive}' value {value:?} cannot be a directory name: {why}."
-                ));
-            }
-        }
-        for (index, m) in modules.iter().enumerate() {
-            for (directive, value) in [("BUILT_MODULE_NAME", &m.built_name), ("DEST_MODULE_NAME", &m.dest_name)] {
-                // An empty name has dkms's message above; a '/' dkms 3.4's strict one below.
-                let bad = match crate::names::check_component(value) {
-                    Err(crate::names::BadName::Empty) => false,
-                    Err(crate::names::BadName::Slash) => !d.strict,
-                    Err(_) => true,
-                    Ok(()) => false,
-                };
-                if bad {
-                    errors.push(format!(
-                        "dkms.conf: Error! '{directive}' value {value:?} in record #{index} cannot be a file name."
-                    ));
-                }
-            }
-        }
+        check_path_components(&package_name, &package_version, &modules, d.strict, &mut errors);
         let autoinstall = raw.scalar("AUTOINSTALL");
-        let autoinstall_yes = !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("no");
         // dkms 3.4's read_conf_strict runs these only on a conf that passed the checks above.
         if d.strict && errors.is_empty() {
-            if !autoinstall.is_empty()
-                && !autoinstall.eq_ignore_ascii_case("yes")
-                && !autoinstall.eq_ignore_ascii_case("no")
-            {
-                errors.push(format!("dkms.conf: Error! Unsupported AUTOINSTALL value '{autoinstall}'"));
-            }
-            let mut seen = Vec::new();
-            for (index, m) in modules.iter().enumerate() {
-                let key = format!("{}{}", m.built_location, m.built_name);
-                if seen.contains(&key) {
-                    errors.push(format!("dkms.conf: Error! Duplicate module '{key}' in 'BUILT_MODULE_NAME[{index}]'."));
-                }
-                seen.push(key);
-            }
-            let mut seen = Vec::new();
-            for (index, m) in modules.iter().enumerate() {
-                if seen.contains(&m.dest_name) {
-                    errors.push(format!(
-                        "dkms.conf: Error! Duplicate module '{}' in 'DEST_MODULE_NAME[{index}]'.",
-                        m.dest_name
-                    ));
-                }
-                seen.push(m.dest_name.clone());
-            }
-            for (index, m) in modules.iter().enumerate() {
-                if m.dest_name.contains('/') || m.built_name.contains('/') {
-                    errors.push(format!(
-                        "dkms.conf: Error! Module names must not contain '/' (record #{index}); use the \
-                         BUILT_MODULE_LOCATION and DEST_MODULE_LOCATION directives for directories."
-                    ));
-                }
-            }
+            strict_checks(autoinstall, &modules, &mut errors);
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -514,7 +351,7 @@ impl Conf {
             post_install: raw.scalar("POST_INSTALL").to_string(),
             post_add: raw.scalar("POST_ADD").to_string(),
             post_remove: raw.scalar("POST_REMOVE").to_string(),
-            autoinstall: autoinstall_yes,
+            autoinstall: !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("no"),
             build_depends: raw
                 .elements("BUILD_DEPENDS")
                 .iter()
@@ -526,6 +363,185 @@ impl Conf {
             no_weak_modules: !raw.scalar("NO_WEAK_MODULES").is_empty(),
             raw,
         })
+    }
+}
+
+/// The module records (BUILT_/DEST_MODULE_NAME/LOCATION, STRIP) with dkms's defaults, and the
+/// errors of each, in record order.
+fn module_records(raw: &RawConf, d: &Derive, errors: &mut Vec<String>) -> Vec<ModuleRecord> {
+    let count = ["BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION"]
+        .iter()
+        .map(|n| raw.count(n))
+        .max()
+        .unwrap_or(0);
+    let mut modules = Vec::with_capacity(count);
+    let mut strip0: Option<bool> = None;
+    for index in 0..count {
+        let strip = match raw.get("STRIP", index).chars().next() {
+            Some('n' | 'N') => false,
+            Some('y' | 'Y') => true,
+            // An unset entry takes STRIP[0]'s decision; other words leave it at yes.
+            _ => strip0.unwrap_or(true),
+        };
+        if index == 0 {
+            strip0 = Some(strip);
+        }
+        modules.push(module_record(raw, d, index, strip, errors));
+    }
+    modules
+}
+
+/// Record `index`: names defaulted as dkms does, checked, and its destination for this
+/// distribution.
+fn module_record(raw: &RawConf, d: &Derive, index: usize, strip: bool, errors: &mut Vec<String>) -> ModuleRecord {
+    let mut built_name = raw.get("BUILT_MODULE_NAME", index).to_string();
+    let mut built_location = raw.get("BUILT_MODULE_LOCATION", index).to_string();
+    let mut dest_name = raw.get("DEST_MODULE_NAME", index).to_string();
+    let dest_location_raw = raw.get("DEST_MODULE_LOCATION", index).to_string();
+    if built_name.is_empty() && raw.count("DEST_MODULE_LOCATION") == 1 {
+        // Debian's dkms 3.0.10 defaults to PACKAGE_NAME (upstream used $module).
+        built_name = raw.scalar("PACKAGE_NAME").to_string();
+    }
+    if dest_name.is_empty() {
+        dest_name = built_name.clone();
+    }
+    if !built_location.is_empty() && !built_location.ends_with('/') {
+        built_location.push('/');
+    }
+    if built_name.is_empty() {
+        errors.push(format!("dkms.conf: Error! No 'BUILT_MODULE_NAME' directive specified for record #{index}."));
+    }
+    if built_name.ends_with(".o") || built_name.ends_with(".ko") {
+        errors
+            .push(format!("dkms.conf: Error! 'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #{index}."));
+    }
+    if dest_name.ends_with(".o") || dest_name.ends_with(".ko") {
+        errors
+            .push(format!("dkms.conf: Error! 'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #{index}."));
+    }
+    let dest_location = match (d.addon_modules_dir, distro_dest_location(d.distro)) {
+        (Some(dir), _) => format!("/{dir}"),
+        (None, Some(fixed)) => fixed.to_string(),
+        (None, None) => dest_location_raw.clone(),
+    };
+    if dest_location_raw.is_empty() {
+        errors.push(format!("dkms.conf: Error! No 'DEST_MODULE_LOCATION' directive specified for record #{index}."));
+    }
+    if !["/kernel", "/updates", "/extra"].iter().any(|p| dest_location_raw.starts_with(p)) {
+        errors.push("dkms.conf: Error! Directive 'DEST_MODULE_LOCATION' does not begin with".to_string());
+        errors.push(format!("'/kernel', '/updates', or '/extra' in record #{index}."));
+    }
+    ModuleRecord { built_name, built_location, dest_name, dest_location, dest_location_raw, strip }
+}
+
+/// MAKE (the last MAKE_MATCH that matches the kernel wins), else dkms's default, plus the
+/// compiler and linker a clang-built kernel needs.
+fn make_command(raw: &RawConf, d: &Derive) -> String {
+    let mut make_command =
+        if raw.get("MAKE_MATCH", 0).is_empty() { raw.get("MAKE", 0).to_string() } else { String::new() };
+    if let Some(makes) = raw.vars.get("MAKE") {
+        for (&index, make) in makes {
+            let pattern = raw.get("MAKE_MATCH", index);
+            if !make.is_empty() && !pattern.is_empty() && ere_matches(pattern, d.kernelver) {
+                make_command = make.clone();
+            }
+        }
+    }
+    if make_command.is_empty() {
+        make_command = format!(
+            "make -C {} M={}/{}/{}/build",
+            d.kernel_source_dir.display(),
+            d.build_dkms_tree.display(),
+            d.module,
+            d.module_version
+        );
+    }
+    if let Some(config) = d.kernel_config {
+        if config.lines().any(|l| l.starts_with("CONFIG_CC_IS_CLANG=y")) {
+            make_command.push_str(" CC=clang");
+        }
+        if config.lines().any(|l| l.starts_with("CONFIG_LD_IS_LLD=y")) {
+            make_command.push_str(" LD=ld.lld");
+        }
+    }
+    make_command
+}
+
+/// PATCH[] entries whose PATCH_MATCH (if any) matches the kernel, in index order.
+fn matching_patches(raw: &RawConf, kernelver: &str) -> Vec<String> {
+    let mut patches = Vec::new();
+    if let Some(list) = raw.vars.get("PATCH") {
+        for (&index, patch) in list {
+            let pattern = raw.get("PATCH_MATCH", index);
+            if !patch.is_empty() && (pattern.is_empty() || ere_matches(pattern, kernelver)) {
+                patches.push(patch.clone());
+            }
+        }
+    }
+    patches
+}
+
+/// Safety, not dkms: package names and versions become directories, module names files; each
+/// must be one path component. An empty name has dkms's own message; a '/' in a module name
+/// dkms 3.4's strict one.
+fn check_path_components(
+    package_name: &str,
+    package_version: &str,
+    modules: &[ModuleRecord],
+    strict: bool,
+    errors: &mut Vec<String>,
+) {
+    let components = [("PACKAGE_NAME", package_name), ("PACKAGE_VERSION", package_version)];
+    for (directive, value) in components.into_iter().filter(|(_, v)| !v.is_empty()) {
+        if let Err(why) = crate::names::check_component(value) {
+            errors.push(format!("dkms.conf: Error! '{directive}' value {value:?} cannot be a directory name: {why}."));
+        }
+    }
+    for (index, m) in modules.iter().enumerate() {
+        for (directive, value) in [("BUILT_MODULE_NAME", &m.built_name), ("DEST_MODULE_NAME", &m.dest_name)] {
+            let bad = match crate::names::check_component(value) {
+                Err(crate::names::BadName::Empty) => false,
+                Err(crate::names::BadName::Slash) => !strict,
+                Err(_) => true,
+                Ok(()) => false,
+            };
+            if bad {
+                errors.push(format!(
+                    "dkms.conf: Error! '{directive}' value {value:?} in record #{index} cannot be a file name."
+                ));
+            }
+        }
+    }
+}
+
+/// dkms 3.4's read_conf_strict: AUTOINSTALL values, duplicate BUILT or DEST names, '/' in names.
+fn strict_checks(autoinstall: &str, modules: &[ModuleRecord], errors: &mut Vec<String>) {
+    if !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("yes") && !autoinstall.eq_ignore_ascii_case("no") {
+        errors.push(format!("dkms.conf: Error! Unsupported AUTOINSTALL value '{autoinstall}'"));
+    }
+    let mut seen = Vec::new();
+    for (index, m) in modules.iter().enumerate() {
+        let key = format!("{}{}", m.built_location, m.built_name);
+        if seen.contains(&key) {
+            errors.push(format!("dkms.conf: Error! Duplicate module '{key}' in 'BUILT_MODULE_NAME[{index}]'."));
+        }
+        seen.push(key);
+    }
+    let mut seen = Vec::new();
+    for (index, m) in modules.iter().enumerate() {
+        if seen.contains(&m.dest_name) {
+            errors
+                .push(format!("dkms.conf: Error! Duplicate module '{}' in 'DEST_MODULE_NAME[{index}]'.", m.dest_name));
+        }
+        seen.push(m.dest_name.clone());
+    }
+    for (index, m) in modules.iter().enumerate() {
+        if m.dest_name.contains('/') || m.built_name.contains('/') {
+            errors.push(format!(
+                "dkms.conf: Error! Module names must not contain '/' (record #{index}); use the \
+                 BUILT_MODULE_LOCATION and DEST_MODULE_LOCATION directives for directories."
+            ));
+        }
     }
 }
 

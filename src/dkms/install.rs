@@ -7,25 +7,14 @@
 //! `kernel-<k>-<a>` link. The host's depmod is never run: the kernel's indexes are regenerated
 //! natively inside the root, once per kernel per run.
 
+use crate::exit::Exit;
 use std::path::{Path, PathBuf};
 
 use cross::Sysroot;
 
 use super::conf::ver_key;
 use super::tree::{self, module_file};
-use super::{build, exit, Ctx, Failure, Result, Target};
-use crate::module::{ModuleElf, ModuleImage};
-
-/// `(version, srcversion)` from a module's .modinfo; empty strings when absent or unreadable.
-pub fn module_version(root: &Sysroot, path: &Path) -> (String, String) {
-    let Ok(bytes) = root.read(path) else { return Default::default() };
-    let Ok(image) = ModuleImage::from_bytes(&bytes) else { return Default::default() };
-    let Ok(elf) = ModuleElf::parse(&image, Default::default()) else { return Default::default() };
-    let field = |key: &[u8]| {
-        elf.modinfo_values(key).next().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
-    };
-    (field(b"version"), field(b"srcversion"))
-}
+use super::{build, commands, Ctx, Failure, Result, Target};
 
 /// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir` (inside the root; links to
 /// directories are not followed, as find does not), sorted.
@@ -54,7 +43,7 @@ fn is_debian_like(ctx: &Ctx) -> bool {
 /// dkms's maybe_install_module.
 pub fn maybe_install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
     if tree::is_broken(ctx, module, version) {
-        return Err(build::broken(module, version));
+        return Err(tree::broken(module, version));
     }
     if tree::is_built(ctx, module, version, target) && tree::is_installed_link(ctx, module, version, target) {
         if ctx.force {
@@ -78,7 +67,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     let kernel_dir = ctx.in_root(&ctx.install_tree.join(&target.kernel))?;
     if !ctx.root.exists(&kernel_dir) {
         return Err(Failure::new(
-            6,
+            Exit::NoKernelDir,
             [
                 format!("The directory {} doesn't exist.", kernel_dir.display()),
                 "You cannot install a module onto a non-existant kernel.".to_string(),
@@ -92,17 +81,20 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     let mut installed_any = false;
     for (index, record) in conf.modules.iter().enumerate() {
         let Some(built) = module_file(&ctx.root, &built_dir, &record.dest_name) else {
-            return Err(Failure::new(6, [format!("Missing module {} in {}", record.dest_name, built_dir.display())]));
+            return Err(Failure::new(
+                Exit::InstallAborted,
+                [format!("Missing module {} in {}", record.dest_name, built_dir.display())],
+            ));
         };
         if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
             continue;
         }
         if index == 0
-            && !build::run_script(ctx, "pre_install", &conf.pre_install, &ctx.source_dir(module, version)?)
+            && !commands::run_script(ctx, "pre_install", &conf.pre_install, &ctx.source_dir(module, version)?)
             && !ctx.force
         {
             return Err(Failure::new(
-                101,
+                Exit::PreInstallFailed,
                 ["pre_install failed, aborting install.", "You may override by specifying --force."],
             ));
         }
@@ -129,12 +121,12 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         installed_any = true;
     }
     if !installed_any && !conf.modules.is_empty() {
-        return Err(Failure::new(6, ["Installation aborted."]));
+        return Err(Failure::new(Exit::InstallAborted, ["Installation aborted."]));
     }
     ctx.root
         .replace_symlink(&Path::new(version).join(&target.kernel).join(&target.arch), &link)
         .map_err(|e| Failure::io(format!("creating {}", link.display()), e))?;
-    build::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version)?);
+    commands::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
     Ok(())
 }
@@ -161,8 +153,8 @@ fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, bui
         return Ok(true);
     }
     // dkms compares `version` only; srcversion just tells its two messages apart.
-    let (old_version, _) = module_version(&ctx.root, &existing[0]);
-    let (new_version, _) = module_version(&ctx.root, built);
+    let (old_version, _) = tree::module_version(&ctx.root, &existing[0]);
+    let (new_version, _) = tree::module_version(&ctx.root, built);
     let suffix = built.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if ctx.force {
         return Ok(true);
@@ -295,7 +287,7 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
     } else {
         ctx.say("This module version was INACTIVE for this kernel.");
     }
-    build::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version)?);
+    commands::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
     if was_active && ctx.root.is_dir(&archive_dir) && !ctx.root.is_dir(&archive_dir.join("collisions")) {
         let _ = ctx.root.remove_all(&archive_dir);
@@ -320,19 +312,10 @@ fn remove_empty_dirs(root: &Sysroot, from: &Path, stop: &Path) {
     }
 }
 
-/// dkms's do_unbuild: uninstall if installed, then delete `<m>/<v>/<k>/<a>`.
-pub fn unbuild(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
-    let kernel_dir = ctx.version_dir(module, version).join(&target.kernel);
-    let dir = kernel_dir.join(&target.arch);
-    ctx.root.remove_all(&dir).map_err(|e| Failure::io(format!("removing {}", dir.display()), e))?;
-    let _ = ctx.root.remove_dir(&kernel_dir);
-    Ok(())
-}
-
 /// uninstall, unbuild and remove over their kernels.
 pub fn remove_family(ctx: &Ctx, action: &str, module: &str, version: &str, targets: &[Target]) -> Result<()> {
     if tree::is_broken(ctx, module, version) {
-        return Err(build::broken(module, version));
+        return Err(tree::broken(module, version));
     }
     for target in targets {
         if tree::is_built(ctx, module, version, target) && tree::is_installed_link(ctx, module, version, target) {
@@ -347,7 +330,7 @@ pub fn remove_family(ctx: &Ctx, action: &str, module: &str, version: &str, targe
             continue;
         }
         if tree::is_built(ctx, module, version, target) {
-            unbuild(ctx, module, version, target)?;
+            build::unbuild(ctx, module, version, target)?;
         } else {
             ctx.say(format!(
                 "Module {module} {version} is not built for kernel {} ({}). Skipping...",
@@ -427,7 +410,7 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
                     }
                     Err(failure) => {
                         super::report(ctx, &failure);
-                        failed.push(format!("{module}({})", failure.code));
+                        failed.push(format!("{module}({})", failure.code.code()));
                     }
                 }
             }
@@ -447,7 +430,7 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
     }
     if failed_any {
         return Err(Failure::new(
-            exit::AUTOINSTALL_FAILED,
+            Exit::AutoinstallFailed,
             [
                 "One or more modules failed to install during autoinstall.",
                 "Refer to previous errors for more information.",
@@ -493,7 +476,7 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
         let mut sink = std::io::sink();
         if let Err(e) = crate::depmod::run(&options, &mut sink) {
             return Err(Failure::new(
-                6,
+                Exit::DepmodFailed,
                 [
                     format!("Problems with depmod detected for {kernel}: {e:#}"),
                     "The modules are installed but the kernel's module indexes are stale.".to_string(),

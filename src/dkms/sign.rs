@@ -113,20 +113,9 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
 /// Signs a module in place; a failure is a warning, as in dkms (the build still succeeds).
 pub fn sign(ctx: &Ctx, signer: &Signer, module: &Path) {
     ctx.say(format!("Signing module {}", module.display()));
-    let output = Command::new(&signer.sign_file)
-        .arg(&signer.hash)
-        .arg(&signer.key)
-        .arg(&signer.cert)
-        .arg(module)
-        .stdin(Stdio::null())
-        .output();
-    match output {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => ctx.warn(format!(
-            "Failed to sign module '{}'!\n{}",
-            module.display(),
-            String::from_utf8_lossy(&o.stderr).trim_end()
-        )),
-        Err(e) => ctx.warn(format!("Failed to sign module '{}'! {e}", module.display())),
+    let mut command = Command::new(&signer.sign_file);
+    command.arg(&signer.hash).arg(&signer.key).arg(&signer.cert).arg(module);
+    if let Err(e) = super::commands::run_tool(&mut command, &format!("Failed to sign module '{}'!", module.display())) {
+        ctx.warn(e);
     }
 }

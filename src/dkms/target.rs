@@ -3,14 +3,15 @@
 //! kbuild's host programs run here, and the toolchain; then the make variables and the `uname`
 //! shim that give module Makefiles the target's view.
 
+use crate::exit::Exit;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cross::target::{ElfIdent, TargetSpec};
 use cross::toolchain::Toolchain;
 
-use super::build::shell_quote;
-use super::{exit, Ctx, Failure, Result, Target};
+use super::commands::shell_quote;
+use super::{Ctx, Failure, Result, Target};
 
 /// A build's target: its table row (None for an architecture the table does not know, built as
 /// dkms would) and the toolchain.
@@ -61,7 +62,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
     }
     if !asked.contains(&spec) {
         return Err(Failure::new(
-            exit::ARCH,
+            Exit::Arch,
             [
                 format!(
                     "The headers of kernel {} are for {} (ARCH={}, from {}), not for {} as asked.",
@@ -82,7 +83,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
     if let Some((module, ident)) = first_module_ident(&kernel_dir) {
         if !spec.matches_elf(&ident) {
             return Err(Failure::new(
-                exit::ARCH,
+                Exit::Arch,
                 [
                     format!(
                         "The configuration {} is for {}, but the kernel's module {} is {}.",
@@ -103,7 +104,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
             Ok(()) => {}
             Err(cross::kernel::HostToolError::Missing(path)) => {
                 return Err(Failure::new(
-                    exit::HOST_TOOLS,
+                    Exit::HostTools,
                     [
                         format!("kbuild's host program {} is missing.", path.display()),
                         "The headers are not prepared for building modules: install the distribution's kbuild tools for this build host (Debian: linux-kbuild-<series>), or run `make modules_prepare` in the kernel tree.".to_string(),
@@ -112,7 +113,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
             }
             Err(cross::kernel::HostToolError::ForeignMachine(path, machine)) => {
                 return Err(Failure::new(
-                    exit::HOST_TOOLS,
+                    Exit::HostTools,
                     [
                         format!(
                             "kbuild's host program {} is built for {machine} and cannot run on this {} build host.",
@@ -131,7 +132,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
     let given = ctx.cross_compile.clone().or_else(|| std::env::var("CROSS_COMPILE").ok().filter(|p| !p.is_empty()));
     let path = std::env::var_os("PATH").unwrap_or_default();
     let toolchain = cross::toolchain::find(spec, host, config, given.as_deref(), &path)
-        .map_err(|e| Failure::new(exit::NO_TOOLCHAIN, e.lines))?;
+        .map_err(|e| Failure::new(Exit::NoToolchain, e.lines))?;
     let cross = host != Some(spec) || !toolchain.cross_compile.is_empty();
     Ok(BuildTarget { spec: Some(spec), toolchain: Some(toolchain), cross })
 }
@@ -140,7 +141,7 @@ pub fn prepare(ctx: &Ctx, target: &Target, headers: &Path, config: &str) -> Resu
 pub fn unknown_arch(name: &str) -> Failure {
     let mut known: Vec<&str> = cross::target::targets().iter().map(|t| t.uname).collect();
     known.dedup();
-    Failure::new(exit::ARCH, [format!("Unknown architecture '{name}'. Known: {}.", known.join(", "))])
+    Failure::new(Exit::Arch, [format!("Unknown architecture '{name}'. Known: {}.", known.join(", "))])
 }
 
 /// The ELF identity of the first module found under a kernel's module directory (its `kernel/`

@@ -4,6 +4,7 @@
 //! `<dkms_tree>/<m>/<v>/source -> <source_tree>/<m>-<v>`, `<m>/<v>/<kernel>/<arch>/{module,log}`,
 //! and `<m>/kernel-<kernel>-<arch> -> <v>/<kernel>/<arch>` marking the installed version.
 
+use crate::exit::Exit;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 use cross::Sysroot;
 use serde::Serialize;
 
-use super::{exit, Ctx, Failure, Named, Result, Target};
+use super::{Ctx, Failure, Named, Result, Target};
+use crate::module::{ModuleElf, ModuleImage};
 
 /// Module file suffixes dkms recognizes, plain first.
 pub const MODULE_SUFFIXES: &[&str] = &[".ko", ".ko.gz", ".ko.xz", ".ko.zst"];
@@ -104,6 +106,29 @@ pub fn is_added(ctx: &Ctx, module: &str, version: &str) -> bool {
 pub fn is_broken(ctx: &Ctx, module: &str, version: &str) -> bool {
     ctx.conf_override.is_none()
         && !ctx.source_dir(module, version).is_ok_and(|dir| ctx.root.is_file(&dir.join("dkms.conf")))
+}
+
+/// `(version, srcversion)` from a module's .modinfo; empty strings when absent or unreadable.
+pub fn module_version(root: &Sysroot, path: &Path) -> (String, String) {
+    let Ok(bytes) = root.read(path) else { return Default::default() };
+    let Ok(image) = ModuleImage::from_bytes(&bytes) else { return Default::default() };
+    let Ok(elf) = ModuleElf::parse(&image, Default::default()) else { return Default::default() };
+    let field = |key: &[u8]| {
+        elf.modinfo_values(key).next().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+    };
+    (field(b"version"), field(b"srcversion"))
+}
+
+/// The failure for a module whose source is gone.
+pub fn broken(module: &str, version: &str) -> Failure {
+    Failure::new(
+        Exit::Broken,
+        [
+            format!("{module}/{version} is broken!"),
+            "Missing the module source directory or the symbolic link pointing to it.".to_string(),
+            "Manual intervention is required!".to_string(),
+        ],
+    )
 }
 
 /// The module file for `name` in `dir` (inside `root`), plain or compressed.
@@ -335,10 +360,10 @@ pub fn installed_location(ctx: &Ctx, target: &Target, record: &BuiltModule, buil
     if record.dest_location_raw != record.dest_location {
         locations.push(record.dest_location_raw.clone());
     }
-    let built_version = super::install::module_version(&ctx.root, built);
+    let built_version = module_version(&ctx.root, built);
     locations.into_iter().map(|l| kernel_dir.join(l.trim_start_matches('/'))).find(|dir| {
         module_file(&ctx.root, dir, &record.dest_name)
-            .is_some_and(|installed| super::install::module_version(&ctx.root, &installed).0 == built_version.0)
+            .is_some_and(|installed| module_version(&ctx.root, &installed).0 == built_version.0)
     })
 }
 
@@ -414,11 +439,15 @@ pub fn add(
     let target = first.cloned().unwrap_or(Target { kernel: String::new(), arch: String::new() });
     let (module, version) = match source_dir {
         Some(dir) => {
-            let from = std::fs::canonicalize(&dir)
-                .map_err(|_| Failure::new(9, [format!("{} must contain a dkms.conf file!", dir.display())]))?;
+            let from = std::fs::canonicalize(&dir).map_err(|_| {
+                Failure::new(Exit::NoConfInSource, [format!("{} must contain a dkms.conf file!", dir.display())])
+            })?;
             let conf_path = from.join("dkms.conf");
             if !conf_path.is_file() {
-                return Err(Failure::new(9, [format!("{} must contain a dkms.conf file!", dir.display())]));
+                return Err(Failure::new(
+                    Exit::NoConfInSource,
+                    [format!("{} must contain a dkms.conf file!", dir.display())],
+                ));
             }
             let conf = ctx.read_conf("", "", &target, &conf_path, &ctx.dkms_tree, true)?;
             let (module, version) = (conf.package_name, conf.package_version);
@@ -443,7 +472,7 @@ pub fn add(
             return Ok((module, version));
         }
         return Err(Failure::new(
-            exit::TREE_STATE,
+            Exit::TreeState,
             [
                 format!("DKMS tree already contains: {module}-{version}"),
                 "You cannot add the same module/version combo more than once.".to_string(),
@@ -453,7 +482,7 @@ pub fn add(
     let source = ctx.in_root(&ctx.source_tree.join(format!("{module}-{version}")))?;
     if !ctx.root.is_dir(&source) {
         return Err(Failure::new(
-            2,
+            Exit::MissingSource,
             [
                 "Could not find module source directory.".to_string(),
                 format!("Directory: {} does not exist.", source.display()),
@@ -471,7 +500,7 @@ pub fn add(
     ctx.root
         .symlink(&link_target, &version_dir.join("source"))
         .map_err(|e| Failure::io(format!("creating {}/source", version_dir.display()), e))?;
-    super::build::run_script(ctx, "post_add", &conf.post_add, &source);
+    super::commands::run_script(ctx, "post_add", &conf.post_add, &source);
     Ok((module, version))
 }
 

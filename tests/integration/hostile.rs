@@ -392,3 +392,40 @@ fn regression_a_symlinked_image_is_updated_where_it_points() {
     let real = std::fs::read(work.join("initrd.img-6.1.0-99-amd64")).expect("read");
     assert!(real.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || real.starts_with(b"070701"), "the real image is unchanged");
 }
+
+/// `inject` over a root whose module tree links out of it: it reads (and the image's indexes
+/// are built from) the root's own tree only, and writes nothing but the image.
+#[test]
+fn regression_inject_reads_a_linked_module_tree_inside_the_root() {
+    let case = Hostile::new("inject-link");
+    std::fs::remove_dir_all(case.root().join("lib/modules")).expect("rm");
+    case.link("lib/modules", "/mnt/H");
+    std::fs::create_dir_all(case.dir.join("image-tree/bin")).expect("mkdir");
+    let image = case.dir.join("image.img");
+    let out = Command::new(xdkms_bin())
+        .args(["initramfs", "create"])
+        .arg(case.dir.join("image-tree"))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = std::fs::read(&image).expect("read");
+    // The image is part of what the harness hashes: it must come out unchanged (the inject fails).
+    let outcome = case.run(&["initramfs", "inject", "TMP/image.img", "--root", "ROOT", "-k", KERNEL, "m"]);
+    assert_eq!(outcome.code, 1, "{}", outcome.stderr);
+    assert_eq!(std::fs::read(&image).expect("read"), before);
+}
+
+/// Names with spaces, newlines, quotes, shell characters and non-UTF-8-looking text: taken as
+/// one component each, never split, expanded or joined into another path.
+#[test]
+fn odd_bytes_in_names_stay_one_component() {
+    let case = Hostile::new("odd-names");
+    for name in ["a b", "new\nline", "quote'\"", "$(touch /mnt/H/pwned)", "*", "-rf", "ü"] {
+        let outcome = case.run(&["status", "--root", "ROOT", "-m", name, "-v", name, "-k", &format!("{name}/{name}")]);
+        assert_eq!(outcome.code, 0, "{name:?}: {}", outcome.stderr);
+        let outcome = case.run(&["remove", "--root", "ROOT", "--all", "-m", name, "-v", name]);
+        assert_refused(&outcome, 3, "is not located in the DKMS tree");
+    }
+}

@@ -1,8 +1,11 @@
-//! The command line: argh definitions, getopt-style argument normalization, and dispatch.
+//! The command line: argh definitions, getopt-style argument normalization, dispatch to the
+//! domain modules, and their outcomes as exit statuses (`dkms.rs`: the DKMS actions).
 //!
 //! kmod's tools parse with getopt_long, and build systems call them that way (`depmod -ae -F
 //! System.map`, `-b$DIR`, `--basedir=DIR`). argh takes one option per word, so words are first
 //! rewritten into that form using each command's getopt table; the meaning never changes.
+
+pub mod dkms;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,9 +13,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 use crate::depmod;
-
-/// Exit status for a command line kmod would reject.
-pub const EXIT_USAGE: i32 = 1;
+use crate::exit::Exit;
 
 #[derive(FromArgs, Debug)]
 /// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
@@ -324,7 +325,7 @@ pub fn normalize_getopt(args: &[String], short_with_arg: &str, long: &[(&str, ch
 }
 
 /// Parses and runs a command line; returns the process exit status.
-pub fn main_with_args(argv: Vec<String>) -> i32 {
+pub fn main_with_args(argv: Vec<String>) -> Exit {
     let program = argv.first().cloned().unwrap_or_else(|| "xdkms".into());
     let invoked_as = program.rsplit('/').next().unwrap_or("xdkms").to_string();
     // `depmod` or `modinfo` as a symlink to xdkms acts as that command, as busybox applets do.
@@ -336,9 +337,9 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
             _ => (Vec::new(), argv.get(1..).unwrap_or(&[])),
         }
     };
-    if let Some(action) = command_words.first().filter(|a| crate::dkms::ACTIONS.contains(&a.as_str())) {
+    if let Some(action) = command_words.first().filter(|a| dkms::ACTIONS.contains(&a.as_str())) {
         let words: Vec<&str> = rest.iter().map(String::as_str).collect();
-        return crate::dkms::main(action, &words);
+        return dkms::main(action, &words);
     }
     let normalized = match command_words.first().map(String::as_str) {
         Some("depmod") => normalize_getopt(rest, DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG),
@@ -353,11 +354,11 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
             return match early.status {
                 Ok(()) => {
                     println!("{}", early.output);
-                    0
+                    Exit::Success
                 }
                 Err(()) => {
                     eprintln!("{}", early.output);
-                    EXIT_USAGE
+                    Exit::Usage
                 }
             };
         }
@@ -366,10 +367,10 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
         Command::Depmod(args) => run_depmod(args),
         Command::Modinfo(args) => run_modinfo(args),
         Command::Initramfs(args) => match run_initramfs(args) {
-            Ok(()) => 0,
+            Ok(()) => Exit::Success,
             Err(e) => {
                 eprintln!("xdkms initramfs: error: {e:#}");
-                1
+                Exit::Failed
             }
         },
     }
@@ -436,10 +437,10 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn run_modinfo(args: ModinfoArgs) -> i32 {
+fn run_modinfo(args: ModinfoArgs) -> Exit {
     if args.version {
         println!("xdkms {} (modinfo compatible with kmod 30)", env!("CARGO_PKG_VERSION"));
-        return 0;
+        return Exit::Success;
     }
     let shortcut = [
         (args.author, "author"),
@@ -454,10 +455,10 @@ fn run_modinfo(args: ModinfoArgs) -> i32 {
     .next_back();
     if args.modules.is_empty() {
         eprintln!("modinfo: ERROR: missing module or filename.");
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     let options = crate::modinfo::Options {
-        basedir: args.basedir.map(absolute),
+        basedir: args.basedir.map(crate::fsio::absolute),
         version: args.set_version,
         field: shortcut.or(args.field),
         null: args.null,
@@ -468,20 +469,20 @@ fn run_modinfo(args: ModinfoArgs) -> i32 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = crate::modinfo::run(&options, &mut out).and_then(|ok| out.flush().map(|()| ok));
     match result {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Ok(true) => Exit::Success,
+        Ok(false) => Exit::Failed,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,
         Err(e) => {
             eprintln!("modinfo: ERROR: {e}");
-            1
+            Exit::Failed
         }
     }
 }
 
-fn run_depmod(args: DepmodArgs) -> i32 {
+fn run_depmod(args: DepmodArgs) -> Exit {
     if args.version {
         println!("xdkms {} (depmod compatible with kmod 30)", env!("CARGO_PKG_VERSION"));
-        return 0;
+        return Exit::Success;
     }
     for (flag, set) in [('u', args.unresolved_error), ('q', args.quiet), ('r', args.root), ('m', args.map)] {
         if set {
@@ -493,7 +494,7 @@ fn run_depmod(args: DepmodArgs) -> i32 {
         Some(p) if p.len() == 1 => p.bytes().next(),
         Some(_) => {
             eprintln!("depmod: FATAL: -P only takes a single char");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mut positional = args.args.into_iter();
@@ -502,14 +503,14 @@ fn run_depmod(args: DepmodArgs) -> i32 {
             "depmod: FATAL: no kernel version given; xdkms never defaults to the build host's `uname -r`. \
              Pass the target kernel's version, e.g. `depmod -b ROOT 6.1.0-56-amd64`."
         );
-        return EXIT_USAGE;
+        return Exit::Usage;
     };
     if !is_version_number(&version) {
         eprintln!("depmod: ERROR: Bad version passed {version}");
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     let options = depmod::Options {
-        basedir: args.basedir.map(absolute),
+        basedir: args.basedir.map(crate::fsio::absolute),
         version,
         config_paths: args.config,
         symvers: args.symvers,
@@ -528,18 +529,18 @@ fn run_depmod(args: DepmodArgs) -> i32 {
     let result = depmod::run(&options, &mut out);
     let flushed = out.flush();
     match (result, flushed) {
-        (Ok(_), Ok(())) => 0,
-        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        (Ok(_), Ok(())) => Exit::Success,
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,
         (Ok(_), Err(e)) => {
             eprintln!("depmod: FATAL: could not write to stdout: {e}");
-            1
+            Exit::Failed
         }
         (Err(e), _) => {
             match e.downcast_ref::<depmod::Failure>() {
                 Some(failure) => failure.errors.iter().for_each(|line| eprintln!("depmod: ERROR: {line}")),
                 None => eprintln!("depmod: FATAL: {e:#}"),
             }
-            1
+            Exit::Failed
         }
     }
 }
@@ -551,14 +552,6 @@ fn is_version_number(version: &str) -> bool {
     let rest = parts.next().unwrap_or("");
     let digits = |s: &str| s.trim_start().trim_start_matches('+').chars().take_while(char::is_ascii_digit).count() > 0;
     digits(major) && digits(rest)
-}
-
-pub fn absolute(path: PathBuf) -> PathBuf {
-    if path.is_absolute() {
-        path
-    } else {
-        std::env::current_dir().map(|cwd| cwd.join(&path)).unwrap_or(path)
-    }
 }
 
 #[cfg(test)]
