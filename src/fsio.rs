@@ -2,29 +2,18 @@
 //! killed run left half-written is cleaned up by the next one.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Suffix of the temporary files written beside their targets: `.<name>.<pid>.xdkms-tmp`.
-const TEMP_SUFFIX: &str = ".xdkms-tmp";
-
-/// Replaces `path` with `bytes`: written to a temporary file in the same directory (named after
-/// this process and locked while written), given mode 0644, then renamed over the target. A
-/// crash at any point leaves the old file or the new one, plus a temporary file that the next
-/// write of the same target removes. A symlink is replaced where it points (`initrd.img ->
+/// Replaces `path` with `bytes`, mode 0644: written beside it and renamed over it through the
+/// build host's root handle ([`cross::Sysroot::write_atomic`]: a temporary file named after this
+/// process, locked while written, what a killed run left removed by the next write), so a crash
+/// leaves the old file or the new one. A symlink is replaced where it points (`initrd.img ->
 /// initrd.img-6.1.0`), never turned into a file.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let path = real_target(path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    remove_stale_temporaries(dir, &name);
-    let temp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
-    let written = write_locked(&temp, bytes).and_then(|()| std::fs::rename(&temp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
+    let path = absolute(real_target(path)?);
+    cross::Sysroot::host()?.write_atomic(&path, bytes, Some(std::fs::Permissions::from_mode(0o644)))
 }
 
 /// Reads a whole file that must be a regular one: a device (`/dev/zero`), FIFO or socket given
@@ -78,40 +67,6 @@ fn real_target(path: &Path) -> io::Result<PathBuf> {
     std::fs::canonicalize(path).map_err(|e| {
         io::Error::new(e.kind(), format!("{} is a symbolic link to nothing that exists: {e}", path.display()))
     })
-}
-
-fn write_locked(temp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::options().write(true).create(true).truncate(true).open(temp)?;
-    file.lock()?;
-    file.write_all(bytes)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    Ok(())
-}
-
-/// Removes `.<name>.<pid>.xdkms-tmp` files beside a target left by runs that died: their
-/// process is gone and nobody holds their lock.
-fn remove_stale_temporaries(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.");
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if pid == std::process::id().to_string() || Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        let path = entry.path();
-        let unlocked = File::open(&path).is_ok_and(|file| file.try_lock().is_ok());
-        if unlocked {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -470,19 +470,7 @@ fn real_debian_packages_match_dkms() {
 
 /// Staging directories a killed run left in the dkms tree.
 fn leftovers(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![root.join("var/lib/dkms")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with(".tmp_") {
-                found.push(path);
-            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(path);
-            }
-        }
-    }
-    found
+    crate::util::entries_named(&root.join("var/lib/dkms"), |name| name.starts_with(".tmp_"))
 }
 
 /// Starts `xdkms ACTION --root ROOT ARGS` in its own process group and SIGKILLs the whole group

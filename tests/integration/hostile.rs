@@ -98,6 +98,7 @@ impl Hostile {
             .args(["-m", "--propagation", "private", "bash", "-c", CONFINED, "confined"])
             .arg(self.dir.path())
             .arg(xdkms_bin())
+            .current_dir(self.dir.path())
             .args(&args)
             .env("KERNEL", KERNEL)
             .output()
@@ -111,6 +112,19 @@ impl Hostile {
         assert!(diff.trim().is_empty(), "xdkms {args:?} changed files outside the root:\n{diff}\nstderr: {stderr}");
         Outcome { code, stdout, stderr }
     }
+}
+
+/// An empty initramfs image at `image`, made by `xdkms initramfs create`.
+fn create_image(tree: &Path, image: &Path) {
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    let out = Command::new(xdkms_bin())
+        .args(["initramfs", "create"])
+        .arg(tree)
+        .arg("-o")
+        .arg(image)
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn assert_refused(outcome: &Outcome, code: i32, message: &str) {
@@ -187,28 +201,23 @@ fn regression_package_name_with_dotdot_is_a_bad_conf() {
     let case = Hostile::new("package-dotdot");
     let source = case.dir.join("evil-src");
     std::fs::create_dir_all(&source).expect("mkdir");
-    std::fs::write(
-        source.join("dkms.conf"),
-        "PACKAGE_NAME=../../../../mnt/H/evil\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=m\nDEST_MODULE_LOCATION[0]=/updates\n",
-    )
-    .expect("conf");
     std::fs::write(source.join("Makefile"), "obj-m := m.o\n").expect("Makefile");
-    let outcome = case.run(&["add", "--root", "ROOT", "TMP/evil-src"]);
-    assert_refused(&outcome, 8, "'PACKAGE_NAME' value \"../../../../mnt/H/evil\" cannot be a directory name");
-    std::fs::write(
-        source.join("dkms.conf"),
-        "PACKAGE_NAME=e\nPACKAGE_VERSION=..\nBUILT_MODULE_NAME[0]=m\nDEST_MODULE_LOCATION[0]=/updates\n",
-    )
-    .expect("conf");
-    let outcome = case.run(&["add", "--root", "ROOT", "TMP/evil-src"]);
-    assert_refused(&outcome, 8, "'PACKAGE_VERSION' value \"..\"");
-    std::fs::write(
-        source.join("dkms.conf"),
-        "PACKAGE_NAME=e\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=..\nDEST_MODULE_LOCATION[0]=/updates\n",
-    )
-    .expect("conf");
-    let outcome = case.run(&["add", "--root", "ROOT", "TMP/evil-src"]);
-    assert_refused(&outcome, 8, "'BUILT_MODULE_NAME' value \"..\" in record #0 cannot be a file name");
+    for (name, version, built, message) in [
+        (
+            "../../../../mnt/H/evil",
+            "1",
+            "m",
+            "'PACKAGE_NAME' value \"../../../../mnt/H/evil\" cannot be a directory name",
+        ),
+        ("e", "..", "m", "'PACKAGE_VERSION' value \"..\""),
+        ("e", "1", "..", "'BUILT_MODULE_NAME' value \"..\" in record #0 cannot be a file name"),
+    ] {
+        let conf = format!(
+            "PACKAGE_NAME={name}\nPACKAGE_VERSION={version}\nBUILT_MODULE_NAME[0]={built}\nDEST_MODULE_LOCATION[0]=/updates\n"
+        );
+        std::fs::write(source.join("dkms.conf"), conf).expect("conf");
+        assert_refused(&case.run(&["add", "--root", "ROOT", "TMP/evil-src"]), 8, message);
+    }
 }
 
 #[test]
@@ -345,16 +354,8 @@ fn regression_depmod_refuses_devices_as_input_files() {
 #[test]
 fn regression_inject_refuses_an_empty_kernel_version() {
     let work = TempDir::new("inject-empty-k");
-    std::fs::create_dir_all(work.join("tree/bin")).expect("mkdir");
     let image = work.join("image.img");
-    let out = Command::new(xdkms_bin())
-        .args(["initramfs", "create"])
-        .arg(work.join("tree"))
-        .arg("-o")
-        .arg(&image)
-        .output()
-        .expect("create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    create_image(&work.join("tree"), &image);
     let before = std::fs::read(&image).expect("read");
     for version in ["", "..", "a/b"] {
         let out = Command::new(xdkms_bin())
@@ -377,17 +378,9 @@ fn regression_inject_refuses_an_empty_kernel_version() {
 #[test]
 fn regression_a_symlinked_image_is_updated_where_it_points() {
     let work = TempDir::new("image-link");
-    std::fs::create_dir_all(work.join("tree/bin")).expect("mkdir");
     std::fs::write(work.join("initrd.img-6.1.0-99-amd64"), "old").expect("write");
     symlink("initrd.img-6.1.0-99-amd64", work.join("initrd.img")).expect("symlink");
-    let out = Command::new(xdkms_bin())
-        .args(["initramfs", "create"])
-        .arg(work.join("tree"))
-        .arg("-o")
-        .arg(work.join("initrd.img"))
-        .output()
-        .expect("create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    create_image(&work.join("tree"), &work.join("initrd.img"));
     assert!(work.join("initrd.img").is_symlink(), "the link was replaced by a file");
     let real = std::fs::read(work.join("initrd.img-6.1.0-99-amd64")).expect("read");
     assert!(real.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || real.starts_with(b"070701"), "the real image is unchanged");
@@ -400,16 +393,8 @@ fn regression_inject_reads_a_linked_module_tree_inside_the_root() {
     let case = Hostile::new("inject-link");
     std::fs::remove_dir_all(case.root().join("lib/modules")).expect("rm");
     case.link("lib/modules", "/mnt/H");
-    std::fs::create_dir_all(case.dir.join("image-tree/bin")).expect("mkdir");
     let image = case.dir.join("image.img");
-    let out = Command::new(xdkms_bin())
-        .args(["initramfs", "create"])
-        .arg(case.dir.join("image-tree"))
-        .arg("-o")
-        .arg(&image)
-        .output()
-        .expect("create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    create_image(&case.dir.join("image-tree"), &image);
     let before = std::fs::read(&image).expect("read");
     // The image is part of what the harness hashes: it must come out unchanged (the inject fails).
     let outcome = case.run(&["initramfs", "inject", "TMP/image.img", "--root", "ROOT", "-k", KERNEL, "m"]);
@@ -422,7 +407,9 @@ fn regression_inject_reads_a_linked_module_tree_inside_the_root() {
 #[test]
 fn odd_bytes_in_names_stay_one_component() {
     let case = Hostile::new("odd-names");
-    for name in ["a b", "new\nline", "quote'\"", "$(touch /mnt/H/pwned)", "*", "-rf", "ü"] {
+    // The harness runs xdkms in the test directory, which it hashes: a `$(touch pwned)` run by a
+    // shell would show there.
+    for name in ["a b", "new\nline", "quote'\"", "$(touch pwned)", "`touch pwned`", "*", "-rf", "ü"] {
         let outcome = case.run(&["status", "--root", "ROOT", "-m", name, "-v", name, "-k", &format!("{name}/{name}")]);
         assert_eq!(outcome.code, 0, "{name:?}: {}", outcome.stderr);
         let outcome = case.run(&["remove", "--root", "ROOT", "--all", "-m", name, "-v", name]);

@@ -151,14 +151,14 @@ pub const KMOD30_FILES: [&str; 11] = [
     "modules.order",
 ];
 
-/// Every `*.xdkms-tmp` file or link below `dir` (what a killed write leaves beside its target).
-pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
+/// Every entry below `dir` whose name `wanted` accepts (directories so named are not entered).
+pub fn entries_named(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            if entry.file_name().to_string_lossy().ends_with(".xdkms-tmp") {
+            if wanted(&entry.file_name().to_string_lossy()) {
                 found.push(path);
             } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 pending.push(path);
@@ -166,4 +166,9 @@ pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Every `*.xdkms-tmp` file or link below `dir` (what a killed write leaves beside its target).
+pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
+    entries_named(dir, |name| name.ends_with(".xdkms-tmp"))
 }
