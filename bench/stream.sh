@@ -38,7 +38,12 @@ for i in 1 2 3 4; do
 done
 
 # Wall time and peak RSS (KiB) of one run, as "seconds kib".
-measure() { /usr/bin/time -f '%e %M' -o "$work/time" "$@" > /dev/null; cat "$work/time"; }
+# The command's own messages (depmod's warnings about the zero modules) are shown only when it fails.
+measure() {
+  /usr/bin/time -f '%e %M' -o "$work/time" "$@" > /dev/null 2> "$work/stderr" || {
+    tail -n 20 "$work/stderr" >&2; echo "bench: $* failed" >&2; exit 1; }
+  cat "$work/time"
+}
 list_x() { measure "$xdkms" initramfs list "$1"; }
 list_3() { measure "$threecpio" --list "$1"; }
 extract_x() { rm -rf "$work/out"; measure "$xdkms" initramfs extract "$1" "$work/out"; }

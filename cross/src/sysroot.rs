@@ -92,7 +92,8 @@ impl Sysroot {
     }
 
     /// The same root, reached by the component walk alone (what kernels without openat2 get).
-    pub fn without_openat2(&self) -> Self {
+    #[cfg(test)]
+    fn without_openat2(&self) -> Self {
         Sysroot { walk_only: true, ..self.clone() }
     }
 
