@@ -12,8 +12,13 @@ use std::path::{Path, PathBuf};
 /// leaves the old file or the new one. A symlink is replaced where it points (`initrd.img ->
 /// initrd.img-6.1.0`), never turned into a file.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file_with(path, |file| io::Write::write_all(file, bytes))
+}
+
+/// [`replace_file`] with the content written by `write` (a stream of any size).
+pub fn replace_file_with(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let path = absolute(real_target(path)?);
-    cross::Sysroot::host()?.write_atomic(&path, bytes, Some(std::fs::Permissions::from_mode(0o644)))
+    cross::Sysroot::host()?.write_atomic_with(&path, Some(std::fs::Permissions::from_mode(0o644)), write)
 }
 
 /// Reads a whole file that must be a regular one: a device (`/dev/zero`), FIFO or socket given

@@ -7,22 +7,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use initramfs::image::{archive_entries, normalize, segment_bytes};
+use initramfs::image::{archive_entries, normalize, write_image, Kept};
 use initramfs::stream::{scan, Header, ScanError, SegmentInfo, Visitor};
-use initramfs::{Codec, Entry, Image, Level};
-
-/// Reads and parses an image, naming the file in every error.
-pub fn read_image(path: &Path) -> anyhow::Result<(Vec<u8>, Image)> {
-    read_image_keeping(path, &|_| true)
-}
-
-/// [`read_image`], keeping only the file data `keep_data` asks for (by normalized path).
-pub fn read_image_keeping(path: &Path, keep_data: &dyn Fn(&str) -> bool) -> anyhow::Result<(Vec<u8>, Image)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the image {}", path.display()))?;
-    let image = Image::parse_keeping(&bytes, keep_data)
-        .with_context(|| format!("{} is not an initramfs image the kernel would unpack", path.display()))?;
-    Ok((bytes, image))
-}
+use initramfs::{Codec, Data, Entry, Level};
 
 /// The mtime of everything written: SOURCE_DATE_EPOCH, else 0.
 pub fn source_date_epoch() -> anyhow::Result<u32> {
@@ -35,20 +22,40 @@ pub fn source_date_epoch() -> anyhow::Result<u32> {
     }
 }
 
-/// Writes `bytes` to `output`: `-` is standard output (refused on a terminal), anything else is
-/// written beside the target and renamed over it.
-pub fn write_output(output: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes an image to `output` through `write`: `-` is standard output (refused on a terminal),
+/// anything else is written beside the target and renamed over it.
+pub fn write_output(output: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
     if output == Path::new("-") {
         let stdout = std::io::stdout();
         if stdout.is_terminal() {
             bail!("refusing to write a binary image to a terminal; redirect standard output or use -o FILE");
         }
         let mut lock = stdout.lock();
-        lock.write_all(bytes)?;
+        write(&mut lock)?;
         lock.flush()?;
         return Ok(());
     }
-    crate::fsio::replace_file(output, bytes).with_context(|| format!("cannot write {}", output.display()))
+    crate::fsio::replace_file_with(output, |file| write(file))
+        .with_context(|| format!("cannot write {}", output.display()))
+}
+
+/// Parses a size as `--max-unpacked` takes it: bytes, or a number with K, M, G or T (powers of
+/// 1024, as coreutils reads them).
+pub fn parse_size(value: &str) -> anyhow::Result<u64> {
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match &value[digits.len()..] {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => bail!("size {value:?}: give bytes, or a number with K, M, G or T"),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .with_context(|| format!("size {value:?}: give bytes, or a number with K, M, G or T"))
 }
 
 /// Parses a `--compress` value; `keep` is `None` (the caller picks the image's own codec).
@@ -63,7 +70,7 @@ pub fn parse_compress(value: &str) -> anyhow::Result<Option<Codec>> {
 }
 
 /// Opens an image for streaming, refusing what is not a regular file (`/dev/zero` would never end).
-fn open_image(path: &Path) -> anyhow::Result<std::fs::File> {
+pub fn open_image(path: &Path) -> anyhow::Result<std::fs::File> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read the image {}", path.display()))?;
     let meta = file.metadata().with_context(|| format!("cannot read the image {}", path.display()))?;
     if !meta.is_file() {
@@ -74,11 +81,19 @@ fn open_image(path: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Streams an image through `visitor`, naming the file in the error.
 fn scan_image(path: &Path, visitor: &mut dyn Visitor) -> anyhow::Result<()> {
-    match scan(open_image(path)?, visitor) {
-        Ok(_) => Ok(()),
-        Err(ScanError::Image(e)) => Err(anyhow::Error::new(e)
-            .context(format!("{} is not an initramfs image the kernel would unpack", path.display()))),
-        Err(ScanError::Visitor(e)) => Err(e.into()),
+    scan(open_image(path)?, visitor).map(drop).map_err(|e| scan_error(path, e))
+}
+
+/// A scan's error as the user sees it: the image named, and what to do about a limit.
+pub fn scan_error(path: &Path, error: ScanError) -> anyhow::Error {
+    match error {
+        ScanError::Image(e) => anyhow::Error::new(e)
+            .context(format!("{} is not an initramfs image the kernel would unpack", path.display())),
+        ScanError::Visitor(e) if e.kind() == std::io::ErrorKind::FileTooLarge => anyhow::anyhow!(
+            "{}: {e}; if the image is what you expect, raise it with --max-unpacked SIZE",
+            path.display()
+        ),
+        ScanError::Visitor(e) => e.into(),
     }
 }
 
@@ -153,8 +168,8 @@ fn relative_name(name: &[u8]) -> &[u8] {
 /// `extract`: what the kernel ends up with, member after member as it unpacks them (a later
 /// member replaces an earlier one of the same path), into `dir`, created beside and renamed into
 /// place; the image is streamed and each file's data copied in pieces. Device nodes, FIFOs and
-/// sockets are counted and skipped.
-pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
+/// sockets are counted and skipped. At most `max_unpacked` bytes of file data are written.
+pub fn extract(path: &Path, dir: &Path, max_unpacked: u64) -> anyhow::Result<usize> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} exists and is not an empty directory", dir.display());
     }
@@ -162,7 +177,14 @@ pub fn extract(path: &Path, dir: &Path) -> anyhow::Result<usize> {
     let staging = crate::fsio::scratch_dir(parent, ".xdkms-extract-")
         .with_context(|| format!("cannot create a directory beside {}", dir.display()))?;
     let root = cross::Sysroot::new(staging.path())?;
-    let mut extractor = Extractor { root: &root, dir_modes: BTreeMap::new(), links: HashMap::new(), skipped: 0 };
+    let mut extractor = Extractor {
+        root: &root,
+        dir_modes: BTreeMap::new(),
+        links: HashMap::new(),
+        skipped: 0,
+        left: max_unpacked,
+        limit: max_unpacked,
+    };
     scan_image(path, &mut extractor).with_context(|| format!("nothing was extracted from {}", path.display()))?;
     // Directory modes are applied last, deepest first: a read-only directory must not stop the
     // files inside it from being written.
@@ -191,6 +213,9 @@ struct Extractor<'a> {
     /// The first path of each multiply-linked file of the current archive, by (device, inode, type).
     links: HashMap<(u32, u32, u32, u32), PathBuf>,
     skipped: usize,
+    /// Bytes of file data that may still be written, of `limit`.
+    left: u64,
+    limit: u64,
 }
 
 impl Extractor<'_> {
@@ -210,6 +235,12 @@ impl Extractor<'_> {
     }
 
     fn file(&mut self, target: &Path, header: &Header, data: &mut dyn Read) -> std::io::Result<()> {
+        self.left = self.left.checked_sub(u64::from(header.file_size)).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("the image's files hold more than {} bytes, the limit", self.limit),
+            )
+        })?;
         let key = (header.dev_major, header.dev_minor, header.ino, header.file_type());
         let first = if header.nlink >= 2 { self.links.get(&key).cloned() } else { None };
         self.clear(target, false)?;
@@ -276,7 +307,8 @@ impl Visitor for Extractor<'_> {
     }
 }
 
-/// `create`: an image from a directory tree, deterministic (sorted, 0:0, SOURCE_DATE_EPOCH).
+/// `create`: an image from a directory tree, deterministic (sorted, 0:0, SOURCE_DATE_EPOCH);
+/// files are read as the archive is written.
 pub fn create(dir: &Path, output: &Path, codec: Codec) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
@@ -284,8 +316,9 @@ pub fn create(dir: &Path, output: &Path, codec: Codec) -> anyhow::Result<()> {
     let mut files = BTreeMap::new();
     collect(dir, dir, &mut files)?;
     let entries = archive_entries(files, None, source_date_epoch()?);
-    let bytes = segment_bytes(&entries, codec, Level::default())?;
-    write_output(output, &bytes)
+    write_output(output, |out| {
+        write_image(out, &mut std::io::empty(), Kept::default(), &entries, codec, Level::default())
+    })
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, Entry>) -> anyhow::Result<()> {
@@ -303,7 +336,7 @@ fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, Entry>) -> anyh
         let entry = if kind.is_dir() {
             Entry { mode: initramfs::newc::S_IFDIR | perm, ..Entry::directory(name.clone()) }
         } else if kind.is_file() {
-            Entry::file(name.clone(), perm, std::fs::read(&path)?)
+            Entry::file(name.clone(), perm, Data::File { path: path.clone(), len: meta.len() })
         } else if kind.is_symlink() {
             Entry::symlink(name.clone(), std::fs::read_link(&path)?.as_os_str().as_encoded_bytes().to_vec())
         } else if kind.is_block_device() || kind.is_char_device() || kind.is_fifo() || kind.is_socket() {

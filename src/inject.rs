@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cross::Sysroot;
-use initramfs::image::{append, archive_entries, rewrite};
-use initramfs::{Codec, Entry, Level};
+use initramfs::image::{archive_entries, write_image};
+use initramfs::spool::{Spool, SpoolOptions};
+use initramfs::{Codec, Data, Entry, Level, Tree};
 
 use crate::depmod::{self, output::alias_normalize, Analysis};
-use crate::initramfs_cmd::{read_image, read_image_keeping, source_date_epoch, write_output};
+use crate::initramfs_cmd::{open_image, scan_error, source_date_epoch, write_output};
 use crate::module::elf::ReadOptions;
 use crate::module::{is_module_file_name, modname_from_path, ModuleElf, ModuleImage};
 
@@ -37,6 +38,8 @@ pub struct Options {
     pub kmod_version: u32,
     /// Compression level; default: the codec's image default (zstd 15), zstd 3 when appending.
     pub level: Option<i32>,
+    /// The most file data the image may unpack to.
+    pub max_unpacked: u64,
 }
 
 /// zstd level for appended segments: they hold what was added (a few MiB), where a fast level
@@ -57,6 +60,12 @@ struct Added {
     host: PathBuf,
 }
 
+/// The image as read: its members (file data in the scratch directory) and its length.
+struct ReadImage {
+    spool: Spool,
+    len: u64,
+}
+
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     if let Err(why) = crate::names::check_component(&options.version) {
         bail!(
@@ -68,32 +77,64 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         bail!("ROOT {} does not exist or is not a directory", options.root.display());
     }
     let root = Sysroot::new(&options.root)?;
-    // The image and ROOT's modules are read at the same time. Appending needs the image's
-    // layout and its modules, not the rest of its data.
-    let (image, modules) = rayon::join(
-        || match options.mode {
-            Mode::Rewrite => read_image(&options.image),
-            Mode::Append => {
-                read_image_keeping(&options.image, &|path| path.contains("lib/modules/") || path.contains("depmod.d/"))
-            }
-        },
-        || RootModules::load(&root, &options.version),
-    );
-    let ((original, image), modules) = (image?, modules?);
+    // The image's file data is held on disk while the new image is written, not in memory.
+    let scratch = crate::fsio::scratch_dir(&std::env::temp_dir(), "xdkms-inject-")
+        .context("cannot create a scratch directory in TMPDIR")?;
+    // The image and ROOT's modules are read at the same time.
+    let (image, modules) =
+        rayon::join(|| read_image(options, scratch.path()), || RootModules::load(&root, &options.version));
+    let (image, modules) = (image?, modules?);
     let mut report = Report::default();
+    let tree = image.spool.tree(0);
+    let module_dir = tree.resolve(&format!("lib/modules/{}", options.version));
+    let mut new_files = files_to_add(options, &root, &modules, &tree, &module_dir, &mut report)?;
+    let depmod_root = scratch.path().join("depmod");
+    for (name, data) in indexes_for(&tree, &module_dir, &new_files, &depmod_root, options)? {
+        new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
+    }
+    // What depmod and ROOT's module lists used is free now; compressing needs the most memory.
+    drop(modules);
+    crate::memory::release_freed();
+    write_result(options, &image, &tree, new_files)?;
+    Ok(report)
+}
 
-    let (wanted, mut added, outside_softdeps) = resolve_items(options, &root, &modules)?;
-    let closure = close_over(&modules, wanted, &outside_softdeps);
-    // Files to add, by path in the image.
-    let merged = image.merged();
-    let module_dir = merged.resolve(&format!("lib/modules/{}", options.version));
-    let firmware_dir = merged.resolve("lib/firmware");
-    let mut new_files: BTreeMap<String, Entry> = BTreeMap::new();
+/// Streams the image into a spool in `scratch`. Appending keeps only what the new indexes are
+/// made from (the image's modules and depmod configuration); a rewrite keeps every file.
+fn read_image(options: &Options, scratch: &Path) -> anyhow::Result<ReadImage> {
+    let dir = scratch.join("spool");
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let keep_all = |_: &str| true;
+    let keep_modules = |path: &str| path.contains("lib/modules/") || path.contains("depmod.d/");
+    let keep: &dyn Fn(&str) -> bool = match options.mode {
+        Mode::Rewrite => &keep_all,
+        Mode::Append => &keep_modules,
+    };
+    let file = open_image(&options.image)?;
+    let len = file.metadata().with_context(|| format!("cannot read {}", options.image.display()))?.len();
+    let spool = Spool::read(file, &SpoolOptions { dir: &dir, keep, limit: options.max_unpacked })
+        .map_err(|e| scan_error(&options.image, e))?;
+    Ok(ReadImage { spool, len })
+}
+
+/// The modules asked for with their closure, ROOT's module lists and the firmware they name, by
+/// path in the image.
+fn files_to_add(
+    options: &Options,
+    root: &Sysroot,
+    modules: &RootModules,
+    tree: &Tree,
+    module_dir: &str,
+    report: &mut Report,
+) -> anyhow::Result<BTreeMap<String, Entry>> {
+    let (wanted, mut added, outside_softdeps) = resolve_items(options, root, modules)?;
+    let closure = close_over(modules, wanted, &outside_softdeps);
     let from_root = closure
         .iter()
-        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(&root, m)? }))
+        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(root, m)? }))
         .collect::<anyhow::Result<Vec<_>>>()?;
     added.splice(0..0, from_root);
+    let mut new_files: BTreeMap<String, Entry> = BTreeMap::new();
     let mut elves = Vec::new();
     for module in &added {
         if module.relpath.starts_with('/') {
@@ -112,33 +153,41 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
         }
     }
-    add_firmware(&root, &options.version, &elves, &firmware_dir, &mut new_files, &mut report)?;
+    let firmware_dir = tree.resolve("lib/firmware");
+    add_firmware(root, &options.version, &elves, &firmware_dir, &mut new_files, report)?;
+    Ok(new_files)
+}
 
-    // Fresh indexes over every module the image will hold.
-    for (name, data) in indexes_for(&merged, &module_dir, &new_files, &options.version, options.kmod_version)? {
-        new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
-    }
-
+/// Writes the new image: in rewrite mode the segments before the main one as they were, then
+/// the main segment's files merged with the new ones; in append mode the whole original, then
+/// one segment of the new files.
+fn write_result(
+    options: &Options,
+    image: &ReadImage,
+    tree: &Tree,
+    new_files: BTreeMap<String, Entry>,
+) -> anyhow::Result<()> {
     let mtime = source_date_epoch()?;
-    let codec = options.compress.unwrap_or(image.main_codec());
+    let codec = options.compress.unwrap_or(image.spool.main_codec());
     // An appended segment is small: a fast zstd level costs little space there.
     let level = match (options.level, options.mode, codec) {
         (Some(level), _, _) => Level(Some(level)),
         (None, Mode::Append, Codec::Zstd) => Level(Some(APPEND_ZSTD_LEVEL)),
         _ => Level::default(),
     };
-    let bytes = match options.mode {
+    let (kept, entries) = match options.mode {
         Mode::Rewrite => {
-            let start = image.rewrite_start();
-            let mut files: BTreeMap<String, Entry> =
-                image.merged_from(start).files.into_iter().map(|(path, entry)| (path, entry.into_owned())).collect();
+            let mut files = image.spool.tree(image.spool.rewrite_start()).files;
             files.extend(new_files);
-            rewrite(&original, &image, &archive_entries(files, None, mtime), codec, level)?
+            (image.spool.rewrite_kept(), archive_entries(files, None, mtime))
         }
-        Mode::Append => append(&original, &image, &archive_entries(new_files, Some(&merged), mtime), codec, level)?,
+        Mode::Append => (image.spool.append_kept(image.len), archive_entries(new_files, Some(tree), mtime)),
     };
-    write_output(options.output.as_deref().unwrap_or(&options.image), &bytes)?;
-    Ok(report)
+    let output = options.output.as_deref().unwrap_or(&options.image);
+    write_output(output, |out| {
+        let mut original = std::fs::File::open(&options.image)?;
+        write_image(out, &mut original, kept, &entries, codec, level)
+    })
 }
 
 /// The items asked for: modules of ROOT (by index: names, aliases, modaliases) and module files
@@ -455,63 +504,58 @@ fn add_firmware(
     Ok(())
 }
 
-/// Runs the native depmod over the image's modules plus the new files, in a scratch tree laid out
-/// like the image's module directory, and returns the index files.
+/// Runs the native depmod over the image's modules plus the new files, in a scratch root
+/// (`depmod_root`) laid out like the image's module directory, and returns the index files.
 fn indexes_for(
-    merged: &initramfs::Merged,
+    tree: &Tree,
     module_dir: &str,
     new_files: &BTreeMap<String, Entry>,
-    version: &str,
-    kmod_version: u32,
+    depmod_root: &Path,
+    options: &Options,
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    // The image's modules are written out for depmod: in memory (tmpfs) where the host has it.
-    let shm = Path::new("/dev/shm");
-    let scratch = match crate::fsio::scratch_dir(shm, "xdkms-inject-") {
-        Ok(dir) => dir,
-        Err(_) => crate::fsio::scratch_dir(&std::env::temp_dir(), "xdkms-inject-")?,
-    };
-    let dir = scratch.path().join("lib/modules").join(version);
+    let dir = depmod_root.join("lib/modules").join(&options.version);
     std::fs::create_dir_all(&dir)?;
     let prefix = format!("{module_dir}/");
-    let in_module_dir = merged
-        .files
-        .iter()
-        .map(|(path, entry)| (path, &**entry))
-        .chain(new_files.iter())
-        .filter(|(path, e)| path.starts_with(&prefix) && e.is_file());
+    let in_module_dir =
+        tree.files.iter().chain(new_files.iter()).filter(|(path, e)| path.starts_with(&prefix) && e.is_file());
     for (path, entry) in in_module_dir {
         let rel = &path[prefix.len()..];
-        if rel.split('/').any(|c| c == "..") {
-            continue;
+        if !rel.split('/').any(|c| c == "..") {
+            place(&entry.data, &dir.join(rel))?;
         }
-        let target = dir.join(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&target, &entry.data)?;
     }
     // The image's own depmod.d (search, override, exclude) applies to its indexes; depmod reads
     // it inside the scratch root, as the target's depmod would inside the image.
-    for (path, entry) in &merged.files {
-        let in_config_dir = depmod::config::default_dirs(kmod_version)
+    for (path, entry) in &tree.files {
+        let in_config_dir = depmod::config::default_dirs(options.kmod_version)
             .iter()
             .any(|dir| path.strip_prefix(dir.trim_start_matches('/')).is_some_and(|rest| rest.starts_with('/')));
         if in_config_dir && entry.is_file() && !path.split('/').any(|c| c == "..") {
-            let target = scratch.path().join(path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&target, &entry.data)?;
+            place(&entry.data, &depmod_root.join(path))?;
         }
     }
-    let options = depmod::Options {
-        basedir: Some(scratch.path().to_path_buf()),
-        version: version.to_string(),
-        kmod_version,
+    let depmod_options = depmod::Options {
+        basedir: Some(depmod_root.to_path_buf()),
+        version: options.version.clone(),
+        kmod_version: options.kmod_version,
         ..depmod::Options::default()
     };
     let mut sink = std::io::sink();
-    depmod::run(&options, &mut sink).context("cannot index the modules of the new image")?;
-    let names = depmod::output::output_files(options.format());
+    depmod::run(&depmod_options, &mut sink).context("cannot index the modules of the new image")?;
+    let names = depmod::output::output_files(depmod_options.format());
     names.iter().map(|f| Ok((f.name.to_string(), std::fs::read(dir.join(f.name))?))).collect()
+}
+
+/// Puts a member's data at `target` in the scratch root: spooled files are hard-linked (they
+/// are in the same scratch directory), data in memory is written.
+fn place(data: &Data, target: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(target);
+    let placed = match data {
+        Data::File { path, .. } => std::fs::hard_link(path, target).or_else(|_| std::fs::copy(path, target).map(drop)),
+        Data::Bytes(bytes) => std::fs::write(target, bytes),
+    };
+    placed.with_context(|| format!("cannot write {}", target.display()))
 }

@@ -438,6 +438,16 @@ impl Sysroot {
     /// written), then renames it over `host`: a reader (or a killed run) sees the old or the new
     /// file, never a part, and what a killed run left beside it is removed by the next write.
     pub fn write_atomic(&self, host: &Path, data: &[u8], permissions: Option<Permissions>) -> io::Result<()> {
+        self.write_atomic_with(host, permissions, |file| file.write_all(data))
+    }
+
+    /// [`Sysroot::write_atomic`] with the content written by `write` (a stream of any size).
+    pub fn write_atomic_with(
+        &self,
+        host: &Path,
+        permissions: Option<Permissions>,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let (dir, name) = self.parent_of(host)?;
         remove_stale_temporaries(&dir, &name);
         let temp_name = temporary_name(&name, std::process::id());
@@ -446,8 +456,7 @@ impl Sysroot {
             .map_err(|e| with_path(e.into(), host))?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive).map_err(|e| with_path(e.into(), host))?;
         let mut file = File::from(fd);
-        let written = file
-            .write_all(data)
+        let written = write(&mut file)
             .and_then(|()| permissions.map_or(Ok(()), |p| file.set_permissions(p)))
             .and_then(|()| Ok(rustix::fs::renameat(&dir, &temp_name, &dir, &name)?));
         if written.is_err() {

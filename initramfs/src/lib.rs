@@ -4,8 +4,9 @@
 pub mod codec;
 pub mod image;
 pub mod newc;
+pub mod spool;
 pub mod stream;
 
 pub use codec::{Codec, Level};
-pub use image::{Image, ImageError, Merged, Segment};
-pub use newc::Entry;
+pub use image::{ImageError, Tree};
+pub use newc::{Data, Entry};

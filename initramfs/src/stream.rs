@@ -680,6 +680,28 @@ mod tests {
         assert_eq!(seen.members[0].0, [0xff]);
     }
 
+    fn scan_error(bytes: &[u8]) -> String {
+        scan(bytes, &mut Collect::default()).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn bad_headers_and_layouts_are_errors() {
+        let good = archive(&["a"]);
+        let mut long = good.clone();
+        long[94..102].copy_from_slice(b"00001001"); // namesize 4097
+        assert!(scan_error(&long).contains("name size 4097"));
+        let mut odc = good.clone();
+        odc[..6].copy_from_slice(b"070707");
+        assert!(scan_error(&odc).contains("070707"));
+        assert!(scan_error(&[0; 64]).contains("no cpio archive"));
+        // An uncompressed archive one byte past a 4-byte boundary after a compressed member.
+        let mut misaligned = encode(Codec::Gzip, &good, Level::default()).expect("encode");
+        misaligned.resize(misaligned.len().next_multiple_of(4) + 1, 0);
+        misaligned.extend_from_slice(&good);
+        assert!(scan_error(&misaligned).contains("4-byte boundary"));
+        assert!(scan_error(b"PK\x03\x04zip").contains("unknown magic"));
+    }
+
     #[test]
     fn truncated_and_junk_images_are_errors() {
         let member = encode(Codec::Gzip, &archive(&["a"]), Level::default()).expect("encode");

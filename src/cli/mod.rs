@@ -63,6 +63,11 @@ pub struct ListArgs {
     pub image: PathBuf,
 }
 
+/// How much file data extract and inject take from an image unless told otherwise: well above
+/// any initramfs a kernel boots (it holds the whole unpacked tree in memory), well below what a
+/// decompression bomb of a few KiB would fill a disk with.
+const DEFAULT_MAX_UNPACKED: &str = "8G";
+
 #[derive(FromArgs, Debug)]
 /// Extract what the kernel would unpack into a new directory (device nodes are skipped).
 #[argh(subcommand, name = "extract")]
@@ -73,6 +78,9 @@ pub struct ExtractArgs {
     /// the directory to create
     #[argh(positional)]
     pub dir: PathBuf,
+    /// the most file data to write, in bytes or with K, M, G, T (default 8G)
+    #[argh(option, default = "String::from(DEFAULT_MAX_UNPACKED)")]
+    pub max_unpacked: String,
 }
 
 #[derive(FromArgs, Debug)]
@@ -116,6 +124,9 @@ pub struct InjectArgs {
     /// compression level (default: zstd 15, xz 6, gzip 9; zstd 3 when appending)
     #[argh(option)]
     pub level: Option<i32>,
+    /// the most file data the image may unpack to, in bytes or with K, M, G, T (default 8G)
+    #[argh(option, default = "String::from(DEFAULT_MAX_UNPACKED)")]
+    pub max_unpacked: String,
     /// the image, then the modules to add
     #[argh(positional)]
     pub args: Vec<String>,
@@ -377,7 +388,7 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
 }
 
 fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
-    use crate::initramfs_cmd::{create, extract, list, parse_compress};
+    use crate::initramfs_cmd::{create, extract, list, parse_compress, parse_size};
     match args.command {
         InitramfsCommand::List(a) => {
             let stdout = std::io::stdout();
@@ -389,7 +400,7 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             }
         }
         InitramfsCommand::Extract(a) => {
-            let skipped = extract(&a.image, &a.dir)?;
+            let skipped = extract(&a.image, &a.dir, parse_size(&a.max_unpacked)?)?;
             if skipped > 0 {
                 eprintln!("xdkms initramfs: {skipped} device nodes, FIFOs or sockets were not extracted");
             }
@@ -422,6 +433,7 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
                 items,
                 kmod_version: a.kmod_version,
                 level: a.level,
+                max_unpacked: parse_size(&a.max_unpacked)?,
             };
             let report = crate::inject::run(&options)?;
             for warning in &report.warnings {

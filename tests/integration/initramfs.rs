@@ -485,3 +485,45 @@ fn a_device_is_not_an_image() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/zero is not a regular file"), "{command}");
     }
 }
+
+/// A few KiB of image can decompress to terabytes: extract and inject stop at --max-unpacked
+/// (named in the error, with the image), write nothing, and leave no scratch files in TMPDIR.
+#[test]
+fn unpacking_past_the_limit_is_refused_and_leaves_nothing() {
+    let r = refs();
+    let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("max-unpacked");
+    let tree = work.join("tree");
+    sample_tree(&tree);
+    let good = reference_archive(&tree, "zstd -q");
+    let image = work.join("image.img");
+    std::fs::write(&image, &good).expect("write");
+    let scratch = work.join("tmp");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let dest = work.join("out");
+    let extract =
+        |limit: &str| run(xdkms().args(["initramfs", "extract", "--max-unpacked", limit]).arg(&image).arg(&dest));
+    let inject = |limit: &str| {
+        run(xdkms()
+            .env("TMPDIR", &scratch)
+            .args(inject_args(&root, &version))
+            .args(["--max-unpacked", limit])
+            .arg(&image)
+            .arg("virtio_blk"))
+    };
+    // bin/tool alone holds 70,000 bytes.
+    for out in [extract("64K"), inject("64K")] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("image.img") && stderr.contains("--max-unpacked"), "{stderr}");
+    }
+    assert!(!dest.exists() && std::fs::read(&image).expect("read") == good);
+    assert_eq!(std::fs::read_dir(&scratch).expect("tmp").count(), 0, "scratch files were left in TMPDIR");
+    let out = extract("12Q");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size \"12Q\""), "a bad size is named");
+    for out in [extract("1M"), inject("1M")] {
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(dest.join("bin/tool").is_file() && std::fs::read(&image).expect("read") != good);
+    assert_eq!(std::fs::read_dir(&scratch).expect("tmp").count(), 0, "scratch files were left in TMPDIR");
+}
