@@ -6,16 +6,11 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Replaces `path` with `bytes`, mode 0644: written beside it and renamed over it through the
-/// build host's root handle ([`cross::Sysroot::write_atomic`]: a temporary file named after this
+/// Replaces `path` with what `write` writes (a stream of any size), mode 0644: written beside
+/// it and renamed over it through the build host's root handle ([`cross::Sysroot::write_atomic`]: a temporary file named after this
 /// process, locked while written, what a killed run left removed by the next write), so a crash
 /// leaves the old file or the new one. A symlink is replaced where it points (`initrd.img ->
 /// initrd.img-6.1.0`), never turned into a file.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_file_with(path, |file| io::Write::write_all(file, bytes))
-}
-
-/// [`replace_file`] with the content written by `write` (a stream of any size).
 pub fn replace_file_with(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let path = absolute(real_target(path)?);
     cross::Sysroot::host()?.write_atomic_with(&path, Some(std::fs::Permissions::from_mode(0o644)), write)
@@ -77,6 +72,7 @@ fn real_target(path: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xdkms-fsio-{name}-{}", std::process::id()));
@@ -90,7 +86,7 @@ mod tests {
         let dir = scratch("link");
         std::fs::write(dir.join("initrd.img-6.1"), "old").expect("write");
         std::os::unix::fs::symlink("initrd.img-6.1", dir.join("initrd.img")).expect("symlink");
-        replace_file(&dir.join("initrd.img"), b"new").expect("replace");
+        replace_file_with(&dir.join("initrd.img"), |f| f.write_all(b"new")).expect("replace");
         assert!(dir.join("initrd.img").is_symlink());
         assert_eq!(std::fs::read(dir.join("initrd.img-6.1")).expect("read"), b"new");
         std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -106,7 +102,7 @@ mod tests {
         for file in [&dead, &live, &other] {
             std::fs::write(file, "partial").expect("write");
         }
-        replace_file(&dir.join("image"), b"whole").expect("replace");
+        replace_file_with(&dir.join("image"), |f| f.write_all(b"whole")).expect("replace");
         assert!(!dead.exists(), "a dead run's temporary file was kept");
         assert!(live.exists() && other.exists());
         let names: Vec<_> = std::fs::read_dir(&dir).expect("read_dir").flatten().map(|e| e.file_name()).collect();

@@ -58,6 +58,8 @@ pub struct Report {
 struct Added {
     relpath: String,
     host: PathBuf,
+    /// ROOT's own module (read through the root handle), or a file named outside ROOT.
+    in_root: bool,
 }
 
 /// The image as read: its members (file data in the scratch directory) and its length.
@@ -131,7 +133,7 @@ fn files_to_add(
     let closure = close_over(modules, wanted, &outside_softdeps);
     let from_root = closure
         .iter()
-        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(root, m)? }))
+        .map(|&m| Ok(Added { relpath: modules.modules[m].path.clone(), host: modules.host(root, m)?, in_root: true }))
         .collect::<anyhow::Result<Vec<_>>>()?;
     added.splice(0..0, from_root);
     let mut new_files: BTreeMap<String, Entry> = BTreeMap::new();
@@ -140,7 +142,11 @@ fn files_to_add(
         if module.relpath.starts_with('/') {
             bail!("{} lies outside the module directory (an `external` module); inject it by path", module.relpath);
         }
-        let data = std::fs::read(&module.host).with_context(|| format!("cannot read {}", module.host.display()))?;
+        let data = match module.in_root {
+            true => root.read(&module.host),
+            false => std::fs::read(&module.host),
+        }
+        .with_context(|| format!("cannot read {}", module.host.display()))?;
         // Only the added modules' firmware lists are needed: parse just those.
         if let Ok(elf) = ModuleImage::from_bytes(&data).and_then(|i| ModuleElf::parse(&i, ReadOptions::default())) {
             elves.push(elf);
@@ -149,7 +155,7 @@ fn files_to_add(
         report.modules.push(module.relpath.clone());
     }
     for name in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
-        if let Ok(data) = std::fs::read(modules.input_dir.join(name)) {
+        if let Ok(data) = root.read(&modules.input_dir.join(name)) {
             new_files.insert(format!("{module_dir}/{name}"), Entry::file("", 0o644, data));
         }
     }
@@ -209,12 +215,12 @@ fn resolve_items(
             let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             wanted.extend(elf.imports.iter().flatten().filter_map(|import| modules.symbols.get(&import.name)));
             outside_softdeps.extend(elf.modinfo_values(b"softdep").flat_map(softdep_names));
-            added.push(Added { relpath: format!("updates/{base}"), host: path.to_path_buf() });
+            added.push(Added { relpath: format!("updates/{base}"), host: path.to_path_buf(), in_root: false });
             continue;
         }
         let found = lookup(modules, item);
         if found.is_empty() {
-            bail!("{}", not_found_message(modules, item, &options.version));
+            bail!("{}", not_found_message(root, modules, item, &options.version));
         }
         wanted.extend(found);
     }
@@ -261,11 +267,11 @@ impl RootModules {
     fn load(root: &Sysroot, version: &str) -> anyhow::Result<RootModules> {
         let dirname = String::from_utf8_lossy(&depmod::module_dir(root, version)).into_owned();
         let input_dir = root.resolve(&dirname)?;
-        if !input_dir.is_dir() {
+        if !root.is_dir(&input_dir) {
             bail!("ROOT has no {dirname}: is {version} the right kernel version?");
         }
-        if depmod::up_to_date(&input_dir) {
-            if let Some(indexed) = RootModules::from_indexes(&dirname, &input_dir) {
+        if depmod::up_to_date(root, &input_dir) {
+            if let Some(indexed) = RootModules::from_indexes(root, &dirname, &input_dir) {
                 return Ok(indexed);
             }
         }
@@ -328,8 +334,8 @@ impl RootModules {
 
     /// Reads modules.dep, modules.alias, modules.softdep and modules.symbols; `None` when one
     /// is missing or names a module modules.dep does not list.
-    fn from_indexes(dirname: &str, input_dir: &Path) -> Option<RootModules> {
-        let read = |name: &str| std::fs::read_to_string(input_dir.join(name)).ok();
+    fn from_indexes(root: &Sysroot, dirname: &str, input_dir: &Path) -> Option<RootModules> {
+        let read = |name: &str| root.read_to_string(&input_dir.join(name)).ok();
         let (dep, alias, softdep, symbols_text) =
             (read("modules.dep")?, read("modules.alias")?, read("modules.softdep")?, read("modules.symbols")?);
         let mut modules = Vec::new();
@@ -423,8 +429,8 @@ fn lookup(root: &RootModules, item: &str) -> Vec<usize> {
     found
 }
 
-fn not_found_message(root: &RootModules, item: &str, version: &str) -> String {
-    let builtin = std::fs::read_to_string(root.input_dir.join("modules.builtin")).unwrap_or_default();
+fn not_found_message(sysroot: &Sysroot, root: &RootModules, item: &str, version: &str) -> String {
+    let builtin = sysroot.read_to_string(&root.input_dir.join("modules.builtin")).unwrap_or_default();
     let name = String::from_utf8_lossy(&modname_from_path(item.as_bytes())).into_owned();
     if builtin.lines().any(|l| String::from_utf8_lossy(&modname_from_path(l.as_bytes())) == name) {
         return format!("{item} is built into the {version} kernel; there is nothing to inject");
@@ -486,14 +492,14 @@ fn add_firmware(
             let found = search.iter().find_map(|dir| {
                 ["", ".xz", ".zst"].iter().find_map(|ext| {
                     let target = format!("{dir}/{firmware}{ext}");
-                    let host = root.resolve(&target).ok().filter(|h| h.is_file())?;
+                    let host = root.resolve(&target).ok().filter(|h| root.is_file(h))?;
                     Some((target, host))
                 })
             });
             match found {
                 Some((target, host)) => {
                     let rel = target.trim_start_matches("/lib/firmware/");
-                    let data = std::fs::read(&host).with_context(|| format!("cannot read {}", host.display()))?;
+                    let data = root.read(&host).with_context(|| format!("cannot read {}", host.display()))?;
                     files.insert(format!("{firmware_dir}/{rel}"), Entry::file("", 0o644, data));
                     report.firmware.push(rel.to_string());
                 }

@@ -30,7 +30,12 @@ pub struct Options {
 
 /// A module to describe: a file, or one built into the kernel.
 enum Found {
-    File { shown: String, host: PathBuf },
+    /// `in_root`: found through the indexes (read through the root handle), not named by path.
+    File {
+        shown: String,
+        host: PathBuf,
+        in_root: bool,
+    },
     Builtin(String),
 }
 
@@ -44,7 +49,7 @@ struct Indexes {
 
 impl Indexes {
     fn read(&self, name: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.dir.join(name)).ok()
+        self.root.read(&self.dir.join(name)).ok()
     }
 
     /// Exact lookup (dep.bin, builtin.bin): the first value.
@@ -100,7 +105,7 @@ impl Indexes {
         };
         // A path that cannot be resolved inside the root is not opened at all.
         let host = self.root.resolve(&target).ok()?;
-        Some(Found::File { shown, host })
+        Some(Found::File { shown, host, in_root: true })
     }
 
     fn builtin(&self, name: &[u8]) -> Vec<Found> {
@@ -158,8 +163,8 @@ fn pick_version(root: &Sysroot, given: Option<&str>) -> Result<String, String> {
     let mut versions: Vec<String> = ["/lib/modules", "/usr/lib/modules"]
         .iter()
         .filter_map(|d| root.resolve(d).ok())
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter_map(|d| root.read_dir(&d).ok())
+        .flat_map(|entries| entries.into_iter().map(|e| e.name.to_string_lossy().into_owned()))
         .collect();
     versions.sort();
     versions.dedup();
@@ -204,7 +209,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
         let as_path = Path::new(target);
         let found = if as_path.is_file() && is_module_file_name(as_path.as_os_str().as_bytes()) {
             let absolute = std::path::absolute(as_path).unwrap_or_else(|_| as_path.to_path_buf());
-            vec![Found::File { shown: absolute.display().to_string(), host: absolute }]
+            vec![Found::File { shown: absolute.display().to_string(), host: absolute, in_root: false }]
         } else if options.modname_only {
             indexes.lookup_name(target)
         } else {
@@ -229,8 +234,13 @@ type Info = Vec<(Vec<u8>, Vec<u8>)>;
 /// A module's `.modinfo` or, for a builtin one, its modules.builtin.modinfo records.
 fn info_of(module: &Found, indexes: &Indexes) -> Result<Info, String> {
     match module {
-        Found::File { shown, host } => {
-            let elf = ModuleImage::open(host)
+        Found::File { shown, host, in_root } => {
+            let file = match in_root {
+                true => indexes.root.open_file(host).map_err(cross::without_path),
+                false => std::fs::File::open(host),
+            };
+            let elf = file
+                .and_then(ModuleImage::from_file)
                 .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
                 .map_err(|e| format!("could not get modinfo from '{shown}': {e}"))?;
             Ok(elf.modinfo.into_iter().map(|(k, v)| (k, v.unwrap_or_else(|| b"(null)".to_vec()))).collect())

@@ -6,4 +6,4 @@ pub mod sysroot;
 pub mod target;
 pub mod toolchain;
 
-pub use sysroot::Sysroot;
+pub use sysroot::{without_path, Entry, EntryKind, Sysroot};

@@ -389,6 +389,14 @@ impl Sysroot {
 
     /// The entries of a directory (without `.` and `..`), sorted by name.
     pub fn read_dir(&self, host: &Path) -> io::Result<Vec<Entry>> {
+        let mut entries = self.read_dir_in_order(host)?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// The entries of a directory (without `.` and `..`) in the order readdir(3) returns them,
+    /// as tools that walk in that order (depmod) need.
+    pub fn read_dir_in_order(&self, host: &Path) -> io::Result<Vec<Entry>> {
         let fd = self.open_at(host, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         let mut entries = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd)? {
@@ -414,7 +422,6 @@ impl Sysroot {
             };
             entries.push(Entry { name: name.to_os_string(), kind });
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
 
@@ -636,7 +643,40 @@ fn with_path(error: io::Error, path: &Path) -> io::Error {
     if error.to_string().contains(&shown) {
         return error;
     }
-    io::Error::new(error.kind(), format!("{shown}: {error}"))
+    io::Error::new(error.kind(), PathError { path: shown, source: error })
+}
+
+/// An error of the root handle naming its path; the OS error stays inside, for callers that
+/// print it as another tool would ([`without_path`]).
+#[derive(Debug)]
+struct PathError {
+    path: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The OS error under a root handle's error, without the path it names (kmod's messages show
+/// `strerror` alone).
+pub fn without_path(error: io::Error) -> io::Error {
+    if !error.get_ref().is_some_and(|inner| inner.is::<PathError>()) {
+        return error;
+    }
+    match error.into_inner().map(|inner| inner.downcast::<PathError>()) {
+        Some(Ok(path_error)) => path_error.source,
+        Some(Err(inner)) => io::Error::other(inner),
+        None => io::Error::other("unknown error"),
+    }
 }
 
 /// The components of `path` as plain names, `.` and `..` kept for the resolver, root dropped.

@@ -53,20 +53,32 @@ impl Config {
         warnings: &mut Warnings,
     ) -> Config {
         let mut files: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        if explicit.is_empty() {
-            for dir in default_dirs(kmod_version) {
-                if let Ok(host) = root.resolve(dir) {
-                    list_config_files(&host, dir.as_ref(), &mut files, warnings);
+        // `-C` paths are the build host's, as kmod takes them; the default directories the root's.
+        let host = Sysroot::host();
+        let (reader, listed): (&Sysroot, Vec<(PathBuf, PathBuf)>) = if explicit.is_empty() {
+            let dirs = default_dirs(kmod_version).into_iter();
+            (root, dirs.filter_map(|dir| Some((root.resolve(dir).ok()?, PathBuf::from(dir)))).collect())
+        } else {
+            match &host {
+                Ok(host) => (host, explicit.iter().map(|p| (crate::fsio::absolute(p.clone()), p.clone())).collect()),
+                Err(e) => {
+                    warnings.push(format!("cannot open /: {e}"));
+                    return Config::default();
                 }
             }
-        } else {
-            for path in explicit {
-                list_config_files(path, path, &mut files, warnings);
-            }
+        };
+        for (path, shown) in &listed {
+            list_config_files(reader, path, shown, &mut files, warnings);
         }
         let mut config = Config::default();
         for (_, path) in &files {
-            match crate::fsio::read_regular(path) {
+            let text = match reader.metadata(path) {
+                Ok(meta) if !meta.is_file() => {
+                    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"))
+                }
+                _ => reader.read(path).map_err(cross::without_path),
+            };
+            match text {
                 Ok(text) => config.parse_file(&text, path, version, warnings),
                 Err(e) => warnings.push(format!("file parse {}: {e}", path.display())),
             }
@@ -177,9 +189,15 @@ fn logical_lines(text: &[u8]) -> Vec<(usize, Vec<u8>)> {
 /// Adds the `.conf` files of `host` (a file or a directory) to `files`, kept sorted by basename;
 /// a basename already listed from an earlier directory shadows this one. `shown` is the name used
 /// in messages.
-fn list_config_files(host: &Path, shown: &Path, files: &mut Vec<(Vec<u8>, PathBuf)>, warnings: &mut Warnings) {
+fn list_config_files(
+    reader: &Sysroot,
+    host: &Path,
+    shown: &Path,
+    files: &mut Vec<(Vec<u8>, PathBuf)>,
+    warnings: &mut Warnings,
+) {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(meta) = std::fs::metadata(host) else { return };
+    let Ok(meta) = reader.metadata(host) else { return };
     let mut add = |name: Vec<u8>, path: PathBuf| {
         if let Err(pos) = files.binary_search_by(|(n, _)| n.as_slice().cmp(&name)) {
             files.insert(pos, (name, path));
@@ -190,19 +208,20 @@ fn list_config_files(host: &Path, shown: &Path, files: &mut Vec<(Vec<u8>, PathBu
         add(name, host.to_path_buf());
         return;
     }
-    let entries = match std::fs::read_dir(host) {
+    let entries = match reader.read_dir_in_order(host) {
         Ok(entries) => entries,
         Err(e) => {
-            warnings.push(format!("files list {}: {e}", shown.display()));
+            warnings.push(format!("files list {}: {}", shown.display(), cross::without_path(e)));
             return;
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().as_bytes().to_vec();
+    for entry in entries {
+        let name = entry.name.as_bytes().to_vec();
         if name.first() == Some(&b'.') || name.len() < 6 || !name.ends_with(b".conf") {
             continue;
         }
-        if std::fs::metadata(entry.path()).map(|m| m.is_dir()).unwrap_or(false) {
+        let path = host.join(&entry.name);
+        if reader.metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
             warnings.push(format!(
                 "Directories inside directories are not supported: {}/{}",
                 shown.display(),
@@ -210,7 +229,7 @@ fn list_config_files(host: &Path, shown: &Path, files: &mut Vec<(Vec<u8>, PathBu
             ));
             continue;
         }
-        add(name, entry.path());
+        add(name, path);
     }
 }
 

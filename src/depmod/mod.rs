@@ -106,7 +106,7 @@ fn report(level: Level, message: String) {
 pub fn module_dir(root: &Sysroot, version: &str) -> Vec<u8> {
     let lib = format!("/lib/modules/{version}");
     let usr = format!("/usr/lib/modules/{version}");
-    let exists = |p: &str| root.resolve(p).map(|h| h.is_dir()).unwrap_or(false);
+    let exists = |p: &str| root.resolve(p).is_ok_and(|h| root.is_dir(&h));
     if !exists(&lib) && exists(&usr) {
         usr.into_bytes()
     } else {
@@ -116,6 +116,8 @@ pub fn module_dir(root: &Sysroot, version: &str) -> Vec<u8> {
 
 /// A module tree as depmod sees it, before anything is written.
 pub struct Analysis {
+    /// The root handle every file of the module directory is read and written through.
+    pub root: Sysroot,
     /// The module directory on the build host.
     pub input_dir: PathBuf,
     /// Modules in depmod's order (hash order, then modules.order).
@@ -132,9 +134,9 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
     let Some(analysis) = analyze(options, stdout)? else {
         return Ok(Outcome::UpToDate);
     };
-    let Analysis { input_dir, modules, elves, all_deps, symbols } = &analysis;
-    let model =
-        output::Model { modules, elves, all_deps, symbols, format: options.format(), warn_dups: options.warn_dups };
+    let Analysis { root, input_dir, modules, elves, all_deps, symbols } = &analysis;
+    let format = options.format();
+    let model = output::Model { root, modules, elves, all_deps, symbols, format, warn_dups: options.warn_dups };
     let files = output::output_files(options.format());
     if options.dry_run {
         for file in files.iter().filter(|f| f.text) {
@@ -156,7 +158,7 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
         .collect::<Result<_, _>>()?;
     for (name, bytes, messages) in rendered {
         messages.into_iter().for_each(|(level, text)| report(level, text));
-        crate::fsio::replace_file(&input_dir.join(name), &bytes)
+        root.write_atomic(&input_dir.join(name), &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
             .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
     }
     Ok(Outcome::Written)
@@ -176,7 +178,7 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
         .resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))
         .with_context(|| format!("could not open directory {shown_dir}"))?;
 
-    if options.quick && (options.dry_run || up_to_date(&input_dir)) {
+    if options.quick && (options.dry_run || up_to_date(&root, &input_dir)) {
         return Ok(None);
     }
 
@@ -190,8 +192,8 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
     let shown = |m: &FoundModule| format!("{root_prefix}{}", show(&m.path));
 
     hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
-    sort_by_modules_order(&mut modules, &input_dir, &shown_dir, options.format());
-    let elves = parse_modules(&modules, ReadOptions { export_crcs: check_symvers }, &shown);
+    sort_by_modules_order(&root, &mut modules, &input_dir, &shown_dir, options.format());
+    let elves = parse_modules(&root, &modules, ReadOptions { export_crcs: check_symvers }, &shown);
     for (index, elf) in elves.iter().enumerate() {
         if let Some(elf) = elf {
             for export in &elf.exports {
@@ -215,7 +217,7 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
     let all_deps: Vec<Vec<u32>> = (0..modules.len() as u32)
         .map(|m| graph::all_dependencies(m, &resolution.deps, &order, &mut seen, m + 1))
         .collect();
-    Ok(Some(Analysis { input_dir, modules, elves, all_deps, symbols }))
+    Ok(Some(Analysis { root, input_dir, modules, elves, all_deps, symbols }))
 }
 
 /// `-E` or `-F`: the kernel's own symbols. Returns whether `-e` can report unknown symbols.
@@ -269,16 +271,31 @@ fn find_modules(
     })
 }
 
+/// A module file: through the root handle when it lies in the root, as given otherwise (files
+/// named on the command line, which kmod opens as they are).
+fn open_module(root: &Sysroot, host: &Path) -> std::io::Result<std::fs::File> {
+    if root.contains(host) {
+        root.open_file(host).map_err(cross::without_path)
+    } else {
+        std::fs::File::open(host)
+    }
+}
+
 /// Every module parsed, in parallel; failures reported in module order, as kmod's sequential
 /// loop does.
 fn parse_modules(
+    root: &Sysroot,
     modules: &[FoundModule],
     read_options: ReadOptions,
     shown: &dyn Fn(&FoundModule) -> String,
 ) -> Vec<Option<ModuleElf>> {
     let parsed: Vec<std::io::Result<ModuleElf>> = modules
         .par_iter()
-        .map(|m| ModuleImage::open(&m.host).and_then(|image| ModuleElf::parse(&image, read_options)))
+        .map(|m| {
+            open_module(root, &m.host)
+                .and_then(ModuleImage::from_file)
+                .and_then(|image| ModuleElf::parse(&image, read_options))
+        })
         .collect();
     parsed
         .into_iter()
@@ -343,8 +360,14 @@ pub fn shown_root(root: &Sysroot) -> String {
 
 /// Orders modules listed in modules.order by that file, the rest after them in hash order
 /// (stable). kmod 30 keys each module by its last line, kmod 34 by its first.
-fn sort_by_modules_order(modules: &mut Vec<FoundModule>, input_dir: &Path, shown_dir: &str, format: Format) {
-    let text = match std::fs::read(input_dir.join("modules.order")) {
+fn sort_by_modules_order(
+    root: &Sysroot,
+    modules: &mut Vec<FoundModule>,
+    input_dir: &Path,
+    shown_dir: &str,
+    format: Format,
+) {
+    let text = match root.read(&input_dir.join("modules.order")).map_err(cross::without_path) {
         Ok(text) => text,
         Err(e) => {
             warn(&format!("could not open modules.order at {shown_dir}: {}", strerror(&e)));
@@ -382,22 +405,23 @@ fn sort_by_modules_order(modules: &mut Vec<FoundModule>, input_dir: &Path, shown
 }
 
 /// `-A`: modules.dep exists and no module file under the module directory is newer (seconds).
-pub(crate) fn up_to_date(input_dir: &Path) -> bool {
-    let Ok(dep) = std::fs::metadata(input_dir.join("modules.dep")).and_then(|m| m.modified()) else {
+pub(crate) fn up_to_date(root: &Sysroot, input_dir: &Path) -> bool {
+    let Ok(dep) = root.metadata(&input_dir.join("modules.dep")).and_then(|m| m.modified()) else {
         return false;
     };
     let dep_secs = seconds(dep);
     let mut stack = vec![input_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+        let Ok(entries) = root.read_dir_in_order(&dir) else { continue };
+        for entry in entries {
+            let name = entry.name;
             if name == "build" || name == "source" {
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+            let path = dir.join(&name);
+            let Ok(meta) = root.metadata(&path) else { continue };
             if meta.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             } else if crate::module::is_module_file_name(name.as_bytes())
                 && meta.modified().map(seconds).unwrap_or(i64::MAX) > dep_secs
             {

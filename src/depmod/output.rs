@@ -64,6 +64,8 @@ pub fn output_files(format: Format) -> Vec<OutputFile> {
 
 /// Everything the renderers read.
 pub struct Model<'a> {
+    /// The root whose module directory is indexed: modules.builtin* are read through it.
+    pub root: &'a cross::Sysroot,
     pub modules: &'a [FoundModule],
     pub elves: &'a [Option<ModuleElf>],
     /// Full sorted dependency list of each module.
@@ -138,15 +140,17 @@ impl Model<'_> {
             }
             "modules.symbols" => self.symbols_text(),
             "modules.symbols.bin" => self.symbols_index(layout, report).map_err(index_error)?,
-            "modules.builtin.bin" => match read_optional(input_dir, "modules.builtin", report)? {
+            "modules.builtin.bin" => match read_optional(self.root, input_dir, "modules.builtin", report)? {
                 // kmod leaves the file empty when its input is missing.
                 None => Vec::new(),
                 Some(text) => builtin_index(&text, layout, report).map_err(index_error)?,
             },
-            "modules.builtin.alias.bin" => match read_optional(input_dir, "modules.builtin.modinfo", report)? {
-                None => Vec::new(),
-                Some(data) => builtin_alias_index(&data, layout, report).map_err(index_error)?,
-            },
+            "modules.builtin.alias.bin" => {
+                match read_optional(self.root, input_dir, "modules.builtin.modinfo", report)? {
+                    None => Vec::new(),
+                    Some(data) => builtin_alias_index(&data, layout, report).map_err(index_error)?,
+                }
+            }
             "modules.devname" => self.devname_text(report),
             _ => Vec::new(),
         })
@@ -342,9 +346,14 @@ fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 /// An input kmod reads if it is there (warning as kmod does when it is not).
-fn read_optional(dir: &Path, name: &str, report: Report) -> Result<Option<Vec<u8>>, RenderError> {
+fn read_optional(
+    root: &cross::Sysroot,
+    dir: &Path,
+    name: &str,
+    report: Report,
+) -> Result<Option<Vec<u8>>, RenderError> {
     let path = dir.join(name);
-    match std::fs::read(&path) {
+    match root.read(&path).map_err(cross::without_path) {
         Ok(data) => Ok(Some(data)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             report(Level::Warning, format!("could not open {name} at {}: No such file or directory", dir.display()));

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use cross::Sysroot;
+use cross::{EntryKind, Sysroot};
 
 use super::config::{Config, Search};
 use crate::module::{is_module_file_name, modname_from_path};
@@ -103,57 +103,42 @@ impl Walker<'_> {
             || self.config.excludes.iter().any(|e| e == name)
     }
 
-    /// Depth first in readdir order, descending into a directory as soon as it is met.
+    /// Depth first in readdir order, descending into a directory as soon as it is met. Every
+    /// entry is read through the root handle: a symlink is followed inside the root.
     fn walk(&mut self, host_dir: &Path, target_dir: &[u8]) -> std::io::Result<()> {
-        let entries = std::fs::read_dir(host_dir)?;
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    self.found.errors.push(format!("readdir {}: {e}", show(target_dir)));
-                    continue;
-                }
-            };
-            let name = entry.file_name();
-            let name = name.as_bytes();
+        for entry in self.root.read_dir_in_order(host_dir).map_err(cross::without_path)? {
+            let name = entry.name.as_bytes();
             if self.excluded(name) {
                 continue;
             }
             let mut target = target_dir.to_vec();
             target.push(b'/');
             target.extend_from_slice(name);
-            let mut host = entry.path();
-            let mut file_type = match entry.file_type() {
-                Ok(t) => t,
-                Err(e) => {
-                    self.found.errors.push(format!("fstatat({}): {e}", show(&target)));
-                    continue;
-                }
-            };
-            if file_type.is_symlink() {
-                // Follow it, but inside the root: an absolute link names a target path.
-                let resolved = resolve(self.root, &target).and_then(|h| std::fs::metadata(&h).map(|m| (h, m)));
-                match resolved {
-                    Ok((h, meta)) => {
-                        host = h;
-                        file_type = meta.file_type();
-                    }
+            let host = host_dir.join(&entry.name);
+            let kind = match entry.kind {
+                EntryKind::Symlink => match self.root.metadata(&host) {
+                    Ok(meta) if meta.is_dir() => EntryKind::Dir,
+                    Ok(meta) if meta.is_file() => EntryKind::File,
+                    Ok(_) => EntryKind::Other,
                     Err(e) => {
-                        self.found.errors.push(format!("fstatat({}): {e}", show(&target)));
+                        self.found.errors.push(format!("fstatat({}): {}", show(&target), cross::without_path(e)));
                         continue;
                     }
+                },
+                kind => kind,
+            };
+            match kind {
+                EntryKind::Dir => {
+                    if let Err(e) = self.walk(&host, &target) {
+                        self.found.errors.push(format!("failed {}: {}", show(&target), cross::without_path(e)));
+                    }
                 }
-            }
-            if file_type.is_dir() {
-                if let Err(e) = self.walk(&host, &target) {
-                    self.found.errors.push(format!("failed {}: {e}", show(&target)));
+                EntryKind::File => {
+                    if is_module_file_name(name) {
+                        self.consider(target, host);
+                    }
                 }
-            } else if file_type.is_file() {
-                if is_module_file_name(name) {
-                    self.consider(target, host);
-                }
-            } else {
-                self.found.errors.push(format!("unsupported file type {}", show(&target)));
+                _ => self.found.errors.push(format!("unsupported file type {}", show(&target))),
             }
         }
         Ok(())

@@ -41,7 +41,11 @@ impl ModuleImage {
     /// Opens `path` and decompresses it if its magic says so. Files shorter than 6 bytes are
     /// rejected like libkmod does (EINVAL).
     pub fn open(path: &Path) -> io::Result<ModuleImage> {
-        let mut file = File::open(path)?;
+        ModuleImage::from_file(File::open(path)?)
+    }
+
+    /// [`ModuleImage::open`] for a file already open (through a root handle).
+    pub fn from_file(mut file: File) -> io::Result<ModuleImage> {
         let len = file.metadata()?.len();
         let mut head = [0u8; 6];
         if len < head.len() as u64 {
