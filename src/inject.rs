@@ -62,9 +62,11 @@ struct Added {
     in_root: bool,
 }
 
-/// The image as read: its members (file data in the scratch directory) and its length.
+/// The image as read: its members (file data in the scratch directory), and the open file
+/// with its length (the kept bytes are copied from the very file that was read).
 struct ReadImage {
     spool: Spool,
+    file: std::fs::File,
     len: u64,
 }
 
@@ -114,9 +116,9 @@ fn read_image(options: &Options, scratch: &Path) -> anyhow::Result<ReadImage> {
     };
     let file = open_image(&options.image)?;
     let len = file.metadata().with_context(|| format!("cannot read {}", options.image.display()))?.len();
-    let spool = Spool::read(file, &SpoolOptions { dir: &dir, keep, limit: options.max_unpacked })
+    let spool = Spool::read(&file, &SpoolOptions { dir: &dir, keep, limit: options.max_unpacked })
         .map_err(|e| scan_error(&options.image, e))?;
-    Ok(ReadImage { spool, len })
+    Ok(ReadImage { spool, file, len })
 }
 
 /// The modules asked for with their closure, ROOT's module lists and the firmware they name, by
@@ -191,7 +193,8 @@ fn write_result(
     };
     let output = options.output.as_deref().unwrap_or(&options.image);
     write_output(output, |out| {
-        let mut original = std::fs::File::open(&options.image)?;
+        let mut original = &image.file;
+        std::io::Seek::seek(&mut original, std::io::SeekFrom::Start(0))?;
         write_image(out, &mut original, kept, &entries, codec, level)
     })
 }
