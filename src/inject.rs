@@ -109,15 +109,16 @@ fn read_image(options: &Options, scratch: &Path) -> anyhow::Result<ReadImage> {
     let dir = scratch.join("spool");
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let keep_all = |_: &str| true;
-    let keep_modules = |path: &str| path.contains("lib/modules/") || path.contains("depmod.d/");
+    // depmod reads these as files: they get files of their own, to be linked into its tree.
+    let for_depmod = |path: &str| path.contains("lib/modules/") || path.contains("depmod.d/");
     let keep: &dyn Fn(&str) -> bool = match options.mode {
         Mode::Rewrite => &keep_all,
-        Mode::Append => &keep_modules,
+        Mode::Append => &for_depmod,
     };
     let file = open_image(&options.image)?;
     let len = file.metadata().with_context(|| format!("cannot read {}", options.image.display()))?.len();
-    let spool = Spool::read(&file, &SpoolOptions { dir: &dir, keep, limit: options.max_unpacked })
-        .map_err(|e| scan_error(&options.image, e))?;
+    let spool_options = SpoolOptions { dir: &dir, keep, separate: &for_depmod, limit: options.max_unpacked };
+    let spool = Spool::read(&file, &spool_options).map_err(|e| scan_error(&options.image, e))?;
     Ok(ReadImage { spool, file, len })
 }
 
@@ -555,8 +556,8 @@ fn indexes_for(
     names.iter().map(|f| Ok((f.name.to_string(), std::fs::read(dir.join(f.name))?))).collect()
 }
 
-/// Puts a member's data at `target` in the scratch root: spooled files are hard-linked (they
-/// are in the same scratch directory), data in memory is written.
+/// Puts a member's data at `target` in the scratch root: files of their own are hard-linked
+/// (they are in the same scratch directory), other data is written.
 fn place(data: &Data, target: &Path) -> anyhow::Result<()> {
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -564,7 +565,7 @@ fn place(data: &Data, target: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(target);
     let placed = match data {
         Data::File { path, .. } => std::fs::hard_link(path, target).or_else(|_| std::fs::copy(path, target).map(drop)),
-        Data::Bytes(bytes) => std::fs::write(target, bytes),
+        other => other.read_all().and_then(|bytes| std::fs::write(target, bytes)),
     };
     placed.with_context(|| format!("cannot write {}", target.display()))
 }

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // A few MiB of file data at most: a small input must not fill the disk.
-    let options = initramfs::spool::SpoolOptions { dir: &dir, keep: &|_| true, limit: 8 << 20 };
+    let options = initramfs::spool::SpoolOptions { dir: &dir, keep: &|_| true, separate: &|_| false, limit: 8 << 20 };
     if let Ok(spool) = initramfs::spool::Spool::read(data, &options) {
         let tree = spool.tree(0);
         let _ = tree.resolve("lib/modules/6.1.0/kernel");

@@ -23,6 +23,8 @@ pub enum Data {
     Bytes(Vec<u8>),
     /// A file of the build host holding exactly `len` bytes.
     File { path: PathBuf, len: u64 },
+    /// `len` bytes at `offset` in a file of the build host (many members' data in one file).
+    Range { path: PathBuf, offset: u64, len: u64 },
 }
 
 impl Default for Data {
@@ -35,7 +37,7 @@ impl Data {
     pub fn len(&self) -> u64 {
         match self {
             Data::Bytes(bytes) => bytes.len() as u64,
-            Data::File { len, .. } => *len,
+            Data::File { len, .. } | Data::Range { len, .. } => *len,
         }
     }
 
@@ -43,31 +45,31 @@ impl Data {
         self.len() == 0
     }
 
-    /// The whole content (the file read for [`Data::File`]).
+    /// The whole content (read from its file for the file-backed kinds).
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
-        match self {
-            Data::Bytes(bytes) => Ok(bytes.clone()),
-            Data::File { path, .. } => std::fs::read(path),
-        }
+        let mut out = Vec::with_capacity(self.len() as usize);
+        self.copy_to(&mut out)?;
+        Ok(out)
     }
 
     /// Copies the content to `out`; a file that no longer holds `len` bytes is an error.
     fn copy_to(&self, out: &mut dyn Write) -> io::Result<()> {
-        match self {
-            Data::Bytes(bytes) => out.write_all(bytes),
-            Data::File { path, len } => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-                let copied = io::copy(&mut file.take(*len), out)?;
-                if copied != *len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} shrank while the archive was written", path.display()),
-                    ));
-                }
-                Ok(())
-            }
+        let (path, offset, len) = match self {
+            Data::Bytes(bytes) => return out.write_all(bytes),
+            Data::File { path, len } => (path, 0, *len),
+            Data::Range { path, offset, len } => (path, *offset, *len),
+        };
+        let mut file =
+            std::fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+        let copied = io::copy(&mut file.take(len), out)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while the archive was written", path.display()),
+            ));
         }
+        Ok(())
     }
 }
 

@@ -1,10 +1,11 @@
 //! An image held for editing at fixed memory: one streaming scan keeps every member's header in
-//! memory and each regular file's data in a file of a scratch directory, so the kernel's final
-//! view of the image can be looked at and written back out, in any order, whatever its size.
+//! memory and the regular files' data on disk in a scratch directory (in one shared file, or in
+//! a file of its own where the caller needs files), so the kernel's final view of the image can
+//! be looked at and written back out, in any order, whatever its size.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::Codec;
@@ -28,6 +29,10 @@ pub struct SpoolOptions<'a> {
     pub dir: &'a Path,
     /// Which regular files' data to keep, by normalized path.
     pub keep: &'a dyn Fn(&str) -> bool,
+    /// Which of those get a file of their own ([`Data::File`], for a caller that hands them
+    /// to a tool); the others share one file ([`Data::Range`]): creating and removing thousands
+    /// of small files costs more than the data.
+    pub separate: &'a dyn Fn(&str) -> bool,
     /// At most this many bytes of file data are kept: an image of a few KiB can decompress to
     /// terabytes.
     pub limit: u64,
@@ -37,8 +42,12 @@ impl Spool {
     /// Scans the image in `input`. Member names must be UTF-8 (they are written back out);
     /// a name that is not, or more kept data than the limit, is an error of the visit.
     pub fn read(input: impl Read + Send, options: &SpoolOptions) -> Result<Spool, ScanError> {
-        let mut spooler = Spooler { options, spool: Spool { segments: Vec::new(), members: Vec::new(), unpacked: 0 } };
+        let spool = Spool { segments: Vec::new(), members: Vec::new(), unpacked: 0 };
+        let mut spooler = Spooler { options, spool, shared: None };
         scan(input, &mut spooler)?;
+        if let Some((file, _, _)) = spooler.shared.as_mut() {
+            file.flush().map_err(ScanError::Visitor)?;
+        }
         Ok(spooler.spool)
     }
 
@@ -122,11 +131,14 @@ fn link_key(segment: usize, entry: &Entry) -> LinkKey {
 struct Spooler<'a> {
     options: &'a SpoolOptions<'a>,
     spool: Spool,
+    /// The shared data file (written through a buffer), its path and how much it holds.
+    shared: Option<(io::BufWriter<File>, PathBuf, u64)>,
 }
 
 impl Spooler<'_> {
-    /// Copies a member's data to a file of its own, within the limit.
-    fn keep_file(&mut self, data: &mut dyn Read, len: u64) -> io::Result<Data> {
+    /// Copies a member's data to disk, within the limit: to a file of its own, or appended to
+    /// the shared file.
+    fn keep_file(&mut self, data: &mut dyn Read, len: u64, separate: bool) -> io::Result<Data> {
         let left = self.options.limit.saturating_sub(self.spool.unpacked);
         if len > left {
             return Err(io::Error::new(
@@ -134,11 +146,27 @@ impl Spooler<'_> {
                 format!("the image's files hold more than {} bytes, the limit", self.options.limit),
             ));
         }
-        let path: PathBuf = self.options.dir.join(self.spool.members.len().to_string());
-        let mut file = File::create(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let copied = io::copy(data, &mut file)?;
+        let create =
+            |path: &Path| File::create(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        if separate {
+            let path: PathBuf = self.options.dir.join(self.spool.members.len().to_string());
+            let copied = io::copy(data, &mut create(&path)?)?;
+            self.spool.unpacked += copied;
+            return Ok(Data::File { path, len: copied });
+        }
+        let shared = match self.shared.take() {
+            Some(shared) => shared,
+            None => {
+                let path = self.options.dir.join("shared");
+                (io::BufWriter::with_capacity(1 << 20, create(&path)?), path, 0)
+            }
+        };
+        let (file, path, offset) = self.shared.insert(shared);
+        let copied = io::copy(data, file)?;
+        let range = Data::Range { path: path.clone(), offset: *offset, len: copied };
+        *offset += copied;
         self.spool.unpacked += copied;
-        Ok(Data::File { path, len: copied })
+        Ok(range)
     }
 }
 
@@ -162,7 +190,9 @@ impl Visitor for Spooler<'_> {
                 Some(Data::Bytes(target))
             }
             S_IFREG if size == 0 => Some(Data::default()),
-            S_IFREG if (self.options.keep)(&path) => Some(self.keep_file(data, size)?),
+            S_IFREG if (self.options.keep)(&path) => {
+                Some(self.keep_file(data, size, (self.options.separate)(&path))?)
+            }
             S_IFREG => None,
             // Directories and device nodes have no data.
             _ => Some(Data::default()),
@@ -215,7 +245,8 @@ mod tests {
     }
 
     fn read(image: &[u8], dir: &Path) -> Spool {
-        Spool::read(image, &SpoolOptions { dir, keep: &|_| true, limit: u64::MAX }).expect("spool")
+        Spool::read(image, &SpoolOptions { dir, keep: &|_| true, separate: &|p| p.starts_with('e'), limit: u64::MAX })
+            .expect("spool")
     }
 
     /// An image: early microcode (uncompressed), then the main archive, then each `tail`.
@@ -289,11 +320,13 @@ mod tests {
         bytes[b_header + 6..b_header + 14].copy_from_slice(&ino);
         let tree = read(&bytes, &dir).tree(0);
         assert_eq!(tree.files["a"].data.read_all().expect("a"), b"shared");
-        let limited = Spool::read(&bytes[..], &SpoolOptions { dir: &dir, keep: &|_| true, limit: 5 });
+        let limited =
+            Spool::read(&bytes[..], &SpoolOptions { dir: &dir, keep: &|_| true, separate: &|_| false, limit: 5 });
         let error = limited.expect_err("over the limit").to_string();
         assert!(error.contains("more than 5 bytes"), "{error}");
         // Data not kept leaves the member out of the views.
-        let skipped = Spool::read(&bytes[..], &SpoolOptions { dir: &dir, keep: &|p| p != "b", limit: 0 });
+        let skipped =
+            Spool::read(&bytes[..], &SpoolOptions { dir: &dir, keep: &|p| p != "b", separate: &|_| true, limit: 0 });
         let tree = skipped.expect("spool").tree(0);
         assert!(tree.files.contains_key("a") && !tree.files.contains_key("b"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
