@@ -11,7 +11,7 @@ use crate::depmod::module_dir;
 use crate::depmod::output::alias_normalize;
 use crate::index::Index;
 use crate::module::elf::ReadOptions;
-use crate::module::{is_module_file_name, ModuleElf, ModuleImage};
+use crate::module::{is_module_file_name, ModuleElf, ModuleImage, Signature};
 
 /// What `modinfo` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -239,11 +239,14 @@ fn info_of(module: &Found, indexes: &Indexes) -> Result<Info, String> {
                 true => indexes.root.open_file(host).map_err(cross::without_path),
                 false => std::fs::File::open(host),
             };
-            let elf = file
-                .and_then(ModuleImage::from_file)
-                .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
-                .map_err(|e| format!("could not get modinfo from '{shown}': {e}"))?;
-            Ok(elf.modinfo.into_iter().map(|(k, v)| (k, v.unwrap_or_else(|| b"(null)".to_vec()))).collect())
+            let fail = |e: io::Error| format!("could not get modinfo from '{shown}': {e}");
+            let image = file.and_then(ModuleImage::from_file).map_err(fail)?;
+            let elf = ModuleElf::parse(&image, ReadOptions::default()).map_err(fail)?;
+            let mut info: Info =
+                elf.modinfo.into_iter().map(|(k, v)| (k, v.unwrap_or_else(|| b"(null)".to_vec()))).collect();
+            // kmod lists the appended signature's fields after .modinfo's.
+            info.extend(Signature::read(&image).iter().flat_map(Signature::modinfo_entries));
+            Ok(info)
         }
         Found::Builtin(name) => {
             let data = indexes.read("modules.builtin.modinfo").unwrap_or_default();

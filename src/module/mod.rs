@@ -2,9 +2,11 @@
 
 pub mod elf;
 pub mod file;
+pub mod signature;
 
 pub use elf::{Export, Import, ModuleElf};
 pub use file::{Compression, ModuleImage};
+pub use signature::Signature;
 
 /// The file-name endings a kernel module can have, longest first so the first match wins.
 pub const MODULE_EXTENSIONS: [&str; 4] = [".ko.zst", ".ko.xz", ".ko.gz", ".ko"];

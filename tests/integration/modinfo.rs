@@ -5,23 +5,6 @@ use std::process::Command;
 
 use crate::util::{copy_module_dir, make_fixture, refs, run, run_ok, xdkms, xdkms_bin, TempDir};
 
-/// kmod 30 also prints the module signature (sig_id, signer, sig_key, sig_hashalgo, signature,
-/// the last two wrapped on tab-indented lines); xdkms does not read signatures yet.
-fn without_signature(text: &str) -> String {
-    let mut out = String::new();
-    let mut in_signature = false;
-    for line in text.split_inclusive('\n') {
-        let sig = ["sig_id:", "signer:", "sig_key:", "sig_hashalgo:", "signature:"].iter().any(|k| line.starts_with(k));
-        if sig || (in_signature && line.starts_with('\t')) {
-            in_signature = true;
-            continue;
-        }
-        in_signature = false;
-        out.push_str(line);
-    }
-    out
-}
-
 /// Runs `tool modinfo`-style commands for every query in one shell loop.
 fn modinfo_all(program: &Path, prefix_args: &str, root: &Path, version: &str, queries: &Path) -> String {
     let script = format!(
@@ -62,9 +45,12 @@ fn every_module_builtin_and_sampled_alias_of_the_amd64_tree() {
     let list = work.join("queries");
     std::fs::write(&list, queries.join("\n") + "\n").expect("write");
 
-    let kmod = without_signature(&modinfo_all(Path::new("/usr/sbin/modinfo"), "", work.path(), &version, &list));
+    // Debian's modules are signed: kmod's signature fields (Debian's kmod is built with libcrypto)
+    // are compared too.
+    let kmod = modinfo_all(Path::new("/usr/sbin/modinfo"), "", work.path(), &version, &list);
     let ours = modinfo_all(&xdkms_bin(), "modinfo", work.path(), &version, &list);
     assert!(kmod.matches("\nfilename:").count() > 4000, "kmod printed too little");
+    assert!(kmod.matches("\nsig_hashalgo:").count() > 4000, "kmod printed no signatures");
     if kmod != ours {
         let first = kmod.lines().zip(ours.lines()).enumerate().find(|(_, (a, b))| a != b);
         panic!("modinfo output differs; first difference (line, kmod, xdkms): {first:?}");
@@ -119,9 +105,80 @@ fn parameters_like_kmod() {
             let ours = run_ok(xdkms().arg("modinfo").args(flags).arg(&path));
             assert_eq!(
                 String::from_utf8_lossy(&ours.stdout),
-                without_signature(&String::from_utf8_lossy(&kmod.stdout)),
+                String::from_utf8_lossy(&kmod.stdout),
                 "{module} {flags:?}"
             );
+        }
+    }
+}
+
+/// The signature appended to Debian's signed modules, stored plain, xz- and zstd-compressed (it
+/// sits inside the compressed stream): every field alone with -F, and -0, as kmod 30 prints them.
+#[test]
+fn signature_fields_of_plain_and_compressed_modules() {
+    let r = refs();
+    let version = r.get("XDKMS_KVER_AMD64");
+    let module = "kernel/drivers/block/virtio_blk.ko";
+    let trees = [("XDKMS_ROOT_AMD64", ""), ("XDKMS_ROOT_AMD64_XZ", ".xz"), ("XDKMS_ROOT_AMD64_ZST", ".zst")];
+    for (tree, ext) in trees {
+        let path = r.path(tree).join("lib/modules").join(&version).join(format!("{module}{ext}"));
+        let mut cases: Vec<Vec<&str>> = vec![vec![], vec!["-0"]];
+        for field in ["sig_id", "signer", "sig_key", "sig_hashalgo", "signature"] {
+            cases.push(vec!["-F", field]);
+        }
+        for flags in cases {
+            let kmod = run_ok(Command::new("modinfo").args(&flags).arg(&path));
+            let ours = run_ok(xdkms().arg("modinfo").args(&flags).arg(&path));
+            assert!(!kmod.stdout.is_empty(), "{tree} {flags:?}: kmod printed nothing");
+            assert_eq!(
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&kmod.stdout),
+                "{tree} {flags:?}"
+            );
+        }
+    }
+}
+
+/// Modules signed here by the Debian headers' sign-file: RSA and ECDSA keys, every hash kmod 30
+/// names, certificates whose subject has no CN or several RDNs, and a module signed twice
+/// (sign-file appends; the last signature is the one read). Compared with kmod's modinfo.
+#[test]
+fn signatures_made_by_sign_file() {
+    let r = refs();
+    let version = r.get("XDKMS_KVER_AMD64");
+    let root = r.path("XDKMS_ROOT_AMD64");
+    let sign_file = root.join("usr/lib/linux-kbuild-6.1/scripts/sign-file");
+    let module = root.join("lib/modules").join(&version).join("kernel/drivers/block/loop.ko");
+    let work = TempDir::new("modinfo-signed");
+    let keys: [(&str, &[&str], &str); 3] = [
+        ("rsa", &["-newkey", "rsa:2048"], "/CN=xdkms test key/O=xdkms"),
+        ("rsa4096", &["-newkey", "rsa:4096"], "/O=no common name/OU=unit"),
+        ("ec", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "/C=DE/CN=elliptic/CN=second"),
+    ];
+    for (name, newkey, subject) in keys {
+        let (key, cert) = (work.join(format!("{name}.pem")), work.join(format!("{name}.der")));
+        run_ok(
+            Command::new("openssl")
+                .args(["req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", subject])
+                .args(newkey)
+                .arg("-keyout")
+                .arg(&key)
+                .args(["-outform", "DER", "-out"])
+                .arg(&cert),
+        );
+        for hash in ["sha1", "sha224", "sha256", "sha384", "sha512"] {
+            let signed = work.join(format!("{name}-{hash}.ko"));
+            std::fs::copy(&module, &signed).expect("copy");
+            run_ok(Command::new(&sign_file).arg(hash).arg(&key).arg(&cert).arg(&signed));
+            if hash == "sha512" {
+                // Signed once more: kmod reads the outermost signature.
+                run_ok(Command::new(&sign_file).arg("sha256").arg(&key).arg(&cert).arg(&signed));
+            }
+            let kmod = run_ok(Command::new("modinfo").arg(&signed));
+            let ours = run_ok(xdkms().arg("modinfo").arg(&signed));
+            let text = String::from_utf8_lossy(&kmod.stdout);
+            assert!(text.contains("sig_id:         PKCS#7"), "{name} {hash}: {text}");
+            assert_eq!(String::from_utf8_lossy(&ours.stdout), text, "{name} {hash}");
         }
     }
 }
