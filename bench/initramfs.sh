@@ -7,10 +7,10 @@
 # ROOT is a hard-linked copy of the Debian amd64 module tree indexed by `xdkms depmod`, as a
 # built rootfs is (inject then reads ROOT's indexes instead of every module).
 # Bounds (issue "initramfs images"): append mode <= 5% of rewrite mode's time; rewrite mode
-# <= 1.3 x `zstd -dc | zstd -c -T0` at the same level (15). Medians of alternating runs.
+# <= 1.3 x `zstd -dc | zstd -c -T0` at the same level (15). Medians of 3 alternating runs.
 #   bash bench/initramfs.sh [ROUNDS]
 set -euo pipefail
-rounds=${1:-5}
+rounds=${1:-3}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 level=15

@@ -43,9 +43,9 @@ pub fn write_output(output: &Path, write: impl FnOnce(&mut dyn Write) -> std::io
 /// 1024, as coreutils reads them).
 pub fn parse_size(value: &str) -> anyhow::Result<u64> {
     let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let shift = match &value[digits.len()..] {
+    let shift = match value[digits.len()..].to_ascii_uppercase().as_str() {
         "" => 0,
-        "K" | "k" => 10,
+        "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
@@ -93,7 +93,7 @@ pub fn scan_error(path: &Path, error: ScanError) -> anyhow::Error {
             "{}: {e}; if the image is what you expect, raise it with --max-unpacked SIZE",
             path.display()
         ),
-        ScanError::Visitor(e) => e.into(),
+        ScanError::Visitor(e) => anyhow::Error::new(e).context(format!("while reading {}", path.display())),
     }
 }
 
@@ -185,7 +185,7 @@ pub fn extract(path: &Path, dir: &Path, max_unpacked: u64) -> anyhow::Result<usi
         left: max_unpacked,
         limit: max_unpacked,
     };
-    scan_image(path, &mut extractor).with_context(|| format!("nothing was extracted from {}", path.display()))?;
+    scan_image(path, &mut extractor).context("nothing was extracted")?;
     // Directory modes are applied last, deepest first: a read-only directory must not stop the
     // files inside it from being written.
     let mut dir_modes: Vec<(PathBuf, u32)> = std::mem::take(&mut extractor.dir_modes).into_iter().collect();

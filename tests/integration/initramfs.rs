@@ -468,6 +468,15 @@ fn names_the_kernel_accepts_are_listed_and_extracted_as_cpio_does() {
         use std::os::unix::fs::MetadataExt;
         let inode = |dir: &Path, name: &str| std::fs::metadata(dir.join(name)).expect(name).ino();
         assert_eq!(inode(&ours, "bin/tool"), inode(&ours, "bin/tool-link"), "{codec}: hard link");
+        // inject writes names back as UTF-8 paths: it refuses the image, naming it and the
+        // member, and leaves it as it was.
+        let r = refs();
+        let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+        let out = run(xdkms().args(inject_args(&root, &version)).arg(&image).arg("virtio_blk"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{codec}: {stderr}");
+        assert!(stderr.contains(&format!("names.{codec}")) && stderr.contains("caf\\xe9"), "{codec}: {stderr}");
+        assert!(std::fs::read(&image).expect("read") == bytes, "{codec}: the image changed");
     }
 }
 
