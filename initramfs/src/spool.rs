@@ -172,9 +172,11 @@ impl Spooler<'_> {
 
 impl Visitor for Spooler<'_> {
     fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+        // Unsupported, not InvalidData: the scan takes InvalidData from a visit for the image's
+        // own corruption.
         let name = String::from_utf8(header.name.clone()).map_err(|_| {
             io::Error::new(
-                io::ErrorKind::InvalidData,
+                io::ErrorKind::Unsupported,
                 format!(
                     "member {} has a name that is not UTF-8, which xdkms cannot write back",
                     header.name.escape_ascii()

@@ -476,6 +476,7 @@ fn names_the_kernel_accepts_are_listed_and_extracted_as_cpio_does() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{codec}: {stderr}");
         assert!(stderr.contains(&format!("names.{codec}")) && stderr.contains("caf\\xe9"), "{codec}: {stderr}");
+        assert!(!stderr.contains("not an initramfs image"), "{codec}: a valid image was called corrupt: {stderr}");
         assert!(std::fs::read(&image).expect("read") == bytes, "{codec}: the image changed");
     }
 }
