@@ -61,6 +61,8 @@ pub enum Exit {
     Excluded,
     /// PRE_INSTALL failed.
     PreInstallFailed,
+    /// generate_mok could not make the key pair.
+    MokNotGenerated,
 }
 
 impl Exit {
@@ -68,7 +70,7 @@ impl Exit {
     pub fn code(self) -> i32 {
         match self {
             Exit::Success => 0,
-            Exit::Usage | Exit::Io | Exit::Failed => 1,
+            Exit::Usage | Exit::Io | Exit::Failed | Exit::MokNotGenerated => 1,
             Exit::BadArguments | Exit::MissingSource => 2,
             Exit::TreeState | Exit::ArchWithAll => 3,
             Exit::NoConf | Exit::Broken | Exit::AutoinstallKernels => 4,

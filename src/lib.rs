@@ -12,3 +12,5 @@ pub mod memory;
 pub mod modinfo;
 pub mod module;
 pub mod names;
+pub mod sign_file;
+pub mod signing;

@@ -21,7 +21,7 @@ host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-
            gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-x86 qemu-system-arm
            binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
            binutils-arm-linux-gnueabihf
-           make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl)
+           make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl strace)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -459,7 +459,10 @@ impl Sysroot {
         remove_stale_temporaries(&dir, &name);
         let temp_name = temporary_name(&name, std::process::id());
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir, &temp_name, flags, Mode::from_raw_mode(0o666))
+        // Created with the final mode's bits already (a private key is never readable by others,
+        // not even while written); set exactly afterwards, past the umask.
+        let create_mode = permissions.as_ref().map_or(0o666, |p| std::os::unix::fs::PermissionsExt::mode(p) & 0o777);
+        let fd = rustix::fs::openat(&dir, &temp_name, flags, Mode::from_raw_mode(create_mode))
             .map_err(|e| with_path(e.into(), host))?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive).map_err(|e| with_path(e.into(), host))?;
         let mut file = File::from(fd);

@@ -17,7 +17,8 @@ use crate::dkms::{
 use crate::exit::Exit;
 
 /// The actions, as dkms spells them.
-pub const ACTIONS: &[&str] = &["add", "build", "install", "uninstall", "unbuild", "remove", "status", "autoinstall"];
+pub const ACTIONS: &[&str] =
+    &["add", "build", "install", "uninstall", "unbuild", "remove", "status", "autoinstall", "generate_mok"];
 
 #[derive(FromArgs, Debug, Default)]
 /// DKMS commands, compatible with dkms 3.x: `xdkms ACTION [options] [module/version | source dir
@@ -105,10 +106,15 @@ pub struct Args {
     /// /var/lib/dkms/mok.pub)
     #[argh(option)]
     pub mok_certificate: Option<PathBuf>,
-    /// the signing tool, a host path (default: framework.conf's sign_file, else the kernel's
-    /// scripts/sign-file)
+    /// a sign-file program to run instead of signing in-process, a host path (default:
+    /// framework.conf's sign_file; needed only for pkcs11: keys without --sign-command)
     #[argh(option)]
     pub sign_file: Option<PathBuf>,
+    /// a command that signs with a key xdkms never reads (an HSM): run by bash with the hash name
+    /// as $1 and the digest on stdin, it prints the raw signature (default: framework.conf's
+    /// sign_command)
+    #[argh(option)]
+    pub sign_command: Option<String>,
     /// print the version
     #[argh(switch, short = 'V', long = "version")]
     pub version_flag: bool,
@@ -298,6 +304,9 @@ fn run(action: &str, args: Args) -> Result<()> {
             Exit::Unsupported,
             [format!("The action {action} does not support the --all parameter.")],
         ));
+    }
+    if action == "generate_mok" {
+        return crate::dkms::sign::generate_mok(&ctx);
     }
     if action == "status" {
         let targets = explicit_targets(&args);
@@ -593,6 +602,7 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             key: args.mok_signing_key.clone(),
             cert: args.mok_certificate.clone(),
             sign_file: args.sign_file.clone(),
+            command: args.sign_command.clone(),
         },
         depmod_pending: Mutex::new(BTreeSet::new()),
         tree_sandbox: OnceLock::new(),

@@ -348,6 +348,14 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
             _ => (Vec::new(), argv.get(1..).unwrap_or(&[])),
         }
     };
+    // Invoked as `sign-file` (a symlink, for kernel builds to point at) or `xdkms sign-file`:
+    // sign-file's own command line, which argh cannot express (`-dp`, options anywhere).
+    if invoked_as == "sign-file" {
+        return crate::sign_file::main(argv.get(1..).unwrap_or(&[]));
+    }
+    if command_words.first().is_some_and(|c| c == "sign-file") {
+        return crate::sign_file::main(rest);
+    }
     if let Some(action) = command_words.first().filter(|a| dkms::ACTIONS.contains(&a.as_str())) {
         let words: Vec<&str> = rest.iter().map(String::as_str).collect();
         return dkms::main(action, &words);

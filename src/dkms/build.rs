@@ -250,13 +250,13 @@ impl<'a> Job<'a> {
         let (ctx, target) = (self.ctx, self.target);
         let log_path = self.build_dir.join("make.log");
         let mut log = ctx.root.create_file(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
-        let date = Command::new("date").output().map(|o| o.stdout).unwrap_or_default();
+        let date = super::date::date_line();
         let _ = writeln!(
             log,
             "DKMS make.log for {}-{} for kernel {} ({})",
             self.module, self.version, target.kernel, target.arch
         );
-        let _ = log.write_all(&date);
+        let _ = log.write_all(date.as_bytes());
         drop(log);
         let make_env = self.make_environment(paths)?;
         run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir);

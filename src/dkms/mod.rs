@@ -4,6 +4,7 @@
 pub mod build;
 pub mod commands;
 pub mod conf;
+pub mod date;
 pub mod install;
 pub mod parallel;
 pub mod sandbox;
@@ -56,6 +57,8 @@ pub struct SigningArgs {
     pub key: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub sign_file: Option<PathBuf>,
+    /// A command that signs digests (crate::signing::SigningKey::Command).
+    pub command: Option<String>,
 }
 
 /// How dkms.conf and build commands see the filesystem.

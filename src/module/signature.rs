@@ -89,7 +89,7 @@ fn from_pkcs7(der: &[u8]) -> Option<Signature> {
         id_type: ID_TYPES[ID_PKCS7 as usize],
         signer: common_name(&id.issuer).unwrap_or_default(),
         key_id: magnitude(id.serial_number.as_bytes()),
-        hash_algo: hash_name(&signer.digest_alg.oid),
+        hash_algo: hash_name(&signer.digest_alg.oid)?,
         signature: signer.signature.as_bytes().to_vec(),
     })
 }
@@ -129,8 +129,10 @@ fn magnitude(integer: &[u8]) -> Vec<u8> {
     bytes.split_off(start)
 }
 
-/// kmod's names of the digests libcrypto knows; others (SHA-3) have no name in kmod 30's table.
-fn hash_name(oid: &const_oid::ObjectIdentifier) -> &'static str {
+/// kmod's names of the digests its table knows. Others (SHA-3) have none: kmod 30 then shows no
+/// signature fields at all (observed with Debian's kmod 30 on modules sign-file signed with
+/// sha3-256; its source indexes the name table with -1 there).
+fn hash_name(oid: &const_oid::ObjectIdentifier) -> Option<&'static str> {
     const NAMES: [(&str, usize); 9] = [
         ("1.2.840.113549.2.4", 0),
         ("1.2.840.113549.2.5", 1),
@@ -143,7 +145,7 @@ fn hash_name(oid: &const_oid::ObjectIdentifier) -> &'static str {
         ("1.2.156.10197.1.401", 8),
     ];
     let text = oid.to_string();
-    NAMES.iter().find(|(dotted, _)| *dotted == text).map_or("unknown", |&(_, i)| HASH_ALGOS[i])
+    NAMES.iter().find(|(dotted, _)| *dotted == text).map(|&(_, i)| HASH_ALGOS[i])
 }
 
 /// kmod's `kmod_module_hex_to_str`: `AB:CD:...`, a newline and two tabs after every 20 bytes.

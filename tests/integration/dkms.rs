@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::util::{refs, run, run_ok, xdkms, TempDir};
+use crate::util::{refs, run, run_ok, xdkms, xdkms_bin, TempDir};
 
 /// Known, documented differences from dkms 3.0.10's exit codes.
 const HEADERS_MISSING_XDKMS: i32 = 21;
@@ -81,9 +81,13 @@ impl Pair {
     }
 
     pub fn xdkms(&self, action: &str, args: &[&str]) -> Output {
+        run(&mut self.xdkms_command(action, args))
+    }
+
+    pub fn xdkms_command(&self, action: &str, args: &[&str]) -> Command {
         let mut cmd = xdkms();
         cmd.arg(action).arg("--root").arg(self.xroot()).arg("-j").arg("2").args(args);
-        run(&mut cmd)
+        cmd
     }
 
     /// Runs dkms in its sandbox. Source directories named in `args` must be reachable there:
@@ -702,4 +706,148 @@ fn directives_alternate_confs_and_patch_errors_match_dkms() {
     let (x, _) = pair.both("build", &["-k", &k, "xdkms_badpatch/1.0"]);
     assert_eq!(x.status.code(), Some(5), "{}", stderr(&x));
     pair.assert_same_files("missing patch");
+}
+
+/// Issue 11: `install --root` with signing and compression executes nothing beyond bash, make
+/// (and what make runs), the toolchain and patch. It runs under `strace -f` in a mount namespace
+/// where openssl, unshare and the root's own sign-file are replaced by a program that fails
+/// loudly, and still installs the bytes dkms installs with all of them (dkms signs with that
+/// sign-file and OpenSSL).
+#[test]
+fn install_executes_only_bash_make_the_toolchain_and_patch() {
+    let pair = Pair::new("execs");
+    let k = pair.kernel.clone();
+    pair.add("xdkms_test-1.0");
+    pair.dkms("install", &["-k", &k, "xdkms_test/1.0"]);
+    let work = TempDir::new("execs");
+    let hider = work.join("hidden");
+    std::fs::write(&hider, "#!/bin/sh\necho \"hidden program run: $0\" >&2\nexit 127\n").expect("write");
+    std::fs::set_permissions(&hider, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut hidden: Vec<PathBuf> = ["openssl", "unshare"]
+        .iter()
+        .map(|name| {
+            let found = run_ok(Command::new("bash").args(["-c", &format!("command -v {name}")]));
+            PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+        })
+        .collect();
+    hidden.push(pair.xroot().join("usr/lib/linux-kbuild-6.1/scripts/sign-file"));
+    let traced = |name: &str, extra: &[&str]| -> String {
+        let log = work.join(format!("{name}.strace"));
+        let mut script = String::new();
+        for path in &hidden {
+            script.push_str(&format!("mount --bind {} {} && ", hider.display(), path.display()));
+        }
+        script.push_str("exec \"$@\"");
+        let mut command = Command::new("unshare");
+        command.args(["-m", "--propagation", "private", "bash", "-c", &script, "hide"]);
+        command.args(["strace", "-f", "-qq", "-z", "-e", "trace=process", "-o"]).arg(&log);
+        command.arg(xdkms_bin()).args(["install", "--root"]).arg(pair.xroot());
+        command.args(["-j", "2", "-k", &k]).args(extra).arg("xdkms_test/1.0");
+        let out = run_ok(&mut command);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("hidden program run"), "{}", stderr(&out));
+        std::fs::read_to_string(&log).expect("strace log")
+    };
+    let log = traced("install", &[]);
+    pair.assert_same_state("install with openssl, unshare and sign-file hidden");
+    let self_path = std::fs::canonicalize(xdkms_bin()).expect("xdkms path");
+    let (programs, violations) = executed_by(&log, &self_path);
+    assert!(violations.is_empty(), "xdkms executed {violations:?}");
+    assert!(programs.iter().any(|p| p.ends_with("/strip")), "no strip run by xdkms: {programs:?}");
+    assert!(log.contains("/make\", [\"make\""), "the build's make is not in the trace");
+    // Built again, with compression.
+    run_ok(&mut pair.xdkms_command("unbuild", &["-k", &k, "xdkms_test/1.0"]));
+    let log = traced("compressed", &["--compress", "xz"]);
+    let (_, violations) = executed_by(&log, &self_path);
+    assert!(violations.is_empty(), "xdkms executed {violations:?} (compressed)");
+    let installed = pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_test.ko.xz");
+    let signer = run_ok(Command::new("modinfo").args(["-F", "signer"]).arg(&installed));
+    assert_eq!(String::from_utf8_lossy(&signer.stdout).trim(), "xdkms test key");
+}
+
+/// From an `strace -f -e trace=process` log: every program xdkms itself executed (directly or
+/// through its sandbox helper, which is xdkms too), and those of them that are not bash, make,
+/// patch or a toolchain program. What make and bash execute is theirs to run.
+fn executed_by(log: &str, xdkms: &Path) -> (Vec<String>, Vec<String>) {
+    let mut image: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    let mut pending: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    let (mut programs, mut violations) = (Vec::new(), Vec::new());
+    let xdkms = xdkms.to_string_lossy().into_owned();
+    let allowed = |path: &str| {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let tool = name.rsplit('-').next().unwrap_or(name);
+        path == xdkms
+            || ["bash", "make", "patch"].contains(&name)
+            || ["gcc", "cc", "ld", "strip", "objcopy", "as", "nm", "readelf"].contains(&tool)
+    };
+    for line in log.lines() {
+        let Some((pid, call)) = line.split_once(char::is_whitespace) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let call = call.trim_start();
+        let result = call.rsplit_once("= ").map(|(_, r)| r.trim());
+        let (name, path) = match call.strip_prefix("<... ") {
+            Some(resumed) => (resumed.split_whitespace().next().unwrap_or(""), pending.remove(&pid)),
+            None => {
+                let name = call.split('(').next().unwrap_or("");
+                let path = call.split('"').nth(1).map(str::to_string);
+                if call.contains("<unfinished") {
+                    if let Some(path) = path {
+                        pending.insert(pid, path);
+                    }
+                    continue;
+                }
+                (name, path)
+            }
+        };
+        match name {
+            "execve" if result == Some("0") => {
+                let Some(path) = path else { continue };
+                if image.get(&pid).is_some_and(|before| *before == xdkms) {
+                    programs.push(path.clone());
+                    if !allowed(&path) {
+                        violations.push(path.clone());
+                    }
+                }
+                image.insert(pid, path);
+            }
+            "clone" | "clone3" | "fork" | "vfork" => {
+                if let Some(child) = result.and_then(|r| r.parse::<u32>().ok()) {
+                    if let Some(parent) = image.get(&pid).cloned() {
+                        image.insert(child, parent);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (programs, violations)
+}
+
+/// A signing command (`--sign-command`, here openssl's pkeyutl standing in for an HSM's tool)
+/// signs the digest with a key xdkms never reads: the installed module is byte-identical to the
+/// same module signed by the Debian headers' sign-file with that key.
+#[test]
+fn sign_command_signs_as_sign_file_does() {
+    let pair = Pair::new("sign-command");
+    let k = pair.kernel.clone();
+    let key = pair.xroot().join("var/lib/dkms/mok.key");
+    let cert = pair.xroot().join("var/lib/dkms/mok.pub");
+    // Outside the root, so that the key the command uses is not the one xdkms would read.
+    let work = TempDir::new("sign-command");
+    let hsm_key = work.join("hsm.key");
+    std::fs::rename(&key, &hsm_key).expect("move the key out");
+    let command = format!("openssl pkeyutl -sign -inkey {} -pkeyopt digest:$1", hsm_key.display());
+    let out = pair
+        .xdkms("install", &["-k", &k, "--sign-command", &command, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!key.exists(), "xdkms generated a key instead of using the command");
+    let installed = pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_test.ko");
+    let signed = std::fs::read(&installed).expect("installed module");
+    // The module as built: the signature and its 40-byte trailer cut off.
+    let trailer = &signed[signed.len() - 40..signed.len() - 28];
+    let sig_len = u32::from_be_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]) as usize;
+    let unsigned = work.join("unsigned.ko");
+    std::fs::write(&unsigned, &signed[..signed.len() - 40 - sig_len]).expect("write");
+    let sign_file = refs().path("XDKMS_ROOT_AMD64").join("usr/lib/linux-kbuild-6.1/scripts/sign-file");
+    run_ok(Command::new(sign_file).arg("sha256").arg(&hsm_key).arg(&cert).arg(&unsigned));
+    assert!(std::fs::read(&unsigned).expect("read") == signed, "the signing command's module differs from sign-file's");
 }

@@ -12,4 +12,5 @@ mod layers;
 mod modinfo;
 mod recipes;
 mod robustness;
+mod signing;
 mod util;

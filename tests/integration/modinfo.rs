@@ -166,7 +166,11 @@ fn signatures_made_by_sign_file() {
                 .args(["-outform", "DER", "-out"])
                 .arg(&cert),
         );
-        for hash in ["sha1", "sha224", "sha256", "sha384", "sha512"] {
+        for hash in ["sha1", "sha224", "sha256", "sha384", "sha512", "sha3-256"] {
+            // OpenSSL 3.0's CMS signs SHA-3 with RSA only.
+            if hash.starts_with("sha3-") && name == "ec" {
+                continue;
+            }
             let signed = work.join(format!("{name}-{hash}.ko"));
             std::fs::copy(&module, &signed).expect("copy");
             run_ok(Command::new(&sign_file).arg(hash).arg(&key).arg(&cert).arg(&signed));
@@ -177,7 +181,8 @@ fn signatures_made_by_sign_file() {
             let kmod = run_ok(Command::new("modinfo").arg(&signed));
             let ours = run_ok(xdkms().arg("modinfo").arg(&signed));
             let text = String::from_utf8_lossy(&kmod.stdout);
-            assert!(text.contains("sig_id:         PKCS#7"), "{name} {hash}: {text}");
+            // kmod 30 shows no signature fields for a digest its table lacks (SHA-3).
+            assert_eq!(text.contains("sig_id:         PKCS#7"), !hash.starts_with("sha3-"), "{name} {hash}: {text}");
             assert_eq!(String::from_utf8_lossy(&ours.stdout), text, "{name} {hash}");
         }
     }
