@@ -272,7 +272,7 @@ fn single(action: &str, mut requests: Vec<Named>) -> Result<Named> {
 
 fn run(action: &str, args: Args) -> Result<()> {
     if args.version_flag {
-        print_out(format_args!("xdkms {} (dkms-3.0.10 compatible)", env!("CARGO_PKG_VERSION")));
+        print_out(format_args!("{}", super::version_line()));
         return Ok(());
     }
     let requests = classify(&args);
@@ -605,6 +605,9 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             command: args.sign_command.clone(),
         },
         depmod_pending: Mutex::new(BTreeSet::new()),
+        original_found: std::sync::atomic::AtomicBool::new(false),
+        sole_build: std::sync::atomic::AtomicBool::new(true),
+        last_conf_read: Mutex::new(None),
         tree_sandbox: OnceLock::new(),
         root,
     })

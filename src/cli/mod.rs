@@ -18,7 +18,7 @@ use crate::exit::Exit;
 #[derive(FromArgs, Debug)]
 /// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
 /// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`. The DKMS
-/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall) take dkms's
+/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok) take dkms's
 /// options: `xdkms add --help`.
 pub struct Xdkms {
     #[argh(subcommand)]
@@ -335,6 +335,22 @@ pub fn normalize_getopt(args: &[String], short_with_arg: &str, long: &[(&str, ch
     out
 }
 
+/// What `--version` prints: dkms prints `dkms-<version>`; xdkms names itself the same way and
+/// the dkms and kmod releases whose behaviour it reproduces.
+pub fn version_line() -> String {
+    format!("xdkms-{} (dkms-3.0.10, kmod version 30)", env!("CARGO_PKG_VERSION"))
+}
+
+/// The commands argh does not list (they have command lines of their own), for the top-level
+/// help.
+const MORE_COMMANDS: &str = "\
+DKMS commands (dkms 3.0.10's command line; `xdkms ACTION --help` lists the options):
+  add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok
+Applets (also run through a symlink of that name):
+  sign-file         the kernel's scripts/sign-file: `[-dpk] hash key x509 module [dest]`,
+                    `-s raw-sig hash x509 module [dest]`, signing in-process
+Version: `xdkms --version` or `-V`.";
+
 /// Parses and runs a command line; returns the process exit status.
 pub fn main_with_args(argv: Vec<String>) -> Exit {
     let program = argv.first().cloned().unwrap_or_else(|| "xdkms".into());
@@ -356,6 +372,10 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
     if command_words.first().is_some_and(|c| c == "sign-file") {
         return crate::sign_file::main(rest);
     }
+    if command_words.is_empty() && rest.first().is_some_and(|a| a == "--version" || a == "-V") {
+        println!("{}", version_line());
+        return Exit::Success;
+    }
     if let Some(action) = command_words.first().filter(|a| dkms::ACTIONS.contains(&a.as_str())) {
         let words: Vec<&str> = rest.iter().map(String::as_str).collect();
         return dkms::main(action, &words);
@@ -371,6 +391,10 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
         Ok(parsed) => parsed,
         Err(early) => {
             return match early.status {
+                Ok(()) if command_words.is_empty() || command_words[0] == "help" => {
+                    println!("{}\n\n{MORE_COMMANDS}", early.output.trim_end());
+                    Exit::Success
+                }
                 Ok(()) => {
                     println!("{}", early.output);
                     Exit::Success

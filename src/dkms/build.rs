@@ -80,12 +80,14 @@ impl Drop for Staging<'_> {
 /// dkms's do_build for one kernel: checks, sources staged in an isolated dkms tree, patches,
 /// make, the modules stripped, signed and compressed, the result renamed into place.
 pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    // dkms's do_build prepares signing before any of its checks.
+    let signer = super::sign::prepare(ctx, target);
     let job = Job::prepare(ctx, module, version, target)?;
     job.stage_sources()?;
     let sandbox = ctx.sandbox(&job.build_tree, &job.staging.dir.join("mounts"), Some(&target.kernel));
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
-    let outcome = job.run(sandbox.as_ref());
+    let outcome = job.run(sandbox.as_ref(), signer.as_ref());
     if outcome.is_err() && ctx.root.is_dir(&job.build_dir) {
         let kept = job.version_dir.join("build");
         let _ = ctx.root.remove_all(&kept);
@@ -128,7 +130,7 @@ impl<'a> Job<'a> {
         let base_dir = kernel_dir.join(&target.arch);
         check_not_built(ctx, target, &base_dir)?;
         let conf_path = ctx.conf_path(module, version)?;
-        let conf = ctx.read_conf(module, version, target, &conf_path, &ctx.dkms_tree, true)?;
+        let conf = ctx.read_conf_for_checks(module, version, target, &conf_path)?;
         if conf.excluded {
             return Err(excluded(module, &base_dir));
         }
@@ -178,7 +180,7 @@ impl<'a> Job<'a> {
 
     /// Everything after staging: the conf read for the build's own paths, patches, make, the
     /// modules collected, the result moved into place.
-    fn run(&self, sandbox: Option<&Sandbox>) -> Result<()> {
+    fn run(&self, sandbox: Option<&Sandbox>, signer: Option<&super::sign::Signer>) -> Result<()> {
         let ctx = self.ctx;
         // Without a sandbox, the headers may need a view usable from the host (see
         // cross::kernel::kbuild_dir).
@@ -190,16 +192,22 @@ impl<'a> Job<'a> {
                 (kbuild.path != self.headers).then_some(kbuild.path)
             }
         };
-        let view = View { build_tree: &self.build_tree, sandbox, headers_view: headers_view.as_deref() };
+        let view =
+            View { build_tree: &self.build_tree, sandbox, headers_view: headers_view.as_deref(), announce: true };
         let conf = ctx.read_conf_in(self.module, self.version, self.target, &self.conf_path, &view, true)?;
         let paths = ctx.scope_paths(&self.target.kernel, &view)?;
+        // dkms's order: patches and pre_build (prepare_build), then the build.
+        self.apply_patches(&conf, sandbox)?;
+        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir);
         ctx.say("");
         ctx.say("Building module:");
-        self.apply_patches(&conf, sandbox)?;
+        // dkms runs the conf's CLEAN here and after the build; a build of xdkms starts from a
+        // fresh copy and its directory is removed afterwards, so there is nothing to clean.
+        ctx.say("Cleaning build area...");
         let log_path = self.make(&conf, &paths, sandbox)?;
         self.check_built(&conf)?;
         let result = self.staging.dir.join("result");
-        let records = self.collect_modules(&conf, &result)?;
+        let records = self.collect_modules(&conf, &result, signer)?;
         self.keep_logs(&log_path, &result)?;
         // The record stands for the module's own conf: a build with -c or --directive has none,
         // so status evaluates the conf, as dkms does.
@@ -208,6 +216,7 @@ impl<'a> Job<'a> {
                 .map_err(io(format!("writing {}", result.display())))?;
         }
         run_script_in(ctx, sandbox, "post_build", &conf.post_build, &self.build_dir);
+        ctx.say("Cleaning build area...");
         self.put_in_place(&result)
     }
 
@@ -225,18 +234,18 @@ impl<'a> Job<'a> {
                     Exit::BadPatch,
                     [
                         format!(" Patch {patch} as specified in dkms.conf cannot be"),
-                        format!("found in {}/patches/.", self.build_dir.display()),
+                        format!("found in {}/patches/.", self.shown_build_path(&self.build_dir).display()),
                     ],
                 ));
             }
             self.ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, &[])? {
+            if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, &[])?.success() {
                 return Err(Failure::new(
                     Exit::PatchFailed,
                     [
                         format!("Application of patch {patch} failed."),
-                        format!("Check {} for more information.", self.build_dir.display()),
+                        format!("Check {} for more information.", self.shown_build_path(&self.build_dir).display()),
                     ],
                 ));
             }
@@ -259,11 +268,22 @@ impl<'a> Job<'a> {
         let _ = log.write_all(date.as_bytes());
         drop(log);
         let make_env = self.make_environment(paths)?;
-        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir);
-        // With a shared jobserver, make takes its -j from MAKEFLAGS.
+        // With a shared jobserver, make takes its -j from MAKEFLAGS; the line shows dkms's -j.
         let jobs = if ctx.jobserver.is_some() { None } else { Some(ctx.jobs.as_str()) };
         let make_command = rewrite_make(&conf.make_command, jobs, &target.kernel);
-        ctx.say(format!("{make_command}..."));
+        // dkms's invoke_command: the line, then `(bad exit status: N)` on it when make fails. Only
+        // a build that runs alone can leave its line open; parallel ones print whole lines.
+        let shown = format!("{}...", rewrite_make(&conf.make_command, Some(ctx.jobs.as_str()), &target.kernel));
+        if ctx.verbose {
+            // What really runs: under a jobserver, make takes its jobs from it (no -j).
+            super::print_err(format_args!("xdkms: running {make_command}"));
+        }
+        let sole = ctx.sole_build.load(std::sync::atomic::Ordering::Relaxed);
+        if sole {
+            ctx.say_partial(&shown);
+        } else {
+            ctx.say(&shown);
+        }
         let assignments = format!(
             "kernelver={} arch={} kernel_source_dir={} dkms_tree={} source_tree={} install_tree={} module={} module_version={}\n",
             shell_quote(&target.kernel),
@@ -276,11 +296,19 @@ impl<'a> Job<'a> {
             shell_quote(self.version),
         );
         let script = format!("{assignments}{{ {make_command}; }}");
-        if !run_logged(sandbox, ctx.jobserver.as_ref(), &script, &self.build_dir, Some(&log_path), false, &make_env)? {
+        let status =
+            run_logged(sandbox, ctx.jobserver.as_ref(), &script, &self.build_dir, Some(&log_path), false, &make_env);
+        if sole {
+            match status.as_ref().ok().filter(|s| !s.success()).map(|s| s.code().unwrap_or(128)) {
+                Some(code) => ctx.say(format!("(bad exit status: {code})")),
+                None => ctx.say(""),
+            }
+        }
+        if !status?.success() {
             let kept = self.version_dir.join("build").join("make.log");
             let mut lines = vec![
                 format!("Bad return status for module build on kernel: {} ({})", target.kernel, target.arch),
-                format!("Consult {} for more information.", kept.display()),
+                format!("Consult {} for more information.", ctx.shown(&kept).display()),
             ];
             lines.extend(log_tail(&log_path));
             return Err(Failure::new(Exit::MakeFailed, lines));
@@ -330,7 +358,7 @@ impl<'a> Job<'a> {
                         ),
                         "Make sure the name of the generated module is correct and at the root of the".to_string(),
                         "build directory, or consult make.log in the build directory".to_string(),
-                        format!("{} for more information.", self.version_dir.join("build").display()),
+                        format!("{} for more information.", self.ctx.shown(&self.version_dir.join("build")).display()),
                     ],
                 ));
             }
@@ -339,13 +367,17 @@ impl<'a> Job<'a> {
     }
 
     /// Each built module stripped, signed and compressed into `<result>/module`.
-    fn collect_modules(&self, conf: &Conf, result: &Path) -> Result<Vec<BuiltModule>> {
+    fn collect_modules(
+        &self,
+        conf: &Conf,
+        result: &Path,
+        signer: Option<&super::sign::Signer>,
+    ) -> Result<Vec<BuiltModule>> {
         let ctx = self.ctx;
         let module_dir = result.join("module");
         ctx.root.create_dir_all(&module_dir).map_err(io(format!("creating {}", module_dir.display())))?;
         let codec = choose_compression(ctx, &self.target.kernel, &self.config_text)?;
         let strip = self.build_target.strip();
-        let signer = super::sign::prepare(ctx, self.target);
         let mut records = Vec::new();
         for record in &conf.modules {
             let built = self.build_dir.join(format!("{}{}.ko", record.built_location, record.built_name));
@@ -358,8 +390,8 @@ impl<'a> Job<'a> {
                     )
                 })?;
             }
-            if let Some(signer) = &signer {
-                super::sign::sign(ctx, signer, &built);
+            if let Some(signer) = signer {
+                super::sign::sign(ctx, signer, &built, &self.shown_build_path(&built));
             }
             let bytes = ctx.root.read(&built).map_err(io(format!("reading {}", built.display())))?;
             let (suffix, data) = match codec {
@@ -407,11 +439,23 @@ impl<'a> Job<'a> {
             .map_err(io(format!("setting the mode of {}", result.display())))?;
         root.rename(result, &self.base_dir).map_err(io(format!("moving the build to {}", self.base_dir.display())))?;
         let _ = root.remove_all(&self.version_dir.join("build"));
-        self.ctx.say(format!(
-            "DKMS: build completed for {}/{} on {} ({}).",
-            self.module, self.version, self.target.kernel, self.target.arch
-        ));
+        if self.ctx.verbose {
+            super::print_err(format_args!(
+                "xdkms: build completed for {}/{} on {} ({})",
+                self.module, self.version, self.target.kernel, self.target.arch
+            ));
+        }
         Ok(())
+    }
+
+    /// A path of the build directory as dkms shows it: in the shared `<m>/<v>/build` of the
+    /// dkms tree as the target sees it, not in this build's staging copy.
+    fn shown_build_path(&self, host: &Path) -> PathBuf {
+        let shown_build = self.ctx.shown(&self.version_dir.join("build"));
+        match host.strip_prefix(&self.build_dir) {
+            Ok(rest) => shown_build.join(rest),
+            Err(_) => self.ctx.shown(host),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use super::{Ctx, Failure, Result};
 const LOG_TAIL_LINES: usize = 20;
 
 /// Runs a shell command in `dir` with its output appended to `log` (else on the console, or
-/// nowhere with `quiet`); true on success.
+/// nowhere with `quiet`); its exit status.
 pub fn run_logged(
     sandbox: Option<&Sandbox>,
     jobserver: Option<&jobserver::Client>,
@@ -22,7 +22,7 @@ pub fn run_logged(
     log: Option<&Path>,
     quiet: bool,
     env: &[(String, String)],
-) -> Result<bool> {
+) -> Result<std::process::ExitStatus> {
     let (out, err) = match log {
         Some(log) => {
             let out = std::fs::OpenOptions::new()
@@ -60,8 +60,7 @@ pub fn run_logged(
         }
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));
-    let status = command.status().map_err(|e| Failure::io("running bash (bash is required)", e))?;
-    Ok(status.success())
+    command.status().map_err(|e| Failure::io("running bash (bash is required)", e))
 }
 
 /// The last lines of a log, indented, for an error message.

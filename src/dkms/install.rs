@@ -69,7 +69,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         return Err(Failure::new(
             Exit::NoKernelDir,
             [
-                format!("The directory {} doesn't exist.", kernel_dir.display()),
+                format!("The directory {} doesn't exist.", ctx.shown(&kernel_dir).display()),
                 "You cannot install a module onto a non-existant kernel.".to_string(),
             ],
         ));
@@ -83,9 +83,12 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         let Some(built) = module_file(&ctx.root, &built_dir, &record.dest_name) else {
             return Err(Failure::new(
                 Exit::InstallAborted,
-                [format!("Missing module {} in {}", record.dest_name, built_dir.display())],
+                [format!("Missing module {} in {}", record.dest_name, ctx.shown(&built_dir).display())],
             ));
         };
+        let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        ctx.say("");
+        ctx.say(format!("{}:", file_name.to_string_lossy()));
         if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
             continue;
         }
@@ -98,14 +101,16 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
                 ["pre_install failed, aborting install.", "You may override by specifying --force."],
             ));
         }
-        if !ctx.root.is_symlink(&link) && !is_debian_like(ctx) {
-            archive_original(ctx, &kernel_dir, &record.dest_name, &record.dest_location, &archive_dir)?;
-        }
+        let place = Placement { kernel_dir: &kernel_dir, archive: &archive_dir, suffix: &suffix_of(&file_name) };
+        original_module(ctx, &place, &record.dest_name, &record.dest_location, ctx.root.is_symlink(&link))?;
         // Symlinks on the way (an `updates` linked elsewhere) resolve inside the root.
         let dest_dir = ctx.in_root(&kernel_dir.join(record.dest_location.trim_start_matches('/')))?;
-        let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let dest = dest_dir.join(&file_name);
-        ctx.say(format!("Installing {}", dest.display()));
+        ctx.say(" - Installation");
+        ctx.say(format!(
+            "   - Installing to {}/",
+            ctx.shown(&kernel_dir).join(record.dest_location.trim_start_matches('/')).display()
+        ));
         let bytes = ctx.root.read(&built).map_err(|e| Failure::io(format!("reading {}", built.display()), e))?;
         ctx.root.create_dir_all(&dest_dir).map_err(|e| Failure::io(format!("creating {}", dest_dir.display()), e))?;
         // A module of the same name with another suffix would shadow or duplicate this one.
@@ -134,6 +139,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
 /// dkms's check_version_sanity: false (after saying why) when the module must not be installed.
 fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, built: &Path) -> Result<bool> {
     let kernel = &target.kernel;
+    ctx.say("Running module version sanity check.");
     if !obsolete_by.is_empty() && !ctx.force && is_obsoleted(obsolete_by, kernel) {
         super::print_err("");
         super::print_err(format_args!("Module has been obsoleted due to being included"));
@@ -193,40 +199,93 @@ fn is_obsoleted(obsolete_by: &str, kernel: &str) -> bool {
     }
 }
 
-/// Moves the kernel's own module of this name aside, as dkms does on distributions other than
-/// Debian and Ubuntu: the first of extra/, updates/, the destination, or a single match anywhere.
-fn archive_original(ctx: &Ctx, kernel_dir: &Path, name: &str, dest_location: &str, archive: &Path) -> Result<()> {
-    let root = &ctx.root;
+/// The `<name>.ko...` suffix of a module file name (`.ko`, `.ko.xz`), as dkms's module_suffix.
+fn suffix_of(file_name: &std::ffi::OsStr) -> String {
+    let name = file_name.to_string_lossy();
+    name.find(".ko").map_or_else(|| ".ko".to_string(), |at| name[at..].to_string())
+}
+
+/// Where an install looks for and keeps the kernel's own modules.
+struct Placement<'p> {
+    kernel_dir: &'p Path,
+    archive: &'p Path,
+    suffix: &'p str,
+}
+
+/// dkms's " - Original module" report, and the kernel's own module of this name moved aside as
+/// dkms does on distributions other than Debian and Ubuntu (there the module stays and
+/// `updates/` wins): the first of extra/, updates/, the destination, or a single match
+/// anywhere; every same-named module when there are several.
+fn original_module(ctx: &Ctx, place: &Placement<'_>, name: &str, dest_location: &str, active: bool) -> Result<()> {
+    let (root, kernel_dir, archive) = (&ctx.root, place.kernel_dir, place.archive);
     let everywhere = find_module(root, kernel_dir, name);
-    let candidates = [
-        module_file(root, &kernel_dir.join("extra"), name),
-        module_file(root, &kernel_dir.join("updates"), name),
-        module_file(root, &kernel_dir.join(dest_location.trim_start_matches('/')), name),
-        (everywhere.len() == 1).then(|| everywhere[0].clone()),
-    ];
     let io = |p: &Path| {
         let what = format!("archiving {}", p.display());
         move |e| Failure::io(what, e)
     };
-    if let Some(original) = candidates.into_iter().flatten().next() {
-        ctx.say(format!(" - Found {}", original.display()));
-        ctx.say(format!(" - Storing in {}/", archive.display()));
-        root.create_dir_all(archive).map_err(io(archive))?;
-        let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let stored = archive.join(&file_name);
-        root.rename(&original, &stored).map_err(io(&original))?;
-        let origin = format!("{}\n", original.strip_prefix(kernel_dir).unwrap_or(&original).display());
-        let _ = root.write(&archive.join(format!("{}.origin", file_name.to_string_lossy())), origin.as_bytes());
-    } else if everywhere.len() > 1 {
-        let collisions = archive.join("collisions");
-        for duplicate in everywhere {
-            let relative = duplicate.strip_prefix(kernel_dir).unwrap_or(&duplicate).to_path_buf();
-            let stored = collisions.join(&relative);
-            if let Some(parent) = stored.parent() {
-                root.create_dir_all(parent).map_err(io(parent))?;
+    let moves = !is_debian_like(ctx);
+    ctx.say(" - Original module");
+    if active {
+        if module_file(root, archive, name).is_some() {
+            ctx.say("   - An original module was already stored during a previous install");
+        } else {
+            ctx.say("   - This kernel never originally had a module by this name");
+        }
+    } else {
+        let candidates = [
+            module_file(root, &kernel_dir.join("extra"), name),
+            module_file(root, &kernel_dir.join("updates"), name),
+            module_file(root, &kernel_dir.join(dest_location.trim_start_matches('/')), name),
+            (everywhere.len() == 1).then(|| everywhere[0].clone()),
+        ];
+        let found = candidates.into_iter().flatten().next();
+        if let Some(original) = &found {
+            if moves {
+                ctx.say(format!("   - Found {}", ctx.shown(original).display()));
+                ctx.say(format!("   - Storing in {}/", ctx.shown(archive).display()));
+                ctx.say("   - Archiving for uninstallation purposes");
+                root.create_dir_all(archive).map_err(io(archive))?;
+                let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                root.rename(original, &archive.join(&file_name)).map_err(io(original))?;
+                let origin = format!("{}\n", original.strip_prefix(kernel_dir).unwrap_or(original).display());
+                let _ = root.write(&archive.join(format!("{}.origin", file_name.to_string_lossy())), origin.as_bytes());
             }
-            ctx.say(format!("     - Stored {}", duplicate.display()));
-            root.rename(&duplicate, &stored).map_err(io(&duplicate))?;
+        }
+        // dkms's found_original is a global: once one module of the run had an original, the
+        // "none" lines are not printed for the next ones either.
+        if found.is_some() {
+            ctx.original_found.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if ctx.original_found.load(std::sync::atomic::Ordering::Relaxed) {
+            // Said nothing more, as dkms.
+        } else if everywhere.len() > 1 {
+            ctx.say("   - Multiple original modules exist but DKMS does not know which to pick");
+            ctx.say("   - Due to the confusion, none will be considered during a later uninstall");
+        } else {
+            ctx.say("   - No original module exists within this kernel");
+        }
+    }
+    if everywhere.len() > 1 {
+        ctx.say(" - Multiple same named modules!");
+        ctx.say(format!(
+            "   - {} named {name}{} in {}/",
+            everywhere.len(),
+            place.suffix,
+            ctx.shown(kernel_dir).display()
+        ));
+        if moves {
+            let collisions = archive.join("collisions");
+            ctx.say("   - All instances of this module will now be stored for reference purposes ONLY");
+            ctx.say(format!("   - Storing in {}/", ctx.shown(&collisions).display()));
+            for duplicate in find_module(root, kernel_dir, name) {
+                let relative = duplicate.strip_prefix(kernel_dir).unwrap_or(&duplicate).to_path_buf();
+                let stored = collisions.join(&relative);
+                if let Some(parent) = stored.parent() {
+                    root.create_dir_all(parent).map_err(io(parent))?;
+                }
+                ctx.say(format!("     - Stored {}", ctx.shown(&duplicate).display()));
+                root.rename(&duplicate, &stored).map_err(io(&duplicate))?;
+            }
         }
     }
     Ok(())
@@ -249,20 +308,30 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
                 dest_location: record.dest_location.clone(),
                 dest_location_raw: record.dest_location_raw.clone(),
             };
-            let location = module_file(&ctx.root, &built_dir, &record.dest_name)
-                .and_then(|b| tree::installed_location(ctx, target, &built, &b));
+            let built_file = module_file(&ctx.root, &built_dir, &record.dest_name);
+            let suffix = built_file.as_deref().and_then(Path::file_name).map_or_else(|| ".ko".to_string(), suffix_of);
+            ctx.say("");
+            ctx.say(format!("{}{suffix}:", record.dest_name));
+            ctx.say(" - Uninstallation");
+            let location = built_file.and_then(|b| tree::installed_location(ctx, target, &built, &b));
             match location {
                 Some(dir) => {
-                    ctx.say(format!(" - Deleting from: {}/", dir.display()));
+                    ctx.say(format!("   - Deleting from: {}/", ctx.shown(&dir).display()));
                     for suffix in tree::MODULE_SUFFIXES {
                         let _ = ctx.root.remove_file(&dir.join(format!("{}{suffix}", record.dest_name)));
                     }
                     remove_empty_dirs(&ctx.root, &dir, &kernel_dir);
                 }
-                None => ctx.say(format!(" - Module was not found within {}/", kernel_dir.display())),
+                None => ctx.say(format!("   - Module was not found within {}/", ctx.shown(&kernel_dir).display())),
+            }
+            ctx.say(" - Original module");
+            let archived = module_file(&ctx.root, &archive_dir, &record.dest_name);
+            if archived.is_none() {
+                ctx.say("   - No original module was found for this module on this kernel.");
+                ctx.say("   - Use the dkms install command to reinstall any previous module version.");
             }
             if !is_debian_like(ctx) {
-                if let Some(original) = module_file(&ctx.root, &archive_dir, &record.dest_name) {
+                if let Some(original) = archived {
                     let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                     let origin_record = archive_dir.join(format!("{}.origin", file_name.to_string_lossy()));
                     let origin =
@@ -270,10 +339,9 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
                             || kernel_dir.join(record.dest_location_raw.trim_start_matches('/')).join(&file_name),
                         );
                     let origin = ctx.in_root(&origin)?;
-                    ctx.say(format!(
-                        " - Archived original module found in the DKMS tree, moving it to {}",
-                        origin.display()
-                    ));
+                    ctx.say("   - Archived original module found in the DKMS tree");
+                    let origin_dir = origin.parent().unwrap_or(&kernel_dir);
+                    ctx.say(format!("   - Moving it to: {}/", ctx.shown(origin_dir).display()));
                     if let Some(parent) = origin.parent() {
                         let _ = ctx.root.create_dir_all(parent);
                     }
@@ -289,7 +357,16 @@ pub fn uninstall(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Res
     }
     commands::run_script(ctx, "post_remove", &conf.post_remove, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
-    if was_active && ctx.root.is_dir(&archive_dir) && !ctx.root.is_dir(&archive_dir.join("collisions")) {
+    let collisions = archive_dir.join("collisions");
+    if was_active && ctx.root.is_dir(&archive_dir) && ctx.root.is_dir(&collisions) {
+        ctx.say("");
+        ctx.say(format!("Keeping directory {}/", ctx.shown(&collisions).display()));
+        ctx.say("for your reference purposes.  Your kernel originally contained multiple");
+        ctx.say("same-named modules and this directory is now where these are located.");
+    }
+    if was_active && ctx.root.is_dir(&archive_dir) && !ctx.root.is_dir(&collisions) {
+        ctx.say("");
+        ctx.say(format!("Removing original_module from DKMS tree for kernel {} ({})", target.kernel, target.arch));
         let _ = ctx.root.remove_all(&archive_dir);
         if let Some(kernel_archive) = archive_dir.parent() {
             let _ = ctx.root.remove_dir(kernel_archive);
@@ -472,7 +549,9 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
             kmod_version: 30,
             ..Default::default()
         };
-        ctx.say(format!("Running depmod for {kernel}..."));
+        if ctx.verbose {
+            super::print_err(format_args!("xdkms: running depmod for {kernel}"));
+        }
         let mut sink = std::io::sink();
         if let Err(e) = crate::depmod::run(&options, &mut sink) {
             return Err(Failure::new(

@@ -61,6 +61,10 @@ pub struct SigningArgs {
     pub command: Option<String>,
 }
 
+/// One read of a dkms.conf: module, version, kernel, arch and the file (dkms's `last_mvka` and
+/// `last_mvka_conf`).
+pub type ConfRead = (String, String, String, String, PathBuf);
+
 /// How dkms.conf and build commands see the filesystem.
 pub struct View<'a> {
     /// The dkms tree (host path): the real one, or a build's own.
@@ -69,6 +73,9 @@ pub struct View<'a> {
     pub sandbox: Option<&'a Sandbox>,
     /// Without a sandbox: a host-usable view of the kernel headers, if one was made.
     pub headers_view: Option<&'a Path>,
+    /// Print dkms's `DIRECTIVE:` lines for this read (dkms reads the conf once where xdkms's
+    /// build checks it early and reads it again for the build: the early read is silent).
+    pub announce: bool,
 }
 
 /// dkms's path variables, as a dkms.conf or a make command sees them.
@@ -120,6 +127,13 @@ pub struct Ctx {
     pub tree_sandbox: OnceLock<Option<Sandbox>>,
     /// Kernels whose indexes must be regenerated before the run ends.
     pub depmod_pending: Mutex<BTreeSet<String>>,
+    /// dkms's `found_original`, a global of its run: set once an install found a kernel's own
+    /// module of the same name (it then stops saying there is none).
+    pub original_found: std::sync::atomic::AtomicBool,
+    /// The last conf read that printed the DIRECTIVE lines.
+    pub last_conf_read: Mutex<Option<ConfRead>>,
+    /// No other build runs beside the current one (console lines may be left open).
+    pub sole_build: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -185,7 +199,10 @@ impl Ctx {
     }
 
     /// Notes that a kernel's indexes must be regenerated before the run ends.
+    /// dkms's `depmod...` line is printed here, where dkms runs depmod; the run regenerates
+    /// each kernel's indexes once, at its end.
     pub fn pending_depmod(&self, kernel: &str) {
+        self.say("depmod...");
         self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
     }
 
@@ -198,6 +215,23 @@ impl Ctx {
     pub fn say(&self, line: impl fmt::Display) {
         if !self.quiet {
             print_out(format_args!("{line}"));
+        }
+    }
+
+    /// A path as the target sees it: inside a root, without the root's prefix.
+    pub fn shown(&self, host: &Path) -> PathBuf {
+        match host.strip_prefix(self.root.root()) {
+            Ok(inner) if self.image_mode() => Path::new("/").join(inner),
+            _ => host.to_path_buf(),
+        }
+    }
+
+    /// Prints without ending the line (flushed, so it shows while a command runs).
+    pub fn say_partial(&self, text: &str) {
+        if !self.quiet {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
         }
     }
 
@@ -295,8 +329,16 @@ impl Ctx {
         build_tree: &Path,
         strict: bool,
     ) -> Result<Conf> {
-        let view = View { build_tree, sandbox: self.tree_sandbox(), headers_view: None };
+        let view = View { build_tree, sandbox: self.tree_sandbox(), headers_view: None, announce: true };
         self.read_conf_in(module, version, target, conf_path, &view, strict)
+    }
+
+    /// [`Ctx::read_conf`] without dkms's `DIRECTIVE:` lines: a build's checks before the read
+    /// dkms makes.
+    pub fn read_conf_for_checks(&self, module: &str, version: &str, target: &Target, conf_path: &Path) -> Result<Conf> {
+        let view =
+            View { build_tree: &self.dkms_tree, sandbox: self.tree_sandbox(), headers_view: None, announce: false };
+        self.read_conf_in(module, version, target, conf_path, &view, true)
     }
 
     /// The paths dkms.conf and build commands see for one kernel: the target's paths inside a
@@ -347,7 +389,7 @@ impl Ctx {
                 Exit::NoConf,
                 [
                     "Could not locate dkms.conf file.".to_string(),
-                    format!("File: {} does not exist.", conf_path.display()),
+                    format!("File: {} does not exist.", self.shown(conf_path).display()),
                 ],
             ));
         }
@@ -377,7 +419,24 @@ impl Ctx {
         }
         for (name, value) in &self.directives {
             raw.set_scalar(name, value);
-            self.say(format!("DIRECTIVE: {name}=\"{value}\""));
+        }
+        if view.announce && !self.directives.is_empty() {
+            // dkms skips re-reading the conf it read last (same module, version, kernel, arch
+            // and file), and with it the DIRECTIVE lines.
+            let read = (
+                module.to_string(),
+                version.to_string(),
+                target.kernel.clone(),
+                target.arch.clone(),
+                conf_path.to_path_buf(),
+            );
+            let mut last = self.last_conf_read.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_ref() != Some(&read) {
+                for (name, value) in &self.directives {
+                    self.say(format!("DIRECTIVE: {name}=\"{value}\""));
+                }
+                *last = Some(read);
+            }
         }
         let derive = Derive {
             kernelver: &target.kernel,
@@ -399,7 +458,7 @@ impl Ctx {
                 Exit::BadConf,
                 [
                     "Bad conf file.".to_string(),
-                    format!("File: {} does not represent a valid dkms.conf file.", conf_path.display()),
+                    format!("File: {} does not represent a valid dkms.conf file.", self.shown(conf_path).display()),
                 ],
             )
         })

@@ -72,13 +72,18 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let workers = limit.clamp(1, pairs.len().max(1));
     if ctx.verbose {
         match (&ctx.jobserver, ctx.jobserver_inherited) {
-            (Some(_), true) => ctx.say(format!("{count} builds share the parent make's jobserver.")),
-            (Some(_), false) => ctx.say(format!("{count} builds share a jobserver of -j {}.", ctx.jobs)),
-            (None, _) => ctx.say(format!("{count} builds, one at a time.")),
+            (Some(_), true) => {
+                super::print_err(format_args!("xdkms: {count} builds share the parent make's jobserver"))
+            }
+            (Some(_), false) => {
+                super::print_err(format_args!("xdkms: {count} builds share a jobserver of -j {}", ctx.jobs))
+            }
+            (None, _) => super::print_err(format_args!("xdkms: {count} builds, one at a time")),
         }
     }
     // A process started by make holds one job slot without a token: one build uses it.
     let implicit_free = AtomicBool::new(ctx.jobserver_inherited);
+    ctx.sole_build.store(workers == 1, Ordering::Relaxed);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -104,6 +109,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
             });
         }
     });
+    ctx.sole_build.store(true, Ordering::Relaxed);
     let build_results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut last: Result<()> = Ok(());
     for (pair, built) in pairs.iter().zip(build_results) {

@@ -84,23 +84,17 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
         None if key.starts_with("pkcs11:") && sign_command.is_none() => Some(default_sign_file(ctx, target)),
         None => None,
     };
-    match &program {
-        Some(path) => ctx.say(format!("Sign command: {}", path.display())),
-        None => ctx.say("Sign command: xdkms sign-file (built in)"),
+    if !announce_command(ctx, target, program.as_deref()) {
+        return None;
     }
-    if let Some(path) = &program {
-        let executable = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        if !executable {
-            ctx.say(format!("Binary {} not found, modules won't be signed", path.display()));
-            return None;
-        }
-    }
-    ctx.say(format!("Signing key: {key}"));
+    let shown_key =
+        if key.starts_with("pkcs11:") { key.clone() } else { ctx.shown(Path::new(&key)).display().to_string() };
+    ctx.say(format!("Signing key: {shown_key}"));
     let cert = match configured(&ctx.signing.cert, "mok_certificate") {
         Some(cert) => cert,
         None => in_root(ctx, "/var/lib/dkms/mok.pub")?,
     };
-    ctx.say(format!("Public certificate (MOK): {}", cert.display()));
+    ctx.say(format!("Public certificate (MOK): {}", ctx.shown(&cert).display()));
     let external_key = key.starts_with("pkcs11:") || (program.is_none() && sign_command.is_some());
     if !external_key && !key_pair_ready(ctx, Path::new(&key), &cert, !ctx.image_mode()) {
         return None;
@@ -110,6 +104,31 @@ pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
         Some(sign_file) => Some(Signer::Program { sign_file, hash, key, cert }),
         None => built_in(ctx, &key, &cert, &hash, sign_command),
     }
+}
+
+/// dkms's `Sign command:` line; false (after dkms's line) when a program is to run and is
+/// missing. Signing in-process writes what dkms's sign-file would: that program's path is shown
+/// when it exists, as dkms shows it, else the built-in one is named.
+fn announce_command(ctx: &Ctx, target: &Target, program: Option<&Path>) -> bool {
+    let Some(path) = program else {
+        let default = default_sign_file(ctx, target);
+        if ctx.verbose {
+            super::print_err(format_args!("xdkms: signing in-process (the bytes {} writes)", default.display()));
+        }
+        let shown = if default.is_file() {
+            ctx.shown(&default).display().to_string()
+        } else {
+            "xdkms sign-file (built in)".into()
+        };
+        ctx.say(format!("Sign command: {shown}"));
+        return true;
+    };
+    ctx.say(format!("Sign command: {}", ctx.shown(path).display()));
+    let executable = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !executable {
+        ctx.say(format!("Binary {} not found, modules won't be signed", ctx.shown(path).display()));
+    }
+    executable
 }
 
 /// Where dkms looks for sign-file when none is configured.
@@ -145,9 +164,9 @@ pub fn generate_mok(ctx: &Ctx) -> Result<(), Failure> {
     let unresolved =
         || Failure::new(Exit::MokNotGenerated, ["The key or certificate path cannot be resolved in the root."]);
     let key = configured(&ctx.signing.key, "mok_signing_key", "/var/lib/dkms/mok.key").ok_or_else(unresolved)?;
-    ctx.say(format!("Signing key: {}", key.display()));
+    ctx.say(format!("Signing key: {}", ctx.shown(&key).display()));
     let cert = configured(&ctx.signing.cert, "mok_certificate", "/var/lib/dkms/mok.pub").ok_or_else(unresolved)?;
-    ctx.say(format!("Public certificate (MOK): {}", cert.display()));
+    ctx.say(format!("Public certificate (MOK): {}", ctx.shown(&cert).display()));
     if key.to_string_lossy().starts_with("pkcs11:") || key_pair_ready(ctx, &key, &cert, true) {
         Ok(())
     } else {
@@ -159,6 +178,10 @@ pub fn generate_mok(ctx: &Ctx) -> Result<(), Failure> {
 /// in-process) where `may_generate`; false after dkms's messages when there is none to sign
 /// with. Builds inside a root never generate: a private key does not belong in an image.
 fn key_pair_ready(ctx: &Ctx, key: &Path, cert: &Path, may_generate: bool) -> bool {
+    // Parallel builds prepare signing at once: one of them makes the pair, the others use it
+    // (two generators could leave one's key beside the other's certificate).
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|e| e.into_inner());
     if key.is_file() && cert.is_file() {
         return true;
     }
@@ -180,13 +203,16 @@ fn key_pair_ready(ctx: &Ctx, key: &Path, cert: &Path, may_generate: bool) -> boo
         ctx.warn(format!("{e:#}"));
     }
     if !key.is_file() {
-        ctx.say(format!("Key file {} not found and can't be generated, modules won't be signed", key.display()));
+        ctx.say(format!(
+            "Key file {} not found and can't be generated, modules won't be signed",
+            ctx.shown(key).display()
+        ));
         return false;
     }
     if !cert.is_file() {
         ctx.say(format!(
             "Certificate file {} not found and can't be generated, modules won't be signed",
-            cert.display()
+            ctx.shown(cert).display()
         ));
         return false;
     }
@@ -248,9 +274,9 @@ fn built_in(ctx: &Ctx, key: &str, cert: &Path, hash: &str, sign_command: Option<
 }
 
 /// Signs a module in place (a signature it already has is replaced); a failure is a warning,
-/// as in dkms (the build still succeeds).
-pub fn sign(ctx: &Ctx, signer: &Signer, module: &Path) {
-    ctx.say(format!("Signing module {}", module.display()));
+/// as in dkms (the build still succeeds). `shown` is the module's path as dkms would print it.
+pub fn sign(ctx: &Ctx, signer: &Signer, module: &Path, shown: &Path) {
+    ctx.say(format!("Signing module {}", shown.display()));
     let failed = |e: String| ctx.warn(format!("Failed to sign module '{}'! {e}", module.display()));
     match signer {
         Signer::BuiltIn(signer) => {

@@ -38,7 +38,10 @@ pub fn lock(ctx: &Ctx) -> Result<Lock> {
         .open_lock_file(&path)
         .map_err(|e| Failure::io(format!("No write access to DKMS tree at {}", ctx.dkms_tree.display()), e))?;
     if file.try_lock().is_err() {
-        ctx.say(format!("Waiting for another xdkms run holding {}", path.display()));
+        // Not a dkms line (dkms takes no lock), but a wait must never be silent: stderr.
+        if !ctx.quiet {
+            super::print_err(format_args!("xdkms: waiting for another xdkms run holding {}", path.display()));
+        }
         file.lock().map_err(|e| Failure::io(format!("locking {}", path.display()), e))?;
     }
     Ok(Lock { _file: file })
@@ -493,7 +496,7 @@ pub fn add(
     let conf = ctx.read_conf(&module, &version, &target, &conf_path, &ctx.dkms_tree, true)?;
     let version_dir = ctx.version_dir(&module, &version);
     let link_target = ctx.source_tree_target.join(format!("{module}-{version}"));
-    ctx.say(format!("Creating symlink {}/source -> {}", version_dir.display(), link_target.display()));
+    ctx.say(format!("Creating symlink {}/source -> {}", ctx.shown(&version_dir).display(), link_target.display()));
     ctx.root
         .create_dir_all(&version_dir.join("build"))
         .map_err(|e| Failure::io(format!("creating {}", version_dir.display()), e))?;

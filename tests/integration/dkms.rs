@@ -106,10 +106,16 @@ impl Pair {
         run(&mut cmd)
     }
 
-    /// Runs one action with both tools; asserts equal exit codes; returns them.
+    /// Runs one action with both tools; asserts equal exit codes and the same console lines on
+    /// stdout (dkms's progress dots aside); returns them.
     pub fn both(&self, action: &str, args: &[&str]) -> (Output, Output) {
         let x = self.xdkms(action, args);
         let r = self.dkms(action, args);
+        assert_eq!(
+            console(&x.stdout),
+            console(&r.stdout),
+            "`{action} {args:?}`: xdkms's stdout differs from dkms's (left: xdkms)"
+        );
         assert_eq!(
             x.status.code(),
             r.status.code(),
@@ -191,6 +197,23 @@ fn dkms_tree(root: &Path) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Console output with dkms's progress dots (one every 3 s of a background command, after its
+/// `...`) taken out, so that timing does not show.
+fn console(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| {
+            let dots = line.len() - line.trim_end_matches('.').len();
+            if dots > 3 {
+                &line[..line.len() - dots + 3]
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -850,4 +873,21 @@ fn sign_command_signs_as_sign_file_does() {
     let sign_file = refs().path("XDKMS_ROOT_AMD64").join("usr/lib/linux-kbuild-6.1/scripts/sign-file");
     run_ok(Command::new(sign_file).arg("sha256").arg(&hsm_key).arg(&cert).arg(&unsigned));
     assert!(std::fs::read(&unsigned).expect("read") == signed, "the signing command's module differs from sign-file's");
+}
+
+/// `--version` and `-V` name xdkms the way dkms names itself (`dkms-<version>`) with the
+/// releases it follows; the top-level help lists every command, the DKMS actions included.
+#[test]
+fn version_and_help_name_every_command() {
+    let dkms = run_ok(Command::new("dkms").arg("--version"));
+    let dkms_version = String::from_utf8_lossy(&dkms.stdout).trim().to_string();
+    for flag in ["--version", "-V"] {
+        let out = run_ok(xdkms().arg(flag));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(line.starts_with("xdkms-") && line.contains(&dkms_version), "{flag}: {line} (dkms: {dkms_version})");
+    }
+    let help = String::from_utf8_lossy(&run_ok(xdkms().arg("--help")).stdout).into_owned();
+    for command in xdkms::cli::dkms::ACTIONS.iter().chain(&["depmod", "modinfo", "initramfs", "sign-file"]) {
+        assert!(help.contains(command), "--help does not list {command}:\n{help}");
+    }
 }
