@@ -69,6 +69,9 @@ impl Pair {
             let name = file.file_name().expect("name");
             std::fs::copy(file, dir.join("ref/var/lib/dkms").join(name)).expect("copy key");
         }
+        let hider = dir.join("hidden");
+        std::fs::write(&hider, "#!/bin/sh\necho \"hidden program run: $0\" >&2\nexit 127\n").expect("write");
+        std::fs::set_permissions(&hider, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         Pair { dir, kernel, host_modules: listing(Path::new("/lib/modules")) }
     }
 
@@ -80,14 +83,44 @@ impl Pair {
         self.dir.join("ref")
     }
 
+    /// Runs xdkms as every comparison does (see [`Pair::xdkms_command`]); a hidden program it
+    /// tried to run fails the test.
     pub fn xdkms(&self, action: &str, args: &[&str]) -> Output {
-        run(&mut self.xdkms_command(action, args))
+        let out = run(&mut self.xdkms_command(action, args));
+        assert!(!stderr(&out).contains("hidden program run"), "`{action} {args:?}`: {}", stderr(&out));
+        out
     }
 
+    /// xdkms on the copy, in a private mount namespace where openssl, unshare and the root's
+    /// own sign-file are replaced by a program that fails loudly (issue 11: signing, key
+    /// generation and the build sandbox need none of them), so every comparison with dkms (which
+    /// runs with all of them) shows xdkms needs none.
     pub fn xdkms_command(&self, action: &str, args: &[&str]) -> Command {
-        let mut cmd = xdkms();
-        cmd.arg(action).arg("--root").arg(self.xroot()).arg("-j").arg("2").args(args);
-        cmd
+        self.xdkms_wrapped(&[], action, args)
+    }
+
+    /// [`Pair::xdkms_command`] with `wrapper` (strace and its options) in front of xdkms.
+    pub fn xdkms_wrapped(&self, wrapper: &[&str], action: &str, args: &[&str]) -> Command {
+        static HOST_TOOLS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+        let host_tools = HOST_TOOLS.get_or_init(|| {
+            ["openssl", "unshare"]
+                .iter()
+                .map(|name| {
+                    let found = run_ok(Command::new("bash").args(["-c", &format!("command -v {name}")]));
+                    PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+                })
+                .collect()
+        });
+        let sign_file = self.xroot().join("usr/lib/linux-kbuild-6.1/scripts/sign-file");
+        let mut script = String::new();
+        for path in host_tools.iter().chain([&sign_file]).filter(|p| p.exists()) {
+            script.push_str(&format!("mount --bind {} {} && ", self.dir.join("hidden").display(), path.display()));
+        }
+        script.push_str("exec \"$@\"");
+        let mut command = Command::new("unshare");
+        command.args(["-m", "--propagation", "private", "bash", "-c", &script, "hide"]).args(wrapper);
+        command.arg(xdkms_bin()).arg(action).arg("--root").arg(self.xroot()).arg("-j").arg("2").args(args);
+        command
     }
 
     /// Runs dkms in its sandbox. Source directories named in `args` must be reachable there:
@@ -732,10 +765,9 @@ fn directives_alternate_confs_and_patch_errors_match_dkms() {
 }
 
 /// Issue 11: `install --root` with signing and compression executes nothing beyond bash, make
-/// (and what make runs), the toolchain and patch. It runs under `strace -f` in a mount namespace
-/// where openssl, unshare and the root's own sign-file are replaced by a program that fails
-/// loudly, and still installs the bytes dkms installs with all of them (dkms signs with that
-/// sign-file and OpenSSL).
+/// (and what make runs), the toolchain and patch. It runs under `strace -f`, with openssl,
+/// unshare and the root's own sign-file hidden as in every comparison, and installs the bytes
+/// dkms installs with all of them (dkms signs with that sign-file and OpenSSL).
 #[test]
 fn install_executes_only_bash_make_the_toolchain_and_patch() {
     let pair = Pair::new("execs");
@@ -743,30 +775,14 @@ fn install_executes_only_bash_make_the_toolchain_and_patch() {
     pair.add("xdkms_test-1.0");
     pair.dkms("install", &["-k", &k, "xdkms_test/1.0"]);
     let work = TempDir::new("execs");
-    let hider = work.join("hidden");
-    std::fs::write(&hider, "#!/bin/sh\necho \"hidden program run: $0\" >&2\nexit 127\n").expect("write");
-    std::fs::set_permissions(&hider, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let mut hidden: Vec<PathBuf> = ["openssl", "unshare"]
-        .iter()
-        .map(|name| {
-            let found = run_ok(Command::new("bash").args(["-c", &format!("command -v {name}")]));
-            PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
-        })
-        .collect();
-    hidden.push(pair.xroot().join("usr/lib/linux-kbuild-6.1/scripts/sign-file"));
     let traced = |name: &str, extra: &[&str]| -> String {
         let log = work.join(format!("{name}.strace"));
-        let mut script = String::new();
-        for path in &hidden {
-            script.push_str(&format!("mount --bind {} {} && ", hider.display(), path.display()));
-        }
-        script.push_str("exec \"$@\"");
-        let mut command = Command::new("unshare");
-        command.args(["-m", "--propagation", "private", "bash", "-c", &script, "hide"]);
-        command.args(["strace", "-f", "-qq", "-z", "-e", "trace=process", "-o"]).arg(&log);
-        command.arg(xdkms_bin()).args(["install", "--root"]).arg(pair.xroot());
-        command.args(["-j", "2", "-k", &k]).args(extra).arg("xdkms_test/1.0");
-        let out = run_ok(&mut command);
+        let log_arg = log.to_str().expect("utf-8");
+        let strace = ["strace", "-f", "-qq", "-z", "-e", "trace=process", "-o", log_arg];
+        let mut args = vec!["-k", k.as_str()];
+        args.extend(extra);
+        args.push("xdkms_test/1.0");
+        let out = run_ok(&mut pair.xdkms_wrapped(&strace, "install", &args));
         assert!(!String::from_utf8_lossy(&out.stderr).contains("hidden program run"), "{}", stderr(&out));
         std::fs::read_to_string(&log).expect("strace log")
     };
@@ -858,7 +874,12 @@ fn sign_command_signs_as_sign_file_does() {
     let work = TempDir::new("sign-command");
     let hsm_key = work.join("hsm.key");
     std::fs::rename(&key, &hsm_key).expect("move the key out");
-    let command = format!("openssl pkeyutl -sign -inkey {} -pkeyopt digest:$1", hsm_key.display());
+    // A copy of openssl under another name, standing in for an HSM's tool: the comparison's
+    // namespace hides openssl itself.
+    let openssl = run_ok(Command::new("bash").args(["-c", "command -v openssl"]));
+    let hsm_tool = work.join("hsm-tool");
+    std::fs::copy(String::from_utf8_lossy(&openssl.stdout).trim(), &hsm_tool).expect("copy openssl");
+    let command = format!("{} pkeyutl -sign -inkey {} -pkeyopt digest:$1", hsm_tool.display(), hsm_key.display());
     let out = pair
         .xdkms("install", &["-k", &k, "--sign-command", &command, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", stderr(&out));
