@@ -63,6 +63,10 @@ pub enum Exit {
     PreInstallFailed,
     /// generate_mok could not make the key pair.
     MokNotGenerated,
+    /// kernel_postinst, kernel_prerm or kernel_preinst without exactly one kernel.
+    OneKernel,
+    /// kernel_prerm or kernel_preinst: a module could not be removed.
+    KernelHookFailed,
 }
 
 impl Exit {
@@ -73,7 +77,7 @@ impl Exit {
             Exit::Usage | Exit::Io | Exit::Failed | Exit::MokNotGenerated => 1,
             Exit::BadArguments | Exit::MissingSource => 2,
             Exit::TreeState | Exit::ArchWithAll => 3,
-            Exit::NoConf | Exit::Broken | Exit::AutoinstallKernels => 4,
+            Exit::NoConf | Exit::Broken | Exit::AutoinstallKernels | Exit::OneKernel => 4,
             Exit::Unsupported | Exit::BadPatch => 5,
             Exit::InstallAborted | Exit::NoKernelDir | Exit::PatchFailed | Exit::DepmodFailed => 6,
             Exit::ModuleNotBuilt => 7,
@@ -82,6 +86,7 @@ impl Exit {
             Exit::MakeFailed => 10,
             Exit::AutoinstallFailed => 11,
             Exit::Arch => 12,
+            Exit::KernelHookFailed => 14,
             Exit::NoHeaders => 21,
             Exit::NoToolchain => 22,
             Exit::HostTools => 23,

@@ -35,7 +35,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     pub items: Vec<String>,
     /// The kmod release whose index layout the image's tools expect.
-    pub kmod_version: u32,
+    /// The kmod build whose indexes to write (and whose module formats count): the root's.
+    pub kmod: crate::kmod_release::KmodRelease,
     /// Compression level; default: the codec's image default (zstd 15), zstd 3 when appending.
     pub level: Option<i32>,
     /// The most file data the image may unpack to.
@@ -85,8 +86,10 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let scratch = crate::fsio::scratch_dir(&std::env::temp_dir(), "xdkms-inject-")
         .context("cannot create a scratch directory in TMPDIR")?;
     // The image and ROOT's modules are read at the same time.
-    let (image, modules) =
-        rayon::join(|| read_image(options, scratch.path()), || RootModules::load(&root, &options.version));
+    let (image, modules) = rayon::join(
+        || read_image(options, scratch.path()),
+        || RootModules::load(&root, &options.version, options.kmod),
+    );
     let (image, modules) = (image?, modules?);
     let mut report = Report::default();
     let tree = image.spool.tree(0);
@@ -213,6 +216,13 @@ fn resolve_items(
     for item in &options.items {
         let path = Path::new(item);
         if path.is_file() && is_module_file_name(item.as_bytes()) && !path_is_in(root, path) {
+            if !options.kmod.compressions.is_module_file_name(item.as_bytes()) {
+                bail!(
+                    "{item}: the root's kmod (release {}) was built without this compression and would not \
+                     load the module; add it uncompressed or in a format that kmod reads",
+                    options.kmod.version
+                );
+            }
             let elf = ModuleImage::open(path)
                 .and_then(|image| ModuleElf::parse(&image, ReadOptions::default()))
                 .with_context(|| format!("{item} is not a readable kernel module"))?;
@@ -268,13 +278,13 @@ fn softdep_names(value: &[u8]) -> Vec<String> {
 impl RootModules {
     /// ROOT's modules for `version`: from ROOT's own indexes when they are newer than every
     /// module (depmod -A's rule), else from reading every module, as depmod would.
-    fn load(root: &Sysroot, version: &str) -> anyhow::Result<RootModules> {
+    fn load(root: &Sysroot, version: &str, kmod: crate::kmod_release::KmodRelease) -> anyhow::Result<RootModules> {
         let dirname = String::from_utf8_lossy(&depmod::module_dir(root, version)).into_owned();
         let input_dir = root.resolve(&dirname)?;
         if !root.is_dir(&input_dir) {
             bail!("ROOT has no {dirname}: is {version} the right kernel version?");
         }
-        if depmod::up_to_date(root, &input_dir) {
+        if depmod::up_to_date(root, &input_dir, kmod.compressions) {
             if let Some(indexed) = RootModules::from_indexes(root, &dirname, &input_dir) {
                 return Ok(indexed);
             }
@@ -282,7 +292,7 @@ impl RootModules {
         let options = depmod::Options {
             basedir: Some(root.root().to_path_buf()),
             version: version.to_string(),
-            kmod_version: 30,
+            kmod,
             ..depmod::Options::default()
         };
         let analysis = depmod::analyze(&options, &mut std::io::sink())
@@ -537,7 +547,7 @@ fn indexes_for(
     // The image's own depmod.d (search, override, exclude) applies to its indexes; depmod reads
     // it inside the scratch root, as the target's depmod would inside the image.
     for (path, entry) in &tree.files {
-        let in_config_dir = depmod::config::default_dirs(options.kmod_version)
+        let in_config_dir = depmod::config::default_dirs(options.kmod.version)
             .iter()
             .any(|dir| path.strip_prefix(dir.trim_start_matches('/')).is_some_and(|rest| rest.starts_with('/')));
         if in_config_dir && entry.is_file() && !path.split('/').any(|c| c == "..") {
@@ -547,7 +557,7 @@ fn indexes_for(
     let depmod_options = depmod::Options {
         basedir: Some(depmod_root.to_path_buf()),
         version: options.version.clone(),
-        kmod_version: options.kmod_version,
+        kmod: options.kmod,
         ..depmod::Options::default()
     };
     let mut sink = std::io::sink();

@@ -8,6 +8,7 @@ pub mod fsio;
 pub mod index;
 pub mod initramfs_cmd;
 pub mod inject;
+pub mod kmod_release;
 pub mod memory;
 pub mod modinfo;
 pub mod module;

@@ -40,8 +40,9 @@ enum Found {
 }
 
 struct Indexes {
-    /// The module directory on the build host.
-    dir: PathBuf,
+    /// The module directory on the build host; `None` when every argument is a file and no
+    /// index is read (no kernel version is needed then).
+    dir: Option<PathBuf>,
     /// The module directory as the target sees it (`/lib/modules/VERSION`).
     target_dir: String,
     root: Sysroot,
@@ -49,7 +50,7 @@ struct Indexes {
 
 impl Indexes {
     fn read(&self, name: &str) -> Option<Vec<u8>> {
-        self.root.read(&self.dir.join(name)).ok()
+        self.root.read(&self.dir.as_ref()?.join(name)).ok()
     }
 
     /// Exact lookup (dep.bin, builtin.bin): the first value.
@@ -156,9 +157,8 @@ fn pick_version(root: &Sysroot, given: Option<&str>) -> Result<String, String> {
         return Ok(v.to_string());
     }
     if root.is_host() {
-        return std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("cannot read the running kernel's version: {e}; pass -k VERSION"));
+        // uname(2), as kmod asks: it answers where /proc is not mounted (image chroots).
+        return Ok(rustix::system::uname().release().to_string_lossy().into_owned());
     }
     let mut versions: Vec<String> = ["/lib/modules", "/usr/lib/modules"]
         .iter()
@@ -175,6 +175,16 @@ fn pick_version(root: &Sysroot, given: Option<&str>) -> Result<String, String> {
     }
 }
 
+/// The module directory of the kernel `given` (or the one `pick_version` finds) in `root`.
+fn open_indexes(root: Sysroot, given: Option<&str>) -> Result<Indexes, String> {
+    let version = pick_version(&root, given)?;
+    let target_dir = String::from_utf8_lossy(&module_dir(&root, &version)).into_owned();
+    let dir = root
+        .resolve(&target_dir)
+        .map_err(|e| format!("cannot resolve {target_dir} inside {}: {e}", root.root().display()))?;
+    Ok(Indexes { dir: Some(dir), target_dir, root })
+}
+
 /// Runs modinfo; returns whether every target was found and described.
 pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
     let root = match &options.basedir {
@@ -187,27 +197,26 @@ pub fn run(options: &Options, out: &mut dyn Write) -> io::Result<bool> {
         },
         None => Sysroot::host()?,
     };
-    let version = match pick_version(&root, options.version.as_deref()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("modinfo: ERROR: {e}");
-            return Ok(false);
+    let is_file = |target: &str| {
+        let path = Path::new(target);
+        path.is_file() && is_module_file_name(path.as_os_str().as_bytes())
+    };
+    let indexes = if options.targets.iter().all(|t| is_file(t)) {
+        Indexes { dir: None, target_dir: String::new(), root }
+    } else {
+        match open_indexes(root, options.version.as_deref()) {
+            Ok(indexes) => indexes,
+            Err(e) => {
+                eprintln!("modinfo: ERROR: {e}");
+                return Ok(false);
+            }
         }
     };
-    let target_dir = String::from_utf8_lossy(&module_dir(&root, &version)).into_owned();
-    let dir = match root.resolve(&target_dir) {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("modinfo: ERROR: cannot resolve {target_dir} inside {}: {e}", root.root().display());
-            return Ok(false);
-        }
-    };
-    let indexes = Indexes { dir, target_dir, root };
     let separator = if options.null { b'\0' } else { b'\n' };
     let mut all_ok = true;
     for target in &options.targets {
         let as_path = Path::new(target);
-        let found = if as_path.is_file() && is_module_file_name(as_path.as_os_str().as_bytes()) {
+        let found = if is_file(target) {
             let absolute = std::path::absolute(as_path).unwrap_or_else(|_| as_path.to_path_buf());
             vec![Found::File { shown: absolute.display().to_string(), host: absolute, in_root: false }]
         } else if options.modname_only {

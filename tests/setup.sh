@@ -21,7 +21,8 @@ host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-
            gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-x86 qemu-system-arm
            binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
            binutils-arm-linux-gnueabihf
-           make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl strace)
+           make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl strace
+           meson ninja-build pkg-config libzstd-dev liblzma-dev zlib1g-dev)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -135,6 +136,33 @@ if [ "$("$CACHE/threecpio/bin/3cpio" --version 2>/dev/null)" != "3cpio $threecpi
   cargo install --quiet --locked --force --version "$threecpio_version" --root "$CACHE/threecpio" threecpio
 fi
 
+# 7. kmod 34.2, the newest kmod release (Debian 12 ships 30): the reference for depmod's kmod 34
+#    behaviour (--kmod-version 34, -m, -o) and for detecting a root's kmod. Built from the
+#    released source the team keeps in shared/vendor (upstream's tarball, checksum pinned), with
+#    every compression and OpenSSL, installed into a staging directory, never onto the host.
+kmod34_sha256=860db0c80e0bfef7e21613e775301e2abc1fcfdc8ff02214f39b22b81b0da4a4
+kmod34_src=
+for candidate in "${XDKMS_KMOD34_SRC:-}" "$(dirname "$0")/../../shared/vendor/kmod-34.2-src.tar.xz" \
+                 /work/shared/vendor/kmod-34.2-src.tar.xz; do
+  if [ -n "$candidate" ] && [ -f "$candidate" ]; then kmod34_src=$candidate; break; fi
+done
+if [ "$("$CACHE/kmod34/usr/bin/kmod" --version 2>/dev/null | head -n1)" != "kmod version 34.2" ]; then
+  [ -n "$kmod34_src" ] || { log "kmod-34.2-src.tar.xz not found (set XDKMS_KMOD34_SRC to it)"; exit 1; }
+  echo "$kmod34_sha256  $kmod34_src" | sha256sum -c --quiet - || { log "$kmod34_src: checksum mismatch"; exit 1; }
+  log "building kmod 34.2 from $kmod34_src"
+  build=$(mktemp -d)
+  tar -C "$build" -xJf "$kmod34_src"
+  src=$(find "$build" -maxdepth 2 -name meson_options.txt -printf '%h\n' | head -n1)
+  meson setup "$build/out" "$src" --prefix=/usr --sysconfdir=/etc -Ddistconfdir=/usr/lib \
+    -Dbuildtype=release -Dmanpages=false -Dbuild-tests=false -Ddocs=false \
+    -Dbashcompletiondir=no -Dfishcompletiondir=no -Dzshcompletiondir=no >"$build/log" 2>&1 \
+    && ninja -C "$build/out" >>"$build/log" 2>&1 \
+    && rm -rf "$CACHE/kmod34.tmp" && DESTDIR="$CACHE/kmod34.tmp" ninja -C "$build/out" install >>"$build/log" 2>&1 \
+    || { tail -n 30 "$build/log" >&2; log "kmod 34.2 did not build"; exit 1; }
+  rm -rf "$CACHE/kmod34" && mv "$CACHE/kmod34.tmp" "$CACHE/kmod34"
+  rm -rf "$build"
+fi
+
 cat > "$CACHE/env.sh.tmp" <<ENV
 # Written by tests/setup.sh; sourced by the test suite and benchmarks.
 XDKMS_KERNEL_PKGVER='$pkgver'
@@ -150,6 +178,7 @@ XDKMS_BUSYBOX_AMD64='/bin/busybox'
 XDKMS_BUSYBOX_ARM64='$CACHE/busybox-arm64/bin/busybox'
 XDKMS_DKMS_PACKAGES='$CACHE/dkms-packages'
 XDKMS_3CPIO='$CACHE/threecpio/bin/3cpio'
+XDKMS_KMOD34='$CACHE/kmod34/usr'
 ENV
 mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
 log "ready: $CACHE/env.sh"

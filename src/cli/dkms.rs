@@ -17,8 +17,20 @@ use crate::dkms::{
 use crate::exit::Exit;
 
 /// The actions, as dkms spells them.
-pub const ACTIONS: &[&str] =
-    &["add", "build", "install", "uninstall", "unbuild", "remove", "status", "autoinstall", "generate_mok"];
+pub const ACTIONS: &[&str] = &[
+    "add",
+    "build",
+    "install",
+    "uninstall",
+    "unbuild",
+    "remove",
+    "status",
+    "autoinstall",
+    "generate_mok",
+    "kernel_postinst",
+    "kernel_prerm",
+    "kernel_preinst",
+];
 
 #[derive(FromArgs, Debug, Default)]
 /// DKMS commands, compatible with dkms 3.x: `xdkms ACTION [options] [module/version | source dir
@@ -278,33 +290,7 @@ fn run(action: &str, args: Args) -> Result<()> {
     let requests = classify(&args);
     check_names(&requests, &args)?;
     let ctx = make_ctx(&args)?;
-    if args.arch.len() > 1 && args.arch.len() != args.kernelver.len() {
-        return Err(Failure::new(
-            Exit::Usage,
-            [
-                " If more than one arch is specified on the command line, then there",
-                "must be an equal number of kernel versions also specified (1:1 relationship).",
-            ],
-        ));
-    }
-    if args.all && !args.kernelver.is_empty() {
-        return Err(Failure::new(
-            Exit::BadArguments,
-            [" You cannot specify a kernel version and also specify", "--all on the command line."],
-        ));
-    }
-    if args.all && !args.arch.is_empty() {
-        return Err(Failure::new(
-            Exit::ArchWithAll,
-            [" You cannot specify an arch and also specify", "--all on the command line."],
-        ));
-    }
-    if args.all && matches!(action, "add" | "build" | "install" | "autoinstall") {
-        return Err(Failure::new(
-            Exit::Unsupported,
-            [format!("The action {action} does not support the --all parameter.")],
-        ));
-    }
+    check_target_options(action, &args)?;
     if action == "generate_mok" {
         return crate::dkms::sign::generate_mok(&ctx);
     }
@@ -359,10 +345,76 @@ fn run(action: &str, args: Args) -> Result<()> {
             }
             install::autoinstall(&ctx, &targets)
         }
+        hook if is_kernel_hook(hook) => run_kernel_hook(&ctx, hook, &args),
         other => Err(Failure::new(Exit::BadArguments, [format!("Unknown action specified: \"{other}\"")])),
     };
     let indexed = install::run_pending_depmods(&ctx);
     result.and(indexed)
+}
+
+/// dkms's checks of -k, -a and --all against each other and the action.
+fn check_target_options(action: &str, args: &Args) -> Result<()> {
+    if args.arch.len() > 1 && args.arch.len() != args.kernelver.len() {
+        return Err(Failure::new(
+            Exit::Usage,
+            [
+                " If more than one arch is specified on the command line, then there",
+                "must be an equal number of kernel versions also specified (1:1 relationship).",
+            ],
+        ));
+    }
+    if args.all && !args.kernelver.is_empty() {
+        return Err(Failure::new(
+            Exit::BadArguments,
+            [" You cannot specify a kernel version and also specify", "--all on the command line."],
+        ));
+    }
+    if args.all && !args.arch.is_empty() {
+        return Err(Failure::new(
+            Exit::ArchWithAll,
+            [" You cannot specify an arch and also specify", "--all on the command line."],
+        ));
+    }
+    if args.all && (matches!(action, "add" | "build" | "install" | "autoinstall") || is_kernel_hook(action)) {
+        return Err(Failure::new(
+            Exit::Unsupported,
+            [format!("The action {} does not support the --all parameter.", hook_checked_as(action))],
+        ));
+    }
+    Ok(())
+}
+
+/// dkms 3.4's kernel package hooks: after a kernel is installed (autoinstall for it), before
+/// it is removed, and before it is installed (the modules of an earlier install of it go).
+fn is_kernel_hook(action: &str) -> bool {
+    matches!(action, "kernel_postinst" | "kernel_prerm" | "kernel_preinst")
+}
+
+/// A kernel hook, for the one kernel it must be given.
+fn run_kernel_hook(ctx: &Ctx, hook: &str, args: &Args) -> Result<()> {
+    let targets = default_targets(ctx, args, hook == "kernel_postinst")?;
+    let [target] = targets.as_slice() else {
+        return Err(Failure::new(
+            Exit::OneKernel,
+            [format!(
+                "The action {} requires exactly one kernel version parameter on the command line.",
+                hook_checked_as(hook)
+            )],
+        ));
+    };
+    match hook {
+        "kernel_postinst" => install::autoinstall(ctx, std::slice::from_ref(target)),
+        _ => install::kernel_removal(ctx, hook, target),
+    }
+}
+
+/// dkms 3.4's kernel_preinst checks its arguments under kernel_prerm's name.
+fn hook_checked_as(action: &str) -> &str {
+    if action == "kernel_preinst" {
+        "kernel_prerm"
+    } else {
+        action
+    }
 }
 
 /// The -k/-a pairs as given (status: no defaults). A known architecture name becomes the label

@@ -6,6 +6,7 @@
 //! rewritten into that form using each command's getopt table; the meaning never changes.
 
 pub mod dkms;
+mod getopt;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,11 +15,13 @@ use argh::FromArgs;
 
 use crate::depmod;
 use crate::exit::Exit;
+use getopt::Opt;
 
 #[derive(FromArgs, Debug)]
 /// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
 /// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`. The DKMS
-/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok) take dkms's
+/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok,
+/// kernel_postinst, kernel_prerm, kernel_preinst) take dkms's
 /// options: `xdkms add --help`.
 pub struct Xdkms {
     #[argh(subcommand)]
@@ -28,8 +31,6 @@ pub struct Xdkms {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Command {
-    Depmod(DepmodArgs),
-    Modinfo(ModinfoArgs),
     Initramfs(InitramfsArgs),
 }
 
@@ -118,9 +119,12 @@ pub struct InjectArgs {
     /// output image (default: replace IMAGE), or - for standard output
     #[argh(option, short = 'o')]
     pub output: Option<PathBuf>,
-    /// index layout of this kmod release (default 30)
-    #[argh(option, default = "30")]
-    pub kmod_version: u32,
+    /// write indexes as this kmod release does (default: ROOT's kmod, else 30)
+    #[argh(option)]
+    pub kmod_version: Option<u32>,
+    /// the decompressors of that kmod build, `+ZSTD +XZ -ZLIB` (default: ROOT's kmod, else all)
+    #[argh(option)]
+    pub kmod_features: Option<String>,
     /// compression level (default: zstd 15, xz 6, gzip 9; zstd 3 when appending)
     #[argh(option)]
     pub level: Option<i32>,
@@ -175,22 +179,39 @@ pub struct ModinfoArgs {
     pub modules: Vec<String>,
 }
 
-/// kmod modinfo's getopt table.
-const MODINFO_SHORT_WITH_ARG: &str = "Fkb";
-const MODINFO_LONG: &[(&str, char)] = &[
-    ("author", 'a'),
-    ("description", 'd'),
-    ("license", 'l'),
-    ("parameters", 'p'),
-    ("filename", 'n'),
-    ("null", '0'),
-    ("modname", 'm'),
-    ("field", 'F'),
-    ("set-version", 'k'),
-    ("basedir", 'b'),
-    ("version", 'V'),
-    ("help", 'h'),
+/// kmod modinfo's getopt table (the same from kmod 30 to 34).
+const MODINFO_OPTIONS: &[Opt] = &[
+    Opt::short('a', &["author"], false),
+    Opt::short('d', &["description"], false),
+    Opt::short('l', &["license"], false),
+    Opt::short('p', &["parameters"], false),
+    Opt::short('n', &["filename"], false),
+    Opt::short('0', &["null"], false),
+    Opt::short('m', &["modname"], false),
+    Opt::short('F', &["field"], true),
+    Opt::short('k', &["set-version"], true),
+    Opt::short('b', &["basedir"], true),
+    Opt::short('V', &["version"], false),
+    Opt::short('h', &["help"], false),
 ];
+
+/// kmod modinfo's help text.
+const MODINFO_HELP: &str = "Usage:
+\t{} [options] <modulename|filename> [args]
+Options:
+\t-a, --author                Print only 'author'
+\t-d, --description           Print only 'description'
+\t-l, --license               Print only 'license'
+\t-p, --parameters            Print only 'parm'
+\t-n, --filename              Print only 'filename'
+\t-0, --null                  Use \\0 instead of \\n
+\t-m, --modname               Handle argument as module name instead of alias or filename
+\t-F, --field=FIELD           Print only provided FIELD
+\t-k, --set-version=VERSION   Use VERSION instead of `uname -r`
+\t-b, --basedir=DIR           Use DIR as filesystem root for /lib/modules
+\t-V, --version               Show version
+\t-h, --help                  Show this help
+";
 
 #[derive(FromArgs, Debug)]
 /// Generate modules.dep and the module index files, byte-identical to kmod's depmod. With -b,
@@ -245,94 +266,109 @@ pub struct DepmodArgs {
     /// print the version
     #[argh(switch, short = 'V')]
     pub version: bool,
-    /// write indexes as this kmod release does: 30 (default; also 31, 32), 33 (adds
-    /// modules.weakdep) or 34 (parent-first .bin layout, first modules.order line wins)
-    #[argh(option, default = "30")]
-    pub kmod_version: u32,
+    /// write indexes as this kmod release does: 30 (also 31, 32), 33 (adds modules.weakdep) or
+    /// 34 (parent-first .bin layout, first modules.order line wins); default: BASEDIR's kmod, else 30
+    #[argh(option)]
+    pub kmod_version: Option<u32>,
+    /// the decompressors of that kmod build (`+ZSTD +XZ -ZLIB`); default: BASEDIR's kmod, else all
+    #[argh(option)]
+    pub kmod_features: Option<String>,
+    /// kmod 31 and later (-o): write the files below this directory instead of BASEDIR
+    #[argh(option)]
+    pub outdir: Option<PathBuf>,
+    /// kmod 34 (-m): the module directory below BASEDIR (default /lib/modules)
+    #[argh(option)]
+    pub moduledir: Option<String>,
     /// kernel version, then optional module files (absolute paths) to index alone
     #[argh(positional)]
     pub args: Vec<String>,
 }
 
-/// kmod depmod's getopt table: short options taking an argument, and long names.
-const DEPMOD_SHORT_WITH_ARG: &str = "bCEFP";
-const DEPMOD_LONG: &[(&str, char)] = &[
-    ("all", 'a'),
-    ("quick", 'A'),
-    ("basedir", 'b'),
-    ("config", 'C'),
-    ("symvers", 'E'),
-    ("filesyms", 'F'),
-    ("errsyms", 'e'),
-    ("unresolved-error", 'u'),
-    ("quiet", 'q'),
-    ("root", 'r'),
-    ("verbose", 'v'),
-    ("show", 'n'),
-    ("dry-run", 'n'),
-    ("symbol-prefix", 'P'),
-    ("warn", 'w'),
-    ("map", 'm'),
-    ("version", 'V'),
-    ("help", 'h'),
-];
-
-/// Rewrites getopt-style words into one option per word: `-ae` → `-a -e`, `-bDIR` → `-b DIR`,
-/// `--basedir=DIR` → `-b DIR`. Long options unknown to the table are passed on as they are
-/// (argh's own, such as `--kmod-version`). Everything after `--` is left alone.
-pub fn normalize_getopt(args: &[String], short_with_arg: &str, long: &[(&str, char)]) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut words = args.iter();
-    while let Some(word) = words.next() {
-        if word == "--" {
-            out.push(word.clone());
-            out.extend(words.by_ref().cloned());
-            break;
-        }
-        if let Some(long_word) = word.strip_prefix("--") {
-            let (name, value) = match long_word.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (long_word, None),
-            };
-            match long.iter().find(|(n, _)| *n == name) {
-                Some(&(_, 'h')) => out.push("--help".into()),
-                Some(&(_, short)) => {
-                    out.push(format!("-{short}"));
-                    if let Some(v) = value {
-                        out.push(v.to_string());
-                    }
-                }
-                None => {
-                    out.push(format!("--{name}"));
-                    if let Some(v) = value {
-                        out.push(v.to_string());
-                    }
-                }
-            }
-            continue;
-        }
-        let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) else {
-            out.push(word.clone());
-            continue;
-        };
-        for (at, short) in cluster.char_indices() {
-            if short == 'h' {
-                out.push("--help".into());
-                continue;
-            }
-            out.push(format!("-{short}"));
-            if short_with_arg.contains(short) {
-                let rest = &cluster[at + short.len_utf8()..];
-                if !rest.is_empty() {
-                    out.push(rest.to_string());
-                } else if let Some(next) = words.next() {
-                    out.push(next.clone());
-                }
-                break;
-            }
-        }
+/// kmod depmod's getopt table as release `kmod` has it (kmod 31 added `-o`; kmod 34 dropped
+/// the deprecated `-u -q -r -m` and made `-m` the module directory), plus xdkms's own options.
+fn depmod_options(kmod: u32) -> Vec<Opt> {
+    let mut table = vec![
+        Opt::short('a', &["all"], false),
+        Opt::short('A', &["quick"], false),
+        Opt::short('b', &["basedir"], true),
+        Opt::short('C', &["config"], true),
+        Opt::short('E', &["symvers"], true),
+        Opt::short('F', &["filesyms"], true),
+        Opt::short('e', &["errsyms"], false),
+        Opt::short('v', &["verbose"], false),
+        Opt::short('n', &["show", "dry-run"], false),
+        Opt::short('P', &["symbol-prefix"], true),
+        Opt::short('w', &["warn"], false),
+        Opt::short('V', &["version"], false),
+        Opt::short('h', &["help"], false),
+        Opt::long(None, &["kmod-version"], true, "kmod-version"),
+        Opt::long(None, &["kmod-features"], true, "kmod-features"),
+    ];
+    if kmod >= 31 {
+        table.push(Opt::long(Some('o'), &["outdir"], true, "outdir"));
     }
-    out
+    if kmod >= 34 {
+        table.push(Opt::long(Some('m'), &["moduledir"], true, "moduledir"));
+    } else {
+        table.extend([
+            Opt::short('u', &["unresolved-error"], false),
+            Opt::short('q', &["quiet"], false),
+            Opt::short('r', &["root"], false),
+            Opt::short('m', &["map"], false),
+        ]);
+    }
+    table
+}
+
+/// kmod depmod's help text as release `kmod` prints it, then xdkms's own options.
+fn depmod_help(program: &str, kmod: u32) -> String {
+    let distribution = match kmod {
+        34.. => {
+            "\t-b, --basedir=DIR    Root path (default: /).
+\t-m, --moduledir=DIR  Module directory (default: /lib/modules).
+\t-o, --outdir=DIR     Output root path (default: same as <basedir>).
+"
+        }
+        31..=33 => {
+            "\t-b, --basedir=DIR    Use an image of a module tree.
+\t-o, --outdir=DIR     Output directory for generated files.
+"
+        }
+        _ => "\t-b, --basedir=DIR    Use an image of a module tree.\n",
+    };
+    format!(
+        "Usage:
+\t{program} -[aA] [options] [forced_version]
+
+If no arguments (except options) are given, \"depmod -a\" is assumed
+
+depmod will output a dependency list suitable for the modprobe utility.
+
+Options:
+\t-a, --all            Probe all modules
+\t-A, --quick          Only does the work if there's a new module
+\t-e, --errsyms        Report not supplied symbols
+\t-n, --show           Write the dependency file on stdout only
+\t-P, --symbol-prefix  Architecture symbol prefix
+\t-C, --config=PATH    Read configuration from PATH
+\t-v, --verbose        Enable verbose mode
+\t-w, --warn           Warn on duplicates
+\t-V, --version        show version
+\t-h, --help           show this help
+
+The following options are useful for people managing distributions:
+{distribution}\t-F, --filesyms=FILE  Use the file instead of the
+\t                     current kernel symbols.
+\t-E, --symvers=FILE   Use Module.symvers file to check
+\t                     symbol versions.
+
+xdkms (this help is kmod {kmod}'s; by default xdkms follows the kmod of the base directory):
+\t--kmod-version=N     Behave and write indexes as kmod release N does (30 to 34).
+\t--kmod-features=STR  The decompressors of that kmod build, as `kmod --version`
+\t                     prints them (e.g. \"+ZSTD +XZ -ZLIB\"); modules in other
+\t                     formats are not indexed.
+"
+    )
 }
 
 /// What `--version` prints: dkms prints `dkms-<version>`; xdkms names itself the same way and
@@ -345,7 +381,11 @@ pub fn version_line() -> String {
 /// help.
 const MORE_COMMANDS: &str = "\
 DKMS commands (dkms 3.0.10's command line; `xdkms ACTION --help` lists the options):
-  add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok
+  add, build, install, uninstall, unbuild, remove, status, autoinstall, generate_mok,
+  kernel_postinst, kernel_prerm, kernel_preinst (dkms 3.4's kernel package hooks, one -k each)
+kmod commands (kmod's getopt command line; `xdkms depmod --help`):
+  depmod            generate modules.dep and the .bin indexes, byte-identical to kmod's
+  modinfo           show what kmod's modinfo shows for module files, names or aliases
 Applets (also run through a symlink of that name):
   sign-file         the kernel's scripts/sign-file: `[-dpk] hash key x509 module [dest]`,
                     `-s raw-sig hash x509 module [dest]`, signing in-process
@@ -380,13 +420,16 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
         let words: Vec<&str> = rest.iter().map(String::as_str).collect();
         return dkms::main(action, &words);
     }
-    let normalized = match command_words.first().map(String::as_str) {
-        Some("depmod") => normalize_getopt(rest, DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG),
-        Some("modinfo") => normalize_getopt(rest, MODINFO_SHORT_WITH_ARG, MODINFO_LONG),
-        _ => rest.to_vec(),
-    };
+    // glibc names the program in its messages as argv[0] has it: the symlink's path, or the
+    // command's name under xdkms.
+    let kmod_program = |name: &str| if invoked_as == name { program.clone() } else { name.to_string() };
+    match command_words.first().map(String::as_str) {
+        Some("depmod") => return depmod_main(&kmod_program("depmod"), rest),
+        Some("modinfo") => return modinfo_main(&kmod_program("modinfo"), rest),
+        _ => {}
+    }
     let mut words: Vec<&str> = command_words.iter().map(String::as_str).collect();
-    words.extend(normalized.iter().map(String::as_str));
+    words.extend(rest.iter().map(String::as_str));
     let parsed = match Xdkms::from_args(&[invoked_as.as_str()], &words) {
         Ok(parsed) => parsed,
         Err(early) => {
@@ -407,8 +450,6 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
         }
     };
     match parsed.command {
-        Command::Depmod(args) => run_depmod(args),
-        Command::Modinfo(args) => run_modinfo(args),
         Command::Initramfs(args) => match run_initramfs(args) {
             Ok(()) => Exit::Success,
             Err(e) => {
@@ -455,6 +496,8 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             if items.is_empty() {
                 anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
             }
+            let kmod = crate::kmod_release::resolve(Some(&a.root), a.kmod_version, a.kmod_features.as_deref())
+                .map_err(|e| anyhow::anyhow!("--kmod-features: {e}"))?;
             let options = crate::inject::Options {
                 image: PathBuf::from(image),
                 root: a.root,
@@ -463,7 +506,7 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
                 compress: parse_compress(&a.compress)?,
                 output: a.output,
                 items,
-                kmod_version: a.kmod_version,
+                kmod,
                 level: a.level,
                 max_unpacked: parse_size(&a.max_unpacked)?,
             };
@@ -479,6 +522,92 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The words before `--`: where getopt's rewrite puts every option.
+fn options_part(words: &[String]) -> impl Iterator<Item = &String> {
+    words.iter().take_while(|w| *w != "--")
+}
+
+/// Parses a rewritten command line with argh, as the subcommand `name`.
+fn parse_rewritten<T: FromArgs>(name: &str, words: &[String]) -> Result<T, Exit> {
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    T::from_args(&[name], &refs).map_err(|early| {
+        eprintln!("{}", early.output.trim_end());
+        if early.status.is_ok() {
+            Exit::Success
+        } else {
+            Exit::Failed
+        }
+    })
+}
+
+/// `depmod ARGS`: getopt as the target's kmod release has it, then the run.
+fn depmod_main(program: &str, args: &[String]) -> Exit {
+    let outcome = depmod_release(program, args).and_then(|release| {
+        let words = getopt::rewrite(program, args, &depmod_options(release.version))?;
+        Ok((release, words))
+    });
+    let (release, words) = match outcome {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("{message}");
+            return Exit::Failed;
+        }
+    };
+    if options_part(&words).any(|w| w == "--help") {
+        print!("{}", depmod_help(short_name(program), release.version));
+        return Exit::Success;
+    }
+    match parse_rewritten::<DepmodArgs>("depmod", &words) {
+        Ok(parsed) => run_depmod(parsed, release),
+        Err(exit) => exit,
+    }
+}
+
+/// The kmod build a depmod command line asks for: `--kmod-version` and `--kmod-features`, else
+/// the base directory's kmod, else the default. Read before the real parse, since the option
+/// table itself depends on the release (`-m` means two things).
+fn depmod_release(program: &str, args: &[String]) -> Result<crate::kmod_release::KmodRelease, String> {
+    let words = getopt::skim(args, &depmod_options(33));
+    let value_of = |option: &str| {
+        let options: Vec<&String> = options_part(&words).collect();
+        options.windows(2).filter(|pair| pair[0] == option).map(|pair| pair[1].clone()).next_back()
+    };
+    let version = value_of("--kmod-version")
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{program}: --kmod-version {v:?}: give a kmod release number, e.g. 30 or 34"))
+        })
+        .transpose()?;
+    let features = value_of("--kmod-features");
+    let basedir = value_of("-b").map(|dir| crate::fsio::absolute(PathBuf::from(dir)));
+    crate::kmod_release::resolve(basedir.as_deref(), version, features.as_deref())
+        .map_err(|e| format!("{program}: --kmod-features: {e}"))
+}
+
+/// `modinfo ARGS`: kmod's getopt table, then the run.
+fn modinfo_main(program: &str, args: &[String]) -> Exit {
+    let words = match getopt::rewrite(program, args, MODINFO_OPTIONS) {
+        Ok(words) => words,
+        Err(message) => {
+            eprintln!("{message}");
+            return Exit::Failed;
+        }
+    };
+    if options_part(&words).any(|w| w == "--help") {
+        print!("{}", MODINFO_HELP.replace("{}", short_name(program)));
+        return Exit::Success;
+    }
+    match parse_rewritten::<ModinfoArgs>("modinfo", &words) {
+        Ok(parsed) => run_modinfo(parsed),
+        Err(exit) => exit,
+    }
+}
+
+/// The program name as kmod prints it (program_invocation_short_name).
+fn short_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
 }
 
 fn run_modinfo(args: ModinfoArgs) -> Exit {
@@ -523,9 +652,14 @@ fn run_modinfo(args: ModinfoArgs) -> Exit {
     }
 }
 
-fn run_depmod(args: DepmodArgs) -> Exit {
+fn run_depmod(args: DepmodArgs, kmod: crate::kmod_release::KmodRelease) -> Exit {
     if args.version {
-        println!("xdkms {} (depmod compatible with kmod 30)", env!("CARGO_PKG_VERSION"));
+        println!(
+            "xdkms {} (depmod compatible with kmod {}: {})",
+            env!("CARGO_PKG_VERSION"),
+            kmod.version,
+            kmod.compressions
+        );
         return Exit::Success;
     }
     for (flag, set) in [('u', args.unresolved_error), ('q', args.quiet), ('r', args.root), ('m', args.map)] {
@@ -566,7 +700,9 @@ fn run_depmod(args: DepmodArgs) -> Exit {
         warn_dups: args.warn,
         sym_prefix,
         files: positional.map(PathBuf::from).collect(),
-        kmod_version: args.kmod_version,
+        kmod,
+        outdir: args.outdir.map(crate::fsio::absolute),
+        moduledir: args.moduledir,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -607,20 +743,20 @@ mod tests {
     }
 
     #[test]
-    fn getopt_clusters_and_attached_arguments() {
-        let got = normalize_getopt(
-            &words("-ae -FSystem.map -b /r --config=/c 6.1 -- -x"),
-            DEPMOD_SHORT_WITH_ARG,
-            DEPMOD_LONG,
+    fn depmod_tables_follow_the_release() {
+        let parse = |kmod, s: &str| getopt::rewrite("depmod", &words(s), &depmod_options(kmod));
+        assert_eq!(
+            parse(30, "-ae -FSystem.map -b /r --config=/c 6.1 -- -x"),
+            Ok(words("-a -e -F System.map -b /r -C /c -- 6.1 -x"))
         );
-        assert_eq!(got, words("-a -e -F System.map -b /r -C /c 6.1 -- -x"));
-    }
-
-    #[test]
-    fn getopt_long_aliases() {
-        let got =
-            normalize_getopt(&words("--show --basedir /r --kmod-version=34 -h"), DEPMOD_SHORT_WITH_ARG, DEPMOD_LONG);
-        assert_eq!(got, words("-n -b /r --kmod-version 34 --help"));
+        assert_eq!(parse(30, "-o /out 6.1"), Err("depmod: invalid option -- 'o'".to_string()));
+        assert_eq!(parse(31, "-o /out -m 6.1"), Ok(words("--outdir /out -m -- 6.1")));
+        assert_eq!(parse(34, "-m /usr/lib/modules 6.1"), Ok(words("--moduledir /usr/lib/modules -- 6.1")));
+        assert_eq!(parse(34, "-u 6.1"), Err("depmod: invalid option -- 'u'".to_string()));
+        assert_eq!(
+            parse(30, "--show --basedir /r --kmod-version=34 -h"),
+            Ok(words("-n -b /r --kmod-version 34 --help"))
+        );
     }
 
     #[test]

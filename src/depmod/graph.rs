@@ -131,56 +131,195 @@ pub fn topological_order(deps: &[Vec<u32>]) -> Result<Vec<u32>, Vec<u32>> {
 
 /// The lines kmod prints for dependency cycles (`Cycle detected: a -> b -> a` ...) and the number
 /// of distinct modules in them, given the leftover user counts of a failed sort.
+///
+/// kmod's own walk decides the lines wherever kmod finishes it. On graphs where it does not (its
+/// fixed-size stack overflows and it aborts on an assertion, or a path re-enters a cycle that
+/// does not pass through the walk's root, which kmod walks forever), each strongly connected
+/// group of modules is reported instead, as one shortest cycle from its first module.
 pub fn report_cycles(deps: &[Vec<u32>], users: &[u32], names: &[&[u8]]) -> (Vec<String>, usize) {
-    let mut roots: Vec<u32> = (0..deps.len() as u32).filter(|&i| users[i as usize] > 0).collect();
-    // kmod's explicit stack has room for this many vertices and it asserts past that; stopping
-    // there keeps graphs with several interlocked cycles from walking forever.
-    let stack_limit = roots.len().max(1);
+    let unsorted: Vec<u32> = (0..deps.len() as u32).filter(|&i| users[i as usize] > 0).collect();
+    let (cycles, count) = kmod_walk(deps, &unsorted).unwrap_or_else(|| strongly_connected(deps, &unsorted));
+    let lines = cycles
+        .iter()
+        .map(|cycle| {
+            let path: Vec<String> =
+                cycle.iter().map(|&m| String::from_utf8_lossy(names[m as usize]).into_owned()).collect();
+            format!("Cycle detected: {}", path.join(" -> "))
+        })
+        .collect();
+    (lines, count)
+}
+
+/// The most search-tree vertices kmod's walk may take before the report falls back (kmod would
+/// be walking an exponential number of paths).
+const WALK_BUDGET: usize = 1 << 20;
+
+/// kmod's depmod_report_cycles: from each root left in its list, a depth-first walk with an
+/// explicit stack (room for one vertex per unsorted module) that reports each path returning to
+/// the root. `None` where kmod would not finish.
+fn kmod_walk(deps: &[Vec<u32>], unsorted: &[u32]) -> Option<(Vec<Vec<u32>>, usize)> {
+    let mut roots = Roots(unsorted.iter().copied().collect());
+    let stack_size = unsorted.len();
     let mut visited = vec![false; deps.len()];
     let mut in_loops: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    let mut lines = Vec::new();
-    // Vertices of the search tree: (module, parent vertex).
-    while !roots.is_empty() {
-        let root = roots.remove(0);
+    let mut cycles = Vec::new();
+    let mut walked = 0usize;
+    while let Some(root) = roots.0.pop_front() {
+        // Vertices of the search tree: (module, parent vertex).
         let mut vertices: Vec<(u32, Option<usize>)> = vec![(root, None)];
         let mut stack = vec![0usize];
         while let Some(v) = stack.pop() {
-            let (module, _) = vertices[v];
+            let module = vertices[v].0;
             if visited[module as usize] && module == root {
-                // Walk back to the root: the path from root to here is one cycle.
-                let mut path = Vec::new();
-                let mut parent = vertices[v].1;
-                while let Some(p) = parent {
-                    path.push(vertices[p].0);
-                    parent = vertices[p].1;
-                }
+                // The path from the root to here is one cycle.
+                let mut path = ancestors(&vertices, v);
                 path.reverse();
-                let mut text = String::new();
                 for &m in &path {
                     in_loops.insert(m);
-                    roots.retain(|&r| r != m);
-                    text.push_str(&String::from_utf8_lossy(names[m as usize]));
-                    text.push_str(" -> ");
+                    roots.remove(m);
                 }
-                text.push_str(&String::from_utf8_lossy(names[module as usize]));
-                lines.push(format!("Cycle detected: {text}"));
+                path.push(module);
+                cycles.push(path);
                 continue;
             }
             visited[module as usize] = true;
             if deps[module as usize].is_empty() {
-                roots.retain(|&r| r != module);
+                roots.remove(module);
                 continue;
             }
             for &dep in &deps[module as usize] {
-                if stack.len() >= stack_limit {
-                    break;
+                let reentered = dep != root && (module == dep || ancestors(&vertices, v).contains(&dep));
+                walked += 1;
+                if stack.len() >= stack_size || reentered || walked > WALK_BUDGET {
+                    return None;
                 }
                 vertices.push((dep, Some(v)));
                 stack.push(vertices.len() - 1);
             }
         }
     }
-    (lines, in_loops.len())
+    Some((cycles, in_loops.len()))
+}
+
+/// The modules above vertex `v` in the search tree, nearest first.
+fn ancestors(vertices: &[(u32, Option<usize>)], v: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut parent = vertices[v].1;
+    while let Some(p) = parent {
+        out.push(vertices[p].0);
+        parent = vertices[p].1;
+    }
+    out
+}
+
+/// Each strongly connected group of two or more unsorted modules (Tarjan's algorithm, iterative),
+/// in the order of its first module, as the shortest cycle from that module back to itself; and
+/// the number of modules in such groups.
+fn strongly_connected(deps: &[Vec<u32>], unsorted: &[u32]) -> (Vec<Vec<u32>>, usize) {
+    const UNSEEN: u32 = u32::MAX;
+    let n = deps.len();
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0u32; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
+    let mut group_of = vec![UNSEEN; n];
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let mut counter = 0u32;
+    for &start in unsorted {
+        if index[start as usize] != UNSEEN {
+            continue;
+        }
+        // (module, next dependency to look at)
+        let mut frames: Vec<(u32, usize)> = vec![(start, 0)];
+        index[start as usize] = counter;
+        low[start as usize] = counter;
+        counter += 1;
+        stack.push(start);
+        on_stack[start as usize] = true;
+        while let Some(&mut (module, ref mut next)) = frames.last_mut() {
+            if let Some(&dep) = deps[module as usize].get(*next) {
+                *next += 1;
+                if index[dep as usize] == UNSEEN {
+                    index[dep as usize] = counter;
+                    low[dep as usize] = counter;
+                    counter += 1;
+                    stack.push(dep);
+                    on_stack[dep as usize] = true;
+                    frames.push((dep, 0));
+                } else if on_stack[dep as usize] {
+                    low[module as usize] = low[module as usize].min(index[dep as usize]);
+                }
+                continue;
+            }
+            frames.pop();
+            if let Some(&(parent, _)) = frames.last() {
+                low[parent as usize] = low[parent as usize].min(low[module as usize]);
+            }
+            if low[module as usize] == index[module as usize] {
+                let mut group = Vec::new();
+                while let Some(m) = stack.pop() {
+                    on_stack[m as usize] = false;
+                    group_of[m as usize] = groups.len() as u32;
+                    group.push(m);
+                    if m == module {
+                        break;
+                    }
+                }
+                groups.push(group);
+            }
+        }
+    }
+    let mut cyclic: Vec<&Vec<u32>> = groups.iter().filter(|g| g.len() > 1).collect();
+    let first = |g: &Vec<u32>| g.iter().copied().min().unwrap_or(0);
+    cyclic.sort_by_key(|g| first(g));
+    let count = cyclic.iter().map(|g| g.len()).sum();
+    let cycles = cyclic.iter().map(|g| shortest_cycle(deps, first(g), &group_of)).collect();
+    (cycles, count)
+}
+
+/// The shortest path from `start` back to itself inside its group (breadth first, dependencies in
+/// their order), `start` at both ends.
+fn shortest_cycle(deps: &[Vec<u32>], start: u32, group_of: &[u32]) -> Vec<u32> {
+    let group = group_of[start as usize];
+    let mut came_from: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(module) = queue.pop_front() {
+        for &dep in &deps[module as usize] {
+            if group_of[dep as usize] != group {
+                continue;
+            }
+            if dep == start {
+                let mut cycle = vec![module];
+                while let Some(&previous) = came_from.get(cycle.last().unwrap_or(&start)) {
+                    cycle.push(previous);
+                }
+                cycle.reverse();
+                cycle.push(start);
+                return cycle;
+            }
+            if dep != start && !came_from.contains_key(&dep) {
+                came_from.insert(dep, module);
+                queue.push_back(dep);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+/// The modules left to start a cycle search from: kmod's circular list, whose head moves to the
+/// successor of each removed module. That decides which module each reported cycle starts from.
+struct Roots(std::collections::VecDeque<u32>);
+
+impl Roots {
+    /// kmod_list_remove_data: drops `module` if present; the module after it becomes the head.
+    fn remove(&mut self, module: u32) {
+        if let Some(at) = self.0.iter().position(|&m| m == module) {
+            self.0.remove(at);
+            if at < self.0.len() {
+                self.0.rotate_left(at);
+            }
+        }
+    }
 }
 
 /// All dependencies of `module`, transitively, ordered by topological position (dependents first).
@@ -223,6 +362,17 @@ mod tests {
         let (lines, count) = report_cycles(&deps, &users, &names);
         assert_eq!(lines, vec!["Cycle detected: a -> b -> a".to_string()]);
         assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn a_walk_kmod_never_finishes_reports_each_group_once() {
+        // c -> a, a <-> b, d <-> e, d -> c: from root c, kmod's walk circles a and b forever.
+        let deps = vec![vec![1], vec![2], vec![1], vec![4, 0], vec![3]];
+        let users = topological_order(&deps).expect_err("cycle");
+        let names: Vec<&[u8]> = vec![b"c", b"a", b"b", b"d", b"e"];
+        let (lines, count) = report_cycles(&deps, &users, &names);
+        assert_eq!(lines, vec!["Cycle detected: a -> b -> a".to_string(), "Cycle detected: d -> e -> d".to_string()]);
+        assert_eq!(count, 4);
     }
 
     #[test]

@@ -8,12 +8,14 @@ pub mod scan;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cross::Sysroot;
 use rayon::prelude::*;
 
+use crate::kmod_release::{Compressions, KmodRelease};
 use crate::module::elf::ReadOptions;
 use crate::module::{ModuleElf, ModuleImage};
 use config::Config;
@@ -48,14 +50,21 @@ pub struct Options {
     pub sym_prefix: Option<u8>,
     /// Module files named on the command line (absolute host paths); empty means scan everything.
     pub files: Vec<PathBuf>,
-    /// The kmod release whose behaviour and output to reproduce (30 = Debian 12).
-    pub kmod_version: u32,
+    /// The kmod build whose behaviour and output to reproduce: its release (30 = Debian 12) and
+    /// the module compressions it reads.
+    pub kmod: KmodRelease,
+    /// `-o` (kmod 31 and later): write the files under this directory instead of the base
+    /// directory (`OUTDIR/lib/modules/VERSION`, created as needed).
+    pub outdir: Option<PathBuf>,
+    /// `-m` (kmod 34): the module directory, instead of `/lib/modules`, below the base directory
+    /// and the output directory.
+    pub moduledir: Option<String>,
 }
 
 impl Options {
     /// The output format of the selected kmod release.
     pub fn format(&self) -> Format {
-        match self.kmod_version {
+        match self.kmod.version {
             0..=32 => Format::Kmod30,
             33 => Format::Kmod33,
             _ => Format::Kmod34,
@@ -114,6 +123,15 @@ pub fn module_dir(root: &Sysroot, version: &str) -> Vec<u8> {
     }
 }
 
+/// The module directory of a run: `-m`'s (kmod 34; leading slashes dropped, as kmod does, then
+/// one put back), or the one the root has.
+fn module_dir_name(root: &Sysroot, options: &Options) -> Vec<u8> {
+    match &options.moduledir {
+        Some(dir) => format!("/{}/{}", dir.trim_start_matches('/'), options.version).into_bytes(),
+        None => module_dir(root, &options.version),
+    }
+}
+
 /// A module tree as depmod sees it, before anything is written.
 pub struct Analysis {
     /// The root handle every file of the module directory is read and written through.
@@ -156,12 +174,33 @@ pub fn run(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Outcome>
                 .map(|bytes| (file.name, bytes, messages))
         })
         .collect::<Result<_, _>>()?;
+    let (out_root, out_dir) = output_dir(options, root, input_dir)?;
     for (name, bytes, messages) in rendered {
         messages.into_iter().for_each(|(level, text)| report(level, text));
-        root.write_atomic(&input_dir.join(name), &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
-            .with_context(|| format!("could not write {}", input_dir.join(name).display()))?;
+        out_root
+            .write_atomic(&out_dir.join(name), &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
+            .with_context(|| format!("could not write {}", out_dir.join(name).display()))?;
     }
     Ok(Outcome::Written)
+}
+
+/// Where the files go: the module directory itself, or with `-o` the same directory below the
+/// output root (created as kmod's mkdir_p does, mode 0755), reached through a handle on it.
+fn output_dir(options: &Options, root: &Sysroot, input_dir: &Path) -> anyhow::Result<(Sysroot, PathBuf)> {
+    let Some(outdir) = &options.outdir else {
+        return Ok((root.clone(), input_dir.to_path_buf()));
+    };
+    let dirname = module_dir_name(root, options);
+    let shown = format!("{}{}", outdir.display(), show(&dirname));
+    let create = || -> std::io::Result<(Sysroot, PathBuf)> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(outdir)?;
+        let out_root = Sysroot::new(outdir)?;
+        let relative = Path::new(std::ffi::OsStr::from_bytes(&dirname)).strip_prefix("/").unwrap_or(Path::new(""));
+        out_root.create_dir_all(&out_root.root().join(relative))?;
+        let dir = out_root.resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))?;
+        Ok((out_root, dir))
+    };
+    create().with_context(|| format!("could not create directory {shown}"))
 }
 
 /// Everything depmod does before writing: configuration, walk, parse, symbols, dependency order.
@@ -171,14 +210,14 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
         Some(dir) => Sysroot::new(dir).with_context(|| format!("could not open base directory {}", dir.display()))?,
         None => Sysroot::host().context("could not open /")?,
     };
-    let dirname = module_dir(&root, &options.version);
+    let dirname = module_dir_name(&root, options);
     // kmod names the module directory with the base directory in front.
     let shown_dir = format!("{}{}", shown_root(&root), show(&dirname));
     let input_dir = root
         .resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))
         .with_context(|| format!("could not open directory {shown_dir}"))?;
 
-    if options.quick && (options.dry_run || up_to_date(&root, &input_dir)) {
+    if options.quick && (options.dry_run || up_to_date(&root, &input_dir, options.kmod.compressions)) {
         return Ok(None);
     }
 
@@ -243,9 +282,9 @@ fn find_modules(
 ) -> anyhow::Result<Vec<FoundModule>> {
     Ok(if options.files.is_empty() {
         let mut warnings = Vec::new();
-        let config = Config::load(root, &options.config_paths, &options.version, options.kmod_version, &mut warnings);
+        let config = Config::load(root, &options.config_paths, &options.version, options.kmod.version, &mut warnings);
         warnings.iter().for_each(|w| error(w));
-        let found = scan::search(root, dirname, &config).map_err(|e| {
+        let found = scan::search(root, dirname, &config, options.kmod.compressions).map_err(|e| {
             error(&e);
             anyhow::anyhow!("could not search modules")
         })?;
@@ -405,7 +444,7 @@ fn sort_by_modules_order(
 }
 
 /// `-A`: modules.dep exists and no module file under the module directory is newer (seconds).
-pub(crate) fn up_to_date(root: &Sysroot, input_dir: &Path) -> bool {
+pub(crate) fn up_to_date(root: &Sysroot, input_dir: &Path, compressions: Compressions) -> bool {
     let Ok(dep) = root.metadata(&input_dir.join("modules.dep")).and_then(|m| m.modified()) else {
         return false;
     };
@@ -422,7 +461,7 @@ pub(crate) fn up_to_date(root: &Sysroot, input_dir: &Path) -> bool {
             let Ok(meta) = root.metadata(&path) else { continue };
             if meta.is_dir() {
                 stack.push(path);
-            } else if crate::module::is_module_file_name(name.as_bytes())
+            } else if compressions.is_module_file_name(name.as_bytes())
                 && meta.modified().map(seconds).unwrap_or(i64::MAX) > dep_secs
             {
                 return false;

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use cross::{EntryKind, Sysroot};
 
 use super::config::{Config, Search};
-use crate::module::{is_module_file_name, modname_from_path};
+use crate::kmod_release::Compressions;
+use crate::module::modname_from_path;
 
 /// A module chosen by the walk.
 #[derive(Debug, Clone)]
@@ -36,9 +37,10 @@ pub struct Found {
 }
 
 /// Walks the module directory `dirname` (target path, read through `root`) and then every external
-/// directory of `config`. Fails only when the module directory itself cannot be read.
-pub fn search(root: &Sysroot, dirname: &[u8], config: &Config) -> Result<Found, String> {
-    let mut walker = Walker { root, dirname, config, found: Found::default() };
+/// directory of `config`, taking the files `compressions` makes modules. Fails only when the
+/// module directory itself cannot be read.
+pub fn search(root: &Sysroot, dirname: &[u8], config: &Config, compressions: Compressions) -> Result<Found, String> {
+    let mut walker = Walker { root, compressions, dirname, config, found: Found::default() };
     let shown = format!("{}{}", super::shown_root(root), show(dirname));
     let host_dir = resolve(root, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
     walker.walk(&host_dir, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
@@ -89,6 +91,8 @@ impl FoundModule {
 
 struct Walker<'a> {
     root: &'a Sysroot,
+    /// What the kmod build reproduced reads: files in other formats are not modules to it.
+    compressions: Compressions,
     dirname: &'a [u8],
     config: &'a Config,
     found: Found,
@@ -134,7 +138,7 @@ impl Walker<'_> {
                     }
                 }
                 EntryKind::File => {
-                    if is_module_file_name(name) {
+                    if self.compressions.is_module_file_name(name) {
                         self.consider(target, host);
                     }
                 }

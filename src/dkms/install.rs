@@ -90,6 +90,10 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         ctx.say("");
         ctx.say(format!("{}:", file_name.to_string_lossy()));
         if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
+            // Debian's and Ubuntu's dkms count a refused module as installed (their archives
+            // install a dkms package beside the kernel's own newer copy): the install goes on,
+            // marks the version active and exits 0. Upstream aborts when nothing was installed.
+            installed_any |= is_debian_like(ctx);
             continue;
         }
         if index == 0
@@ -517,6 +521,64 @@ pub fn autoinstall(ctx: &Ctx, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
+/// dkms 3.4's kernel_prerm (a kernel is being removed: every module built for it) and
+/// kernel_preinst (a kernel is being installed: the AUTOINSTALL ones left from an earlier
+/// install of that release): each is unbuilt, uninstalling it first, then the kernel's empty
+/// directories are removed. One module's failure does not stop the others.
+pub fn kernel_removal(ctx: &Ctx, action: &str, target: &Target) -> Result<()> {
+    let mut failed = Vec::new();
+    for module in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree) {
+        for version in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree.join(&module)) {
+            if !tree::is_built(ctx, &module, &version, target) {
+                continue;
+            }
+            if action == "kernel_preinst" && !ctx.module_conf(&module, &version, target, true)?.autoinstall {
+                continue;
+            }
+            super::print_err(format_args!(
+                "dkms: removing module {module}/{version} for kernel {} ({})",
+                target.kernel, target.arch
+            ));
+            if let Err(failure) = remove_family(ctx, "unbuild", &module, &version, std::slice::from_ref(target)) {
+                super::report(ctx, &failure);
+                failed.push(format!(" {module}/{version}({})", failure.code.code()));
+            }
+            if action == "kernel_prerm" {
+                ctx.say("");
+            }
+        }
+    }
+    if let Ok(kernel_dir) = ctx.in_root(&ctx.install_tree.join(&target.kernel)) {
+        remove_empty_tree(&ctx.root, &kernel_dir);
+    }
+    if !failed.is_empty() {
+        return Err(Failure::new(
+            Exit::KernelHookFailed,
+            [format!(
+                "dkms {action} for kernel {} ({}) failed for module(s){}.",
+                target.kernel,
+                target.arch,
+                failed.concat()
+            )],
+        ));
+    }
+    Ok(())
+}
+
+/// `find DIR -type d -empty -delete`: every directory below `dir` (and `dir` itself) left empty,
+/// deepest first, through the root handle (symlinks are not followed).
+fn remove_empty_tree(root: &Sysroot, dir: &Path) {
+    let Ok(entries) = root.read_dir(dir) else { return };
+    for entry in entries {
+        if entry.kind == cross::EntryKind::Dir {
+            remove_empty_tree(root, &dir.join(&entry.name));
+        }
+    }
+    if root.read_dir(dir).is_ok_and(|rest| rest.is_empty()) {
+        let _ = root.remove_dir(dir);
+    }
+}
+
 /// Regenerates the indexes of every kernel this run changed, natively and inside the root.
 pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
     let kernels: Vec<String> = ctx.take_pending_depmods();
@@ -546,7 +608,7 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
             basedir: Some(basedir.clone()),
             version: kernel.clone(),
             system_map: system_map.is_file().then_some(system_map),
-            kmod_version: 30,
+            kmod: crate::kmod_release::detect(&ctx.root).map(|found| found.release).unwrap_or_default(),
             ..Default::default()
         };
         if ctx.verbose {

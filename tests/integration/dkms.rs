@@ -699,15 +699,27 @@ fn originals_are_archived_and_restored_outside_debian() {
 }
 
 #[test]
-fn an_older_version_is_refused() {
+fn an_older_version_goes_ahead_on_debian_and_is_refused_upstream() {
+    // Debian's dkms 3.0.10 counts the refused module as installed: exit 0, 1.0 marked active.
     let pair = Pair::new("older");
     let k = pair.kernel.clone();
+    pair.add("xdkms_multiver-1.0");
+    pair.add("xdkms_multiver-2.0");
+    pair.both("install", &["-k", &k, "xdkms_multiver/2.0"]);
+    let (x, _) = pair.both("install", &["-k", &k, "xdkms_multiver/1.0"]);
+    assert_eq!(x.status.code(), Some(0), "{}", stderr(&x));
+    assert!(stderr(&x).contains("is not newer than what is already found in kernel"), "{}", stderr(&x));
+    pair.assert_same_state("install of an older version");
+
+    // Elsewhere (upstream dkms): 6 and "Installation aborted.", nothing changed.
+    let pair = Pair::new("older-fedora");
+    let root = pair.xroot();
+    std::fs::write(root.join("etc/os-release"), "ID=fedora\n").expect("os-release");
     for fixture_name in ["xdkms_multiver-1.0", "xdkms_multiver-2.0"] {
         pair.xdkms("add", &["-k", &k, fixture(fixture_name).to_str().expect("utf-8")]);
     }
     let out = pair.xdkms("install", &["-k", &k, "xdkms_multiver/2.0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // Upstream dkms: 6 and "Installation aborted." (Debian's 3.0.10 patch exits 0 here).
     let out = pair.xdkms("install", &["-k", &k, "xdkms_multiver/1.0"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("is not newer than what is already found in kernel"), "{}", stderr(&out));
@@ -715,6 +727,52 @@ fn an_older_version_is_refused() {
     assert_eq!(status, format!("xdkms_multiver/1.0, {k}, x86_64: built\nxdkms_multiver/2.0, {k}, x86_64: installed\n"));
     let out = pair.xdkms("install", &["-k", &k, "--force", "xdkms_multiver/1.0"]);
     assert!(out.status.success(), "--force installs it: {}", stderr(&out));
+}
+
+/// dkms 3.0.10 has no kernel hooks; dkms 3.4 (read from its source) runs them as autoinstall
+/// (kernel_postinst) and as unbuild of every built module (kernel_prerm) or of the AUTOINSTALL
+/// ones (kernel_preinst), so each is compared with the 3.0.10 actions it amounts to.
+#[test]
+fn kernel_hooks_do_what_dkms_34_does() {
+    let pair = Pair::new("hooks");
+    let k = pair.kernel.clone();
+    pair.add("xdkms_test-1.0");
+    pair.add("xdkms_nover-1.0");
+    let same = |x: &Output, r: &Output, step: &str| {
+        assert_eq!(x.status.code(), r.status.code(), "{step}: {}", stderr(x));
+        pair.assert_same_state(step);
+    };
+    let x = pair.xdkms("kernel_postinst", &["-k", &k]);
+    let r = pair.dkms("autoinstall", &["-k", &k]);
+    assert_eq!(console(&x.stdout), console(&r.stdout), "kernel_postinst prints what autoinstall prints");
+    same(&x, &r, "kernel_postinst");
+    pair.both("build", &["-k", &k, "xdkms_nover/1.0"]);
+
+    let x = pair.xdkms("kernel_preinst", &["-k", &k]);
+    let r = pair.dkms("unbuild", &["-k", &k, "xdkms_test/1.0"]);
+    same(&x, &r, "kernel_preinst");
+    assert!(
+        stderr(&x).contains(&format!("dkms: removing module xdkms_test/1.0 for kernel {k} (x86_64)")),
+        "{}",
+        stderr(&x)
+    );
+    assert!(!stderr(&x).contains("xdkms_nover"), "kernel_preinst leaves modules without AUTOINSTALL");
+
+    let x = pair.xdkms("kernel_prerm", &["-k", &k]);
+    let r = pair.dkms("unbuild", &["-k", &k, "xdkms_nover/1.0"]);
+    same(&x, &r, "kernel_prerm");
+    assert!(stderr(&x).contains(&format!("dkms: removing module xdkms_nover/1.0 for kernel {k} (x86_64)")));
+    let kernel_dir = pair.xroot().join("lib/modules").join(&k);
+    let empty = run_ok(Command::new("find").arg(&kernel_dir).args(["-type", "d", "-empty"]));
+    assert!(empty.stdout.is_empty(), "empty directories left: {}", String::from_utf8_lossy(&empty.stdout));
+
+    let out = pair.xdkms("kernel_prerm", &["-k", &k, "-k", "6.1.0-0-other"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out)
+        .contains("The action kernel_prerm requires exactly one kernel version parameter on the command line."));
+    let out = pair.xdkms("kernel_preinst", &["--all"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(stderr(&out).contains("The action kernel_prerm does not support the --all parameter."), "{}", stderr(&out));
 }
 
 #[test]

@@ -1,11 +1,11 @@
-//! `depmod --kmod-version 34`: the kmod 34 output rules of shared/reference/depmod.md §1.6, §2.4.
-//! No kmod 34 binary is available here, so the rules are checked as properties, with real kmod 30
-//! tools reading the result.
+//! `depmod --kmod-version 34`: byte-identical to kmod 34.2's depmod (built by the setup script),
+//! and the kmod 34 output rules of shared/reference/depmod.md §1.6, §2.4 as properties, with
+//! Debian's kmod 30 tools reading the result.
 
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{copy_module_dir, make_fixture, refs, run_ok, xdkms, TempDir};
+use crate::util::{copy_module_dir, differing_files, make_fixture, refs, run_ok, xdkms, TempDir, KMOD30_FILES};
 
 const BINS: [&str; 5] =
     ["modules.dep.bin", "modules.alias.bin", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin"];
@@ -99,6 +99,11 @@ fn kmod34_output_on_the_debian_tree() {
     let v34 = copy_module_dir(&r.path("XDKMS_ROOT_AMD64"), &version, &work.join("v34"));
     run_ok(Command::new("depmod").arg("-b").arg(work.join("v30")).arg(&version));
     run_ok(xdkms().args(["depmod", "--kmod-version", "34", "-b"]).arg(work.join("v34")).arg(&version));
+    let reference = copy_module_dir(&r.path("XDKMS_ROOT_AMD64"), &version, &work.join("kmod34"));
+    run_ok(Command::new(r.path("XDKMS_KMOD34").join("sbin/depmod")).arg("-b").arg(work.join("kmod34")).arg(&version));
+    let mut files = KMOD30_FILES.to_vec();
+    files.push("modules.weakdep");
+    assert_eq!(differing_files(&reference, &v34, &files), Vec::<String>::new(), "kmod 34.2's depmod wrote otherwise");
 
     // Text files do not depend on the release (Debian's modules.order has no repeated lines).
     for name in ["modules.dep", "modules.alias", "modules.softdep", "modules.symbols", "modules.devname"] {
@@ -156,6 +161,22 @@ fn kmod34_takes_the_first_modules_order_line_and_writes_weakdep() {
         dep.lines().next().expect("a line").split(':').next().expect("path").to_string()
     };
     assert_eq!(first_module("34"), "kernel/drivers/core_a.ko");
+    let reference = TempDir::new("kmod34-order-reference");
+    crate::util::copy_all(work.path(), &reference.join("root"));
+    run_ok(
+        Command::new(refs().path("XDKMS_KMOD34").join("sbin/depmod"))
+            .arg("-b")
+            .arg(reference.join("root"))
+            .arg(version),
+    );
+    let mut files = KMOD30_FILES.to_vec();
+    files.push("modules.weakdep");
+    let reference_dir = reference.join("root/lib/modules").join(version);
+    assert_eq!(
+        differing_files(&reference_dir, &dir, &files),
+        Vec::<String>::new(),
+        "kmod 34.2's depmod wrote otherwise"
+    );
     check_layout(&dir, true);
     assert_eq!(
         std::fs::read_to_string(dir.join("modules.weakdep")).expect("weakdep"),

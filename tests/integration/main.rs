@@ -8,6 +8,7 @@ mod dkms;
 mod hostile;
 mod initramfs;
 mod kmod34;
+mod kmod_cli;
 mod layers;
 mod modinfo;
 mod recipes;
