@@ -11,8 +11,8 @@ use cross::Sysroot;
 
 use crate::dkms::conf::{self, RawConf, Scope};
 use crate::dkms::{
-    add_if_needed, install, module_args, parallel, print_err, print_err_partial, print_out, tree, Ctx, Failure, Named,
-    Result, SigningArgs, Target,
+    add_if_needed, install, matching, module_args, parallel, print_err, print_err_partial, print_out, tree, Ctx,
+    Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
 
@@ -27,6 +27,7 @@ pub const ACTIONS: &[&str] = &[
     "status",
     "autoinstall",
     "generate_mok",
+    "match",
     "kernel_postinst",
     "kernel_prerm",
     "kernel_preinst",
@@ -110,6 +111,9 @@ pub struct Args {
     /// status: print JSON
     #[argh(switch)]
     pub json: bool,
+    /// match: the kernel whose installed modules to build and install for -k
+    #[argh(option)]
+    pub templatekernel: Option<String>,
     /// signing key, a host path or pkcs11: URI (default: framework.conf's mok_signing_key, else
     /// /var/lib/dkms/mok.key)
     #[argh(option)]
@@ -160,6 +164,21 @@ fn distro_from_os_release(text: &str) -> String {
     }
 }
 
+/// dkms 3.4's usage text (`show_usage`) for what xdkms implements, printed for `--help` and after
+/// an unknown option; xdkms's own list of options follows it for `--help`.
+const USAGE: &str = "Usage: xdkms [action] [options]
+  [action]  = { add | remove | build | unbuild | install | uninstall | match |
+               autoinstall | status | generate_mok |
+               kernel_preinst | kernel_postinst | kernel_prerm }
+  [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
+              [-c dkms.conf-location] [-q] [--force] [--force-version-override] [--all]
+              [--templatekernel=kernel] [--directive='cli-directive=cli-value']
+              [--config=kernel-include/config/auto.conf-location]
+              [--kernelsourcedir=source-location]
+              [--dkmstree path] [--sourcetree path] [--installtree path] [--verbose]
+              [--no-depmod] [-j number] [--version] [--help]
+";
+
 /// Runs a dkms action; returns the exit status.
 pub fn main(action: &str, args: &[&str]) -> Exit {
     let parsed = match Args::from_args(&["xdkms", action], &normalize(args)) {
@@ -167,11 +186,18 @@ pub fn main(action: &str, args: &[&str]) -> Exit {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    print_out(format_args!("{}", early.output));
+                    print_out(format_args!("{USAGE}\n{}", early.output));
                     Exit::Success
                 }
                 Err(()) => {
-                    print_err(format_args!("{}", early.output));
+                    // dkms 3.4: "Error! Unknown option: --x", then its usage, exit 2.
+                    match early.output.trim().strip_prefix("Unrecognized argument: ") {
+                        Some(option) if option.starts_with('-') => {
+                            print_err(format_args!("Error! Unknown option: {option}"));
+                            print_out(USAGE);
+                        }
+                        _ => print_err(format_args!("{}", early.output)),
+                    }
                     Exit::BadArguments
                 }
             };
@@ -346,6 +372,17 @@ fn run(action: &str, args: Args) -> Result<()> {
             install::autoinstall(&ctx, &targets)
         }
         hook if is_kernel_hook(hook) => run_kernel_hook(&ctx, hook, &args),
+        "match" => {
+            let named = single(action, requests)?;
+            let targets = default_targets(&ctx, &args, true)?;
+            let [target] = targets.as_slice() else {
+                return Err(Failure::new(
+                    Exit::OneKernel,
+                    ["The action match does not support multiple kernel version parameters on the command line."],
+                ));
+            };
+            matching::run_match(&ctx, args.templatekernel.as_deref(), named.module.as_deref(), target)
+        }
         other => Err(Failure::new(Exit::BadArguments, [format!("Unknown action specified: \"{other}\"")])),
     };
     let indexed = install::run_pending_depmods(&ctx);
@@ -375,7 +412,7 @@ fn check_target_options(action: &str, args: &Args) -> Result<()> {
             [" You cannot specify an arch and also specify", "--all on the command line."],
         ));
     }
-    if args.all && (matches!(action, "add" | "build" | "install" | "autoinstall") || is_kernel_hook(action)) {
+    if args.all && (matches!(action, "add" | "build" | "install" | "autoinstall" | "match") || is_kernel_hook(action)) {
         return Err(Failure::new(
             Exit::Unsupported,
             [format!("The action {} does not support the --all parameter.", hook_checked_as(action))],

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod conf;
 pub mod date;
 pub mod install;
+pub mod matching;
 pub mod parallel;
 pub mod sandbox;
 pub mod sign;

@@ -775,6 +775,68 @@ fn kernel_hooks_do_what_dkms_34_does() {
     assert!(stderr(&out).contains("The action kernel_prerm does not support the --all parameter."), "{}", stderr(&out));
 }
 
+/// dkms 3.0.10's match misreads its own status lines (it takes `module/version,` for the module
+/// and the kernel for the version); xdkms's is dkms 3.4's, compared with the install it amounts to.
+#[test]
+fn match_installs_what_the_template_kernel_has() {
+    let pair = Pair::new("match");
+    let k = pair.kernel.clone();
+    let template = "6.1.0-0-template";
+    pair.add("xdkms_test-1.0");
+    pair.both("install", &["-k", &k, "xdkms_test/1.0"]);
+    // Both roots get a template kernel with xdkms_test/1.0 installed (its tree entries only).
+    for root in [pair.xroot(), pair.rroot()] {
+        let module = root.join("var/lib/dkms/xdkms_test");
+        std::fs::create_dir_all(module.join("1.0").join(template)).expect("mkdir");
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(module.join("1.0").join(&k).join("x86_64"))
+                .arg(module.join("1.0").join(template)),
+        );
+        std::os::unix::fs::symlink(format!("1.0/{template}/x86_64"), module.join(format!("kernel-{template}-x86_64")))
+            .expect("link");
+        std::fs::create_dir_all(root.join("lib/modules").join(template)).expect("mkdir");
+    }
+    pair.both("unbuild", &["-k", &k, "xdkms_test/1.0"]);
+    let x = pair.xdkms("match", &["--templatekernel", template, "-k", &k]);
+    let r = pair.dkms("install", &["-k", &k, "xdkms_test/1.0"]);
+    assert_eq!((x.status.code(), r.status.code()), (Some(0), Some(0)), "{}", stderr(&x));
+    let shown = String::from_utf8_lossy(&x.stdout).into_owned();
+    let header = format!(
+        "\nMatching modules in kernel: {k} (x86_64)\nto the configuration of kernel: {template} (x86_64)\nModule:  xdkms_test\nVersion: 1.0\n"
+    );
+    assert!(shown.starts_with(&header), "{shown}");
+    assert_eq!(console(&x.stdout)[header.len()..], console(&r.stdout), "then install's lines");
+    pair.assert_same_state("match");
+
+    let out = pair.xdkms("match", &["--templatekernel=6.1.0-0-none", "-k", &k]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("\nThere is nothing to be done for this match.\n"));
+    for (args, code, message) in [
+        (vec!["-k", k.as_str()], 1, "Invalid number of parameters passed."),
+        (
+            vec!["--templatekernel", k.as_str(), "-k", k.as_str()],
+            2,
+            "The templatekernel and the specified kernel version are the same.",
+        ),
+        (
+            vec!["--templatekernel", template, "-k", k.as_str(), "nosuch"],
+            3,
+            "The module: nosuch is not located in the DKMS tree.",
+        ),
+        (
+            vec!["--templatekernel", template, "-k", k.as_str(), "-k", template],
+            4,
+            "does not support multiple kernel version parameters",
+        ),
+    ] {
+        let out = pair.xdkms("match", &args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn directives_alternate_confs_and_patch_errors_match_dkms() {
     let pair = Pair::new("options");
