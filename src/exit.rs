@@ -67,6 +67,12 @@ pub enum Exit {
     OneKernel,
     /// kernel_prerm or kernel_preinst: a module could not be removed.
     KernelHookFailed,
+    /// mktarball: not built for a kernel asked for, or the tarball could not be made.
+    NotBuilt,
+    /// ldtarball: no valid dkms.conf in the archive, or it cannot be unpacked.
+    NotATarball,
+    /// mktarball: the tarball's directory cannot be written.
+    TarballUnwritable,
 }
 
 impl Exit {
@@ -79,10 +85,10 @@ impl Exit {
             Exit::TreeState | Exit::ArchWithAll => 3,
             Exit::NoConf | Exit::Broken | Exit::AutoinstallKernels | Exit::OneKernel => 4,
             Exit::Unsupported | Exit::BadPatch => 5,
-            Exit::InstallAborted | Exit::NoKernelDir | Exit::PatchFailed | Exit::DepmodFailed => 6,
-            Exit::ModuleNotBuilt => 7,
+            Exit::InstallAborted | Exit::NoKernelDir | Exit::PatchFailed | Exit::DepmodFailed | Exit::NotBuilt => 6,
+            Exit::ModuleNotBuilt | Exit::NotATarball => 7,
             Exit::BadConf | Exit::EmptySource => 8,
-            Exit::NoConfInSource => 9,
+            Exit::NoConfInSource | Exit::TarballUnwritable => 9,
             Exit::MakeFailed => 10,
             Exit::AutoinstallFailed => 11,
             Exit::Arch => 12,

@@ -11,8 +11,8 @@ use cross::Sysroot;
 
 use crate::dkms::conf::{self, RawConf, Scope};
 use crate::dkms::{
-    add_if_needed, install, matching, module_args, parallel, print_err, print_err_partial, print_out, tree, Ctx,
-    Failure, Named, Result, SigningArgs, Target,
+    add_if_needed, install, matching, module_args, parallel, print_err, print_err_partial, print_out, tarball, tree,
+    Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
 
@@ -28,6 +28,8 @@ pub const ACTIONS: &[&str] = &[
     "autoinstall",
     "generate_mok",
     "match",
+    "mktarball",
+    "ldtarball",
     "kernel_postinst",
     "kernel_prerm",
     "kernel_preinst",
@@ -114,6 +116,15 @@ pub struct Args {
     /// match: the kernel whose installed modules to build and install for -k
     #[argh(option)]
     pub templatekernel: Option<String>,
+    /// mktarball: the tarball to write; ldtarball: the tarball to load (host paths)
+    #[argh(option)]
+    pub archive: Option<PathBuf>,
+    /// mktarball: the source only, no built modules
+    #[argh(switch)]
+    pub source_only: bool,
+    /// mktarball: the built modules and dkms.conf, no source
+    #[argh(switch)]
+    pub binaries_only: bool,
     /// signing key, a host path or pkcs11: URI (default: framework.conf's mok_signing_key, else
     /// /var/lib/dkms/mok.key)
     #[argh(option)]
@@ -168,14 +179,15 @@ fn distro_from_os_release(text: &str) -> String {
 /// an unknown option; xdkms's own list of options follows it for `--help`.
 const USAGE: &str = "Usage: xdkms [action] [options]
   [action]  = { add | remove | build | unbuild | install | uninstall | match |
-               autoinstall | status | generate_mok |
+               autoinstall | mktarball | ldtarball | status | generate_mok |
                kernel_preinst | kernel_postinst | kernel_prerm }
   [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
               [-c dkms.conf-location] [-q] [--force] [--force-version-override] [--all]
               [--templatekernel=kernel] [--directive='cli-directive=cli-value']
-              [--config=kernel-include/config/auto.conf-location]
+              [--config=kernel-include/config/auto.conf-location] [--archive=tarball-location]
               [--kernelsourcedir=source-location]
-              [--dkmstree path] [--sourcetree path] [--installtree path] [--verbose]
+              [--dkmstree path] [--sourcetree path] [--installtree path]
+              [--binaries-only] [--source-only] [--verbose]
               [--no-depmod] [-j number] [--version] [--help]
 ";
 
@@ -255,6 +267,9 @@ fn classify(args: &Args) -> Vec<Named> {
             requests.push(Named { source_dir: Some(dir.to_path_buf()), ..Default::default() });
         } else if path.is_dir() && path.join("dkms.conf").is_file() {
             requests.push(Named { source_dir: Some(path.to_path_buf()), ..Default::default() });
+        } else if path.is_file() {
+            // Any other file is a tarball, as dkms assumes (ldtarball reads it).
+            continue;
         } else {
             requests.push(parse(word));
         }
@@ -372,6 +387,19 @@ fn run(action: &str, args: Args) -> Result<()> {
             install::autoinstall(&ctx, &targets)
         }
         hook if is_kernel_hook(hook) => run_kernel_hook(&ctx, hook, &args),
+        "mktarball" => make_tarball(&ctx, action, requests, &args),
+        "ldtarball" => {
+            let named_file = args.words.iter().map(PathBuf::from).find(|p| p.is_file());
+            let Some(archive) = args.archive.clone().or(named_file).or_else(|| args.words.first().map(PathBuf::from))
+            else {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    ["ldtarball needs the tarball: ldtarball FILE or --archive FILE."],
+                ));
+            };
+            let targets = default_targets(&ctx, &args, false).unwrap_or_default();
+            tarball::load(&ctx, &archive, targets.first())
+        }
         "match" => {
             let named = single(action, requests)?;
             let targets = default_targets(&ctx, &args, true)?;
@@ -425,6 +453,35 @@ fn check_target_options(action: &str, args: &Args) -> Result<()> {
 /// it is removed, and before it is installed (the modules of an earlier install of it go).
 fn is_kernel_hook(action: &str) -> bool {
     matches!(action, "kernel_postinst" | "kernel_prerm" | "kernel_preinst")
+}
+
+/// mktarball: of one added module, for -k's kernels (by default the running kernel on the host,
+/// every kernel it is built for in a root).
+fn make_tarball(ctx: &Ctx, action: &str, requests: Vec<Named>, args: &Args) -> Result<()> {
+    if args.binaries_only && args.source_only {
+        return Err(Failure::new(
+            Exit::BadConf,
+            [" You have specified both --binaries-only and --source-only.", "You cannot do this."],
+        ));
+    }
+    let (module, version) = module_args(action, single(action, requests)?)?;
+    if !tree::is_added(ctx, &module, &version) {
+        return Err(Failure::new(
+            Exit::TreeState,
+            [format!("The module/version combo: {module}-{version} is not located in the DKMS tree.")],
+        ));
+    }
+    let targets = if ctx.image_mode() && args.kernelver.is_empty() {
+        tree::built_targets(ctx, &module, &version)
+    } else {
+        default_targets(ctx, args, false)?
+    };
+    let options = tarball::MakeOptions {
+        source_only: args.source_only,
+        binaries_only: args.binaries_only,
+        archive: args.archive.clone(),
+    };
+    tarball::make(ctx, &module, &version, &targets, &options)
 }
 
 /// A kernel hook, for the one kernel it must be given.

@@ -20,7 +20,8 @@ use getopt::Opt;
 #[derive(FromArgs, Debug)]
 /// xdkms: DKMS for image builds. Builds, installs and indexes out-of-tree kernel modules in a
 /// sysroot, rootfs tree or initramfs. Invoked as `depmod`, it behaves as `xdkms depmod`. The DKMS
-/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall, match, generate_mok,
+/// actions (add, build, install, uninstall, unbuild, remove, status, autoinstall, match, mktarball,
+/// ldtarball, generate_mok,
 /// kernel_postinst, kernel_prerm, kernel_preinst) take dkms's
 /// options: `xdkms add --help`.
 pub struct Xdkms {
@@ -381,7 +382,8 @@ pub fn version_line() -> String {
 /// help.
 const MORE_COMMANDS: &str = "\
 DKMS commands (dkms 3.0.10's command line; `xdkms ACTION --help` lists the options):
-  add, build, install, uninstall, unbuild, remove, status, autoinstall, match, generate_mok,
+  add, build, install, uninstall, unbuild, remove, status, autoinstall, match, mktarball,
+  ldtarball, generate_mok,
   kernel_postinst, kernel_prerm, kernel_preinst (dkms 3.4's kernel package hooks, one -k each)
 kmod commands (kmod's getopt command line; `xdkms depmod --help`):
   depmod            generate modules.dep and the .bin indexes, byte-identical to kmod's

@@ -7,10 +7,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
+/// SOURCE_DATE_EPOCH, when it is set to a number of seconds.
+pub fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<i64>().ok())
+}
+
 /// The line for now (or SOURCE_DATE_EPOCH), with its newline.
 pub fn date_line() -> String {
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<i64>().ok());
-    let seconds = epoch.unwrap_or_else(|| {
+    let seconds = source_date_epoch().unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     });
     format!("{}\n", format_utc(seconds))

@@ -10,6 +10,7 @@ pub mod matching;
 pub mod parallel;
 pub mod sandbox;
 pub mod sign;
+pub mod tarball;
 pub mod target;
 pub mod tree;
 

@@ -775,6 +775,107 @@ fn kernel_hooks_do_what_dkms_34_does() {
     assert!(stderr(&out).contains("The action kernel_prerm does not support the --all parameter."), "{}", stderr(&out));
 }
 
+/// Unpacks a tarball (any compression GNU tar detects) into a new directory.
+fn unpacked(tarball: &Path, into: &Path) -> PathBuf {
+    std::fs::create_dir_all(into).expect("mkdir");
+    run_ok(Command::new("tar").arg("-xaf").arg(tarball).arg("-C").arg(into));
+    into.to_path_buf()
+}
+
+/// mktarball's output, read back by the other tool's ldtarball: xdkms's tarball holds what
+/// dkms's does (every path, kind, mode and byte), and each tool loads the other's.
+#[test]
+fn tarballs_round_trip_with_dkms() {
+    let pair = Pair::new("tarball");
+    let k = pair.kernel.clone();
+    let work = pair.dir.path().to_path_buf();
+    pair.add("xdkms_test-1.0");
+    pair.both("build", &["-k", &k, "xdkms_test/1.0"]);
+    let name = format!("xdkms_test-1.0-kernel{k}-x86_64.dkms.tar.gz");
+    let in_tree = |root: &Path| root.join("var/lib/dkms/xdkms_test/1.0/tarball").join(&name);
+    for (flags, kind) in [(vec![], "full"), (vec!["--binaries-only"], "binaries"), (vec!["--source-only"], "source")] {
+        let mut args = vec!["-k", k.as_str(), "xdkms_test/1.0"];
+        args.extend(flags.iter().copied());
+        pair.both("mktarball", &args);
+        let name = if kind == "source" { "xdkms_test-1.0-source-only.dkms.tar.gz".to_string() } else { name.clone() };
+        let tree_path = |root: &Path| root.join("var/lib/dkms/xdkms_test/1.0/tarball").join(&name);
+        let (ours, theirs) = (work.join(format!("ours-{kind}.tar.gz")), work.join(format!("dkms-{kind}.tar.gz")));
+        std::fs::rename(tree_path(&pair.xroot()), &ours).expect("xdkms's tarball");
+        std::fs::rename(tree_path(&pair.rroot()), &theirs).expect("dkms's tarball");
+        let (a, b) = (
+            unpacked(&ours, &work.join(format!("ours-{kind}"))),
+            unpacked(&theirs, &work.join(format!("dkms-{kind}"))),
+        );
+        // make.log's date is the build's; .xdkms-modules and Module.symvers are what xdkms keeps
+        // of a build beyond dkms 3.0.10 (dkms 3.4 keeps Module.symvers too).
+        let diff = run(Command::new("diff")
+            .args(["-r", "--no-dereference", "-x", "make.log", "-x", ".xdkms-*", "-x", "Module.symvers"])
+            .arg(&a)
+            .arg(&b));
+        assert!(diff.status.success(), "{kind}: {}", String::from_utf8_lossy(&diff.stdout));
+        let modes = |dir: &Path| {
+            let filter = ["-not", "-name", ".xdkms-*", "-not", "-name", "Module.symvers", "-printf", "%P %y %m\n"];
+            let listed =
+                String::from_utf8_lossy(&run_ok(Command::new("find").arg(dir).args(filter)).stdout).into_owned();
+            let mut lines: Vec<String> = listed.lines().map(String::from).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(modes(&a), modes(&b), "{kind}: kinds and modes");
+        // Twice with SOURCE_DATE_EPOCH: the same bytes.
+        if kind == "full" {
+            let again = || {
+                let out = pair
+                    .xdkms_command("mktarball", &["-k", &k, "xdkms_test/1.0"])
+                    .env("SOURCE_DATE_EPOCH", "1700000000")
+                    .output()
+                    .expect("run");
+                assert!(out.status.success(), "{}", stderr(&out));
+                let bytes = std::fs::read(in_tree(&pair.xroot())).expect("tarball");
+                std::fs::remove_file(in_tree(&pair.xroot())).expect("rm");
+                bytes
+            };
+            assert!(again() == again(), "mktarball is reproducible");
+        }
+    }
+    for root in [pair.xroot(), pair.rroot()] {
+        let _ = std::fs::remove_dir(root.join("var/lib/dkms/xdkms_test/1.0/tarball"));
+    }
+    pair.assert_same_state("mktarball");
+
+    // Each tool loads the other's full tarball into a tree without the module.
+    pair.both("remove", &["--all", "xdkms_test/1.0"]);
+    for root in [pair.xroot(), pair.rroot()] {
+        std::fs::remove_dir_all(root.join("usr/src/xdkms_test-1.0")).expect("rm source");
+    }
+    let x = pair.xdkms("ldtarball", &[work.join("dkms-full.tar.gz").to_str().expect("utf-8")]);
+    let r = pair.dkms("ldtarball", &[work.join("ours-full.tar.gz").to_str().expect("utf-8")]);
+    assert_eq!((x.status.code(), console(&x.stdout)), (r.status.code(), console(&r.stdout)), "{}", stderr(&x));
+    assert_eq!(x.status.code(), Some(0));
+    pair.assert_same_state("ldtarball");
+    // Loaded again: already added (exit 8, as dkms).
+    let x = pair.xdkms("ldtarball", &["--archive", work.join("dkms-full.tar.gz").to_str().expect("utf-8")]);
+    let r = pair.dkms("ldtarball", &["--archive", work.join("ours-full.tar.gz").to_str().expect("utf-8")]);
+    assert_eq!((x.status.code(), r.status.code()), (Some(8), Some(8)), "{}", stderr(&x));
+
+    // A binaries-only tarball without the source on the system: loaded, then exit 1, as dkms.
+    pair.both("remove", &["--all", "xdkms_test/1.0"]);
+    for root in [pair.xroot(), pair.rroot()] {
+        std::fs::remove_dir_all(root.join("usr/src/xdkms_test-1.0")).expect("rm source");
+    }
+    let x = pair.xdkms("ldtarball", &[work.join("dkms-binaries.tar.gz").to_str().expect("utf-8")]);
+    let r = pair.dkms("ldtarball", &[work.join("ours-binaries.tar.gz").to_str().expect("utf-8")]);
+    assert_eq!((x.status.code(), console(&x.stdout)), (r.status.code(), console(&r.stdout)), "{}", stderr(&x));
+    assert_eq!(dkms_tree(&pair.xroot()), dkms_tree(&pair.rroot()), "binaries-only load");
+
+    // Not a tarball of dkms's: exit 7 for both.
+    let junk = work.join("junk.tar");
+    run_ok(Command::new("tar").arg("-cf").arg(&junk).arg("-C").arg(&work).arg("ours-source"));
+    let x = pair.xdkms("ldtarball", &[junk.to_str().expect("utf-8")]);
+    let r = pair.dkms("ldtarball", &[junk.to_str().expect("utf-8")]);
+    assert_eq!((x.status.code(), r.status.code()), (Some(7), Some(7)), "{}", stderr(&x));
+}
+
 /// dkms 3.0.10's match misreads its own status lines (it takes `module/version,` for the module
 /// and the kernel for the version); xdkms's is dkms 3.4's, compared with the install it amounts to.
 #[test]
