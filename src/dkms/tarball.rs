@@ -291,6 +291,10 @@ pub fn load(ctx: &Ctx, archive: &Path, first: Option<&Target>) -> Result<()> {
     }
 }
 
+/// What a tarball may unpack to: far above any module's source and builds, far below what a
+/// small compressed archive could fill a disk with.
+const LARGEST_UNPACKED: u64 = 4 << 30;
+
 /// Unpacks a tar archive (plain or compressed in any codec the initramfs reader knows) into
 /// `dir`; entries with absolute paths or `..` are refused by the tar reader.
 fn unpack(archive: &Path, dir: &Path) -> io::Result<()> {
@@ -304,8 +308,16 @@ fn unpack(archive: &Path, dir: &Path) -> io::Result<()> {
     let mut tar = tar::Archive::new(reader);
     tar.set_preserve_permissions(true);
     tar.set_overwrite(true);
+    let mut unpacked = 0u64;
     for entry in tar.entries()? {
         let mut entry = entry?;
+        unpacked = unpacked.saturating_add(entry.header().size()?);
+        if unpacked > LARGEST_UNPACKED {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it unpacks to more than {} GiB, more than any module's tarball", LARGEST_UNPACKED >> 30),
+            ));
+        }
         if !entry.unpack_in(dir)? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

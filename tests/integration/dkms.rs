@@ -874,6 +874,16 @@ fn tarballs_round_trip_with_dkms() {
     let x = pair.xdkms("ldtarball", &[junk.to_str().expect("utf-8")]);
     let r = pair.dkms("ldtarball", &[junk.to_str().expect("utf-8")]);
     assert_eq!((x.status.code(), r.status.code()), (Some(7), Some(7)), "{}", stderr(&x));
+    // A header claiming 5 GiB: refused before anything is written.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("./dkms_source_tree/huge").expect("path");
+    header.set_size(5 << 30);
+    header.set_cksum();
+    let bomb = work.join("bomb.tar");
+    std::fs::write(&bomb, header.as_bytes()).expect("write");
+    let x = pair.xdkms("ldtarball", &[bomb.to_str().expect("utf-8")]);
+    assert_eq!(x.status.code(), Some(7), "{}", stderr(&x));
+    assert!(stderr(&x).contains("unpacks to more than 4 GiB"), "{}", stderr(&x));
 }
 
 /// dkms 3.0.10's match misreads its own status lines (it takes `module/version,` for the module
