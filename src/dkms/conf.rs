@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 
 /// The variables dkms 3.0.10 accepts from a dkms.conf (its `dkms_conf_variables`, without the
 /// lowercase internals a conf could only use to corrupt dkms's state) plus the later directives
-/// xdkms also honours (BUILD_EXCLUSIVE_KERNEL_MIN/MAX from 3.0.11, BUILD_DEPENDS_REBUILD).
+/// xdkms also honours (BUILD_EXCLUSIVE_KERNEL_MIN/MAX from 3.0.11, per-module BUILD_EXCLUSIVE_*[i]
+/// from 3.4, BUILD_DEPENDS_REBUILD).
 pub const WHITELIST: &[&str] = &[
     "CLEAN",
     "PACKAGE_NAME",
@@ -318,7 +319,7 @@ impl Conf {
         let modules = module_records(&raw, d, &mut errors);
         let make_command = make_command(&raw, d);
         let patches = matching_patches(&raw, d.kernelver);
-        let excluded = is_excluded(&raw, d);
+        let (excluded_modules, excluded) = exclusions(&raw, d, modules.len());
         if modules.is_empty() {
             errors.push("dkms.conf: Error! No 'DEST_MODULE_LOCATION' directive specified.".to_string());
         }
@@ -339,6 +340,12 @@ impl Conf {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // A module its own BUILD_EXCLUSIVE_*[i] rules out is not checked, saved or installed (the
+        // make still runs the package's Makefile, which decides what it builds).
+        let modules = match excluded {
+            true => modules,
+            false => modules.into_iter().zip(excluded_modules).filter(|(_, out)| !out).map(|(m, _)| m).collect(),
+        };
         Ok(Conf {
             package_name,
             package_version,
@@ -545,27 +552,56 @@ fn strict_checks(autoinstall: &str, modules: &[ModuleRecord], errors: &mut Vec<S
     }
 }
 
-/// dkms's BUILD_EXCLUSIVE rules: KERNEL and ARCH are unanchored EREs (bash `=~`), KERNEL_MIN and
-/// KERNEL_MAX compare with VER(), CONFIG needs each `CONFIG_X` set to y or m and each `!CONFIG_X`
-/// not, and is skipped when the kernel's configuration cannot be read.
-fn is_excluded(raw: &RawConf, d: &Derive) -> bool {
-    let kernel = raw.scalar("BUILD_EXCLUSIVE_KERNEL");
+/// The BUILD_EXCLUSIVE directives.
+const EXCLUSIVE: [&str; 5] = [
+    "BUILD_EXCLUSIVE_KERNEL",
+    "BUILD_EXCLUSIVE_KERNEL_MIN",
+    "BUILD_EXCLUSIVE_KERNEL_MAX",
+    "BUILD_EXCLUSIVE_ARCH",
+    "BUILD_EXCLUSIVE_CONFIG",
+];
+
+/// dkms 3.4's check_build_exclusive_for_module: element 0 of each BUILD_EXCLUSIVE array (the
+/// plain `BUILD_EXCLUSIVE_KERNEL=...` of older confs) applies to every module, element `index`
+/// to module `index` as well.
+fn module_excluded(raw: &RawConf, d: &Derive, index: usize) -> bool {
+    rules_exclude(raw, d, 0) || (index > 0 && rules_exclude(raw, d, index))
+}
+
+/// True when any BUILD_EXCLUSIVE directive is set, globally or for one of `count` modules.
+fn has_exclusive_directives(raw: &RawConf, count: usize) -> bool {
+    EXCLUSIVE.iter().any(|name| (0..count.max(1)).any(|i| !raw.get(name, i).is_empty()))
+}
+
+/// Which modules are excluded, and whether the whole build is (dkms 3.4: no module left to
+/// build while BUILD_EXCLUSIVE directives are set).
+fn exclusions(raw: &RawConf, d: &Derive, count: usize) -> (Vec<bool>, bool) {
+    let per_module: Vec<bool> = (0..count).map(|i| module_excluded(raw, d, i)).collect();
+    let whole = if count == 0 { rules_exclude(raw, d, 0) } else { per_module.iter().all(|&e| e) };
+    (per_module, whole && has_exclusive_directives(raw, count))
+}
+
+/// dkms's BUILD_EXCLUSIVE rules, element `index`: KERNEL and ARCH are unanchored EREs (bash
+/// `=~`), KERNEL_MIN and KERNEL_MAX compare with VER(), CONFIG needs each `CONFIG_X` set to y or m
+/// and each `!CONFIG_X` not, and is skipped when the kernel's configuration cannot be read.
+fn rules_exclude(raw: &RawConf, d: &Derive, index: usize) -> bool {
+    let kernel = raw.get("BUILD_EXCLUSIVE_KERNEL", index);
     if !kernel.is_empty() && !ere_matches(kernel, d.kernelver) {
         return true;
     }
-    let arch = raw.scalar("BUILD_EXCLUSIVE_ARCH");
+    let arch = raw.get("BUILD_EXCLUSIVE_ARCH", index);
     if !arch.is_empty() && !ere_matches(arch, d.arch) {
         return true;
     }
-    let min = raw.scalar("BUILD_EXCLUSIVE_KERNEL_MIN");
+    let min = raw.get("BUILD_EXCLUSIVE_KERNEL_MIN", index);
     if !min.is_empty() && ver_key(d.kernelver) < ver_key(min) {
         return true;
     }
-    let max = raw.scalar("BUILD_EXCLUSIVE_KERNEL_MAX");
+    let max = raw.get("BUILD_EXCLUSIVE_KERNEL_MAX", index);
     if !max.is_empty() && ver_key(d.kernelver) > ver_key(max) {
         return true;
     }
-    let wanted = raw.scalar("BUILD_EXCLUSIVE_CONFIG");
+    let wanted = raw.get("BUILD_EXCLUSIVE_CONFIG", index);
     if let (false, Some(config)) = (wanted.is_empty(), d.kernel_config) {
         let is_set = |name: &str| {
             config.lines().any(|l| {
@@ -711,5 +747,31 @@ mod tests {
         assert!(with(("BUILD_EXCLUSIVE_KERNEL_MIN", 0, "6.2")));
         assert!(!with(("BUILD_EXCLUSIVE_KERNEL_MAX", 0, "6.2")));
         assert!(with(("BUILD_EXCLUSIVE_KERNEL", 0, "^5\\.")));
+    }
+
+    #[test]
+    fn per_module_build_exclusive_as_dkms_34() {
+        let two = [
+            ("PACKAGE_NAME", 0, "foo"),
+            ("PACKAGE_VERSION", 0, "1"),
+            ("BUILT_MODULE_NAME", 0, "a"),
+            ("BUILT_MODULE_NAME", 1, "b"),
+            ("DEST_MODULE_LOCATION", 0, "/extra"),
+            ("DEST_MODULE_LOCATION", 1, "/extra"),
+        ];
+        let conf = |extra: &[(&'static str, usize, &'static str)]| {
+            let mut all = two.to_vec();
+            all.extend_from_slice(extra);
+            Conf::from_raw(raw(&all), &derive("debian")).expect("valid conf")
+        };
+        let names = |c: &Conf| c.modules.iter().map(|m| m.built_name.clone()).collect::<Vec<_>>();
+        let only_a = conf(&[("BUILD_EXCLUSIVE_ARCH", 1, "none")]);
+        assert_eq!((names(&only_a), only_a.excluded), (vec!["a".to_string()], false));
+        // Element 0 is every module's rule: both go, and so does the build.
+        assert!(conf(&[("BUILD_EXCLUSIVE_ARCH", 0, "none")]).excluded);
+        let none_left = conf(&[("BUILD_EXCLUSIVE_KERNEL_MIN", 1, "9"), ("BUILD_EXCLUSIVE_KERNEL", 0, "^5\\.")]);
+        assert!(none_left.excluded);
+        let both_kept = conf(&[("BUILD_EXCLUSIVE_KERNEL_MAX", 1, "9")]);
+        assert_eq!((names(&both_kept).len(), both_kept.excluded), (2, false));
     }
 }

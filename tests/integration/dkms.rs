@@ -886,6 +886,38 @@ fn tarballs_round_trip_with_dkms() {
     assert!(stderr(&x).contains("unpacks to more than 4 GiB"), "{}", stderr(&x));
 }
 
+/// dkms 3.4's per-module BUILD_EXCLUSIVE_*[i]: the module its rule excludes is neither kept nor
+/// installed; the others are (dkms 3.0.10 reads element 0 only, so this is xdkms alone).
+#[test]
+fn per_module_build_exclusive_leaves_that_module_out() {
+    let pair = Pair::new("permodule");
+    let k = pair.kernel.clone();
+    let source = pair.dir.path().join("xdkms_multi-1.0");
+    run_ok(Command::new("cp").arg("-a").arg(fixture("xdkms_multi-1.0")).arg(&source));
+    let conf = source.join("dkms.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("dkms.conf");
+    text.push_str("BUILD_EXCLUSIVE_KERNEL[1]=\"^5\\.\"\n");
+    std::fs::write(&conf, text).expect("write");
+    let out = pair.xdkms("install", &["-k", &k, source.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let installed = pair.xroot().join("lib/modules").join(&k).join("updates/dkms");
+    assert!(installed.join("xdkms_multi_a.ko").is_file(), "module 0 is installed");
+    assert!(!installed.join("xdkms_multi_renamed.ko").exists(), "module 1 is excluded on {k}");
+    let built = pair.xroot().join("var/lib/dkms/xdkms_multi/1.0").join(&k).join("x86_64/module");
+    let kept: Vec<String> = std::fs::read_dir(&built)
+        .expect("built modules")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ko"))
+        .collect();
+    assert_eq!(kept, vec!["xdkms_multi_a.ko".to_string()]);
+    let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    assert_eq!(status, format!("xdkms_multi/1.0, {k}, x86_64: installed\n"));
+    let out = pair.xdkms("remove", &["--all", "xdkms_multi/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!installed.join("xdkms_multi_a.ko").exists());
+}
+
 /// dkms 3.0.10's match misreads its own status lines (it takes `module/version,` for the module
 /// and the kernel for the version); xdkms's is dkms 3.4's, compared with the install it amounts to.
 #[test]
