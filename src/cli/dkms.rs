@@ -11,8 +11,8 @@ use cross::Sysroot;
 
 use crate::dkms::conf::{self, RawConf, Scope};
 use crate::dkms::{
-    add_if_needed, install, matching, module_args, parallel, print_err, print_err_partial, print_out, tarball, tree,
-    Ctx, Failure, Named, Result, SigningArgs, Target,
+    add_if_needed, commands, install, matching, module_args, parallel, print_err, print_err_partial, print_out,
+    tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
 
@@ -413,8 +413,26 @@ fn run(action: &str, args: Args) -> Result<()> {
         }
         other => Err(Failure::new(Exit::BadArguments, [format!("Unknown action specified: \"{other}\"")])),
     };
-    let indexed = install::run_pending_depmods(&ctx);
-    result.and(indexed)
+    finish(&ctx, action, result)
+}
+
+/// After an action: the indexes of each kernel it changed, then framework.conf's
+/// post_transaction, which dkms 3.4 runs after a successful install, uninstall, unbuild or
+/// remove, and after an autoinstall that installed something.
+fn finish(ctx: &Ctx, action: &str, result: Result<()>) -> Result<()> {
+    let changed_kernels = ctx.pending_kernel_count();
+    let result = result.and(install::run_pending_depmods(ctx));
+    let transaction = match action {
+        "install" | "uninstall" | "unbuild" | "remove" => true,
+        "autoinstall" => changed_kernels > 0,
+        _ => false,
+    };
+    if result.is_ok() && transaction {
+        if let Some(command) = commands::post_transaction_command(ctx) {
+            commands::post_transaction(ctx, &command)?;
+        }
+    }
+    result
 }
 
 /// dkms's checks of -k, -a and --all against each other and the action.

@@ -123,3 +123,46 @@ pub fn run_tool(command: &mut Command, what: &str) -> std::result::Result<(), St
     let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
     Err(format!("{what} failed ({}){}{tail}", output.status, if tail.is_empty() { "" } else { ":\n" }))
 }
+
+/// framework.conf's `post_transaction` (dkms 3.4), if set.
+pub fn post_transaction_command(ctx: &Ctx) -> Option<String> {
+    let framework =
+        super::conf::evaluate(&ctx.framework_files, &super::conf::Scope::default(), &["post_transaction"], None)
+            .ok()?;
+    Some(framework.scalar("post_transaction").to_string()).filter(|c| !c.trim().is_empty())
+}
+
+/// dkms 3.4's execute_post_transaction: the command run by bash (in the tree's sandbox inside a
+/// root), its output in `<dkms_tree>/post_transaction.log` framed as invoke_command frames it.
+/// Its failure is reported, not fatal: the transaction itself succeeded.
+pub fn post_transaction(ctx: &Ctx, command: &str) -> Result<()> {
+    const WHAT: &str = "Executing post-transaction command";
+    let log = ctx.in_root(&ctx.dkms_tree.join("post_transaction.log"))?;
+    let header = format!("\n{WHAT}\n# command: {command}\n");
+    ctx.root.write(&log, header.as_bytes()).map_err(|e| Failure::io(format!("writing {}", log.display()), e))?;
+    ctx.say_partial(&format!("{WHAT}..."));
+    let started = std::time::Instant::now();
+    let status =
+        run_logged(ctx.tree_sandbox(), None, command, &ctx.in_root(&ctx.dkms_tree)?, Some(&log), ctx.quiet, &[])?;
+    let code = status.code().unwrap_or(128);
+    let elapsed = started.elapsed().as_secs();
+    let footer = format!(
+        "\n# exit code: {code}\n# elapsed time: {:02}:{:02}:{:02}\n{}\n",
+        elapsed / 3600,
+        elapsed / 60 % 60,
+        elapsed % 60,
+        "-".repeat(64)
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .map_err(|e| Failure::io(format!("opening {}", log.display()), e))?;
+    std::io::Write::write_all(&mut file, footer.as_bytes())
+        .map_err(|e| Failure::io(format!("writing {}", log.display()), e))?;
+    if code == 0 {
+        ctx.say(" done.");
+    } else {
+        ctx.say(format!("(bad exit status: {code})\nFailed command:\n{command}"));
+    }
+    Ok(())
+}

@@ -208,6 +208,11 @@ impl Ctx {
         self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
     }
 
+    /// How many kernels [`Ctx::pending_depmod`] has noted so far.
+    pub fn pending_kernel_count(&self) -> usize {
+        self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// The kernels noted by [`Ctx::pending_depmod`], forgetting them.
     pub fn take_pending_depmods(&self) -> Vec<String> {
         std::mem::take(&mut *self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()

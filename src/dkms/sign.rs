@@ -49,7 +49,8 @@ fn in_root(ctx: &Ctx, value: &str) -> Option<PathBuf> {
 /// framework.conf's signing variables for one kernel (they may use $kernelver).
 struct Framework(conf::RawConf);
 
-const FRAMEWORK_VARIABLES: [&str; 4] = ["sign_file", "mok_signing_key", "mok_certificate", "sign_command"];
+const FRAMEWORK_VARIABLES: [&str; 5] =
+    ["sign_file", "mok_signing_key", "mok_certificate", "sign_command", "try_sign_modules"];
 
 impl Framework {
     fn read(ctx: &Ctx, target: &Target) -> Framework {
@@ -65,6 +66,12 @@ impl Framework {
 /// dkms's prepare_signing for one kernel; None (after saying why) when modules stay unsigned.
 pub fn prepare(ctx: &Ctx, target: &Target) -> Option<Signer> {
     let framework = Framework::read(ctx, target);
+    // dkms 3.4's policy switch. (Its "not_in_chroot" default is moot here: an image root is the
+    // target, not a chroot, and its key is the one asked for.)
+    if framework.value("try_sign_modules") == Some("false") {
+        ctx.say("Module signing is disabled by policy, modules won't be signed");
+        return None;
+    }
     let configured = |cli: &Option<PathBuf>, name: &str| -> Option<PathBuf> {
         cli.clone().or_else(|| framework.value(name).and_then(|v| in_root(ctx, v)))
     };

@@ -918,6 +918,47 @@ fn per_module_build_exclusive_leaves_that_module_out() {
     assert!(!installed.join("xdkms_multi_a.ko").exists());
 }
 
+/// dkms 3.4's framework.conf additions: try_sign_modules="false" leaves modules unsigned with
+/// its message; post_transaction runs after a successful transaction, logged as dkms logs it,
+/// and its failure does not fail the transaction.
+#[test]
+fn framework_try_sign_modules_and_post_transaction() {
+    let pair = Pair::new("framework");
+    let k = pair.kernel.clone();
+    let etc = pair.xroot().join("etc/dkms");
+    std::fs::create_dir_all(etc.join("framework.conf.d")).expect("mkdir");
+    std::fs::write(etc.join("framework.conf"), "try_sign_modules=\"false\"\n").expect("framework.conf");
+    std::fs::write(etc.join("framework.conf.d/post.conf"), "post_transaction=\"touch post_transaction.ran\"\n")
+        .expect("post.conf");
+    let out = pair.xdkms("install", &["-k", &k, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("Module signing is disabled by policy, modules won't be signed\n"), "{shown}");
+    assert!(shown.ends_with("Executing post-transaction command... done.\n"), "{shown}");
+    let module = pair.xroot().join("lib/modules").join(&k).join("updates/dkms/xdkms_test.ko");
+    let bytes = std::fs::read(&module).expect("installed module");
+    assert!(!bytes.ends_with(b"~Module signature appended~\n"), "signed despite the policy");
+    let tree = pair.xroot().join("var/lib/dkms");
+    assert!(tree.join("post_transaction.ran").is_file(), "the command ran in the dkms tree");
+    let log = std::fs::read_to_string(tree.join("post_transaction.log")).expect("log");
+    assert!(log.contains("# command: touch post_transaction.ran\n") && log.contains("# exit code: 0\n"), "{log}");
+
+    // A failing command is reported; the transaction's own status stands.
+    std::fs::write(etc.join("framework.conf.d/post.conf"), "post_transaction=\"exit 3\"\n").expect("post.conf");
+    let out = pair.xdkms("uninstall", &["-k", &k, "xdkms_test/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.ends_with("Executing post-transaction command...(bad exit status: 3)\nFailed command:\nexit 3\n"),
+        "{shown}"
+    );
+    // Not after a build.
+    std::fs::remove_file(tree.join("post_transaction.log")).expect("rm");
+    let out = pair.xdkms("build", &["-k", &k, "--force", "xdkms_test/1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!tree.join("post_transaction.log").exists());
+}
+
 /// dkms 3.0.10's match misreads its own status lines (it takes `module/version,` for the module
 /// and the kernel for the version); xdkms's is dkms 3.4's, compared with the install it amounts to.
 #[test]
