@@ -132,7 +132,7 @@ impl<'a> Job<'a> {
         let conf_path = ctx.conf_path(module, version)?;
         let conf = ctx.read_conf_for_checks(module, version, target, &conf_path)?;
         if conf.excluded {
-            return Err(excluded(module, &base_dir));
+            return Err(excluded(module, &ctx.shown(&base_dir)));
         }
         let source_dir = ctx.source_dir(module, version)?;
         check_source(ctx, &source_dir, &version_dir)?;
@@ -234,7 +234,10 @@ impl<'a> Job<'a> {
                     Exit::BadPatch,
                     [
                         format!(" Patch {patch} as specified in dkms.conf cannot be"),
-                        format!("found in {}/patches/.", self.shown_build_path(&self.build_dir).display()),
+                        format!(
+                            "found in {}/patches/.",
+                            self.shown_build_path(&self.build_dir).display().to_string().trim_end_matches('/')
+                        ),
                     ],
                 ));
             }
@@ -310,7 +313,10 @@ impl<'a> Job<'a> {
                 format!("Bad return status for module build on kernel: {} ({})", target.kernel, target.arch),
                 format!("Consult {} for more information.", ctx.shown(&kept).display()),
             ];
-            lines.extend(log_tail(&log_path));
+            // xdkms's own addition, shown only with --verbose (dkms prints the two lines above).
+            if ctx.verbose {
+                lines.extend(log_tail(&log_path));
+            }
             return Err(Failure::new(Exit::MakeFailed, lines));
         }
         Ok(log_path)
@@ -501,7 +507,7 @@ fn check_source(ctx: &Ctx, source_dir: &Path, version_dir: &Path) -> Result<()> 
         [
             format!(
                 "The directory {} does not appear to have module source located within it.",
-                version_dir.join("source").display()
+                ctx.shown(&version_dir.join("source")).display()
             ),
             "Build halted.".to_string(),
         ],
