@@ -244,7 +244,8 @@ fn dkms_tree(root: &Path) -> BTreeMap<String, String> {
 /// bad dkms.conf given to add; xdkms names the file) reduced to its common part.
 fn errors(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let temporary = regex_lite::Regex::new(r"/tmp/dkms\.[A-Za-z0-9]{6}|\.tmp_[a-z0-9_]+_[A-Za-z0-9]{6}").expect("regex");
+    let temporary =
+        regex_lite::Regex::new(r"/tmp/dkms\.[A-Za-z0-9]{6}|\.tmp_[a-z0-9_]+_[A-Za-z0-9]{6}").expect("regex");
     text.lines()
         .map(|line| match line.strip_prefix("File: ").and_then(|rest| rest.split_once(" does not represent")) {
             Some((_, tail)) => format!("File: (the conf) does not represent{tail}"),

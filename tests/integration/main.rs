@@ -5,6 +5,7 @@ mod boot;
 mod cross;
 mod depmod;
 mod dkms;
+mod docs;
 mod hostile;
 mod initramfs;
 mod kmod34;
