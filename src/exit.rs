@@ -67,8 +67,8 @@ pub enum Exit {
     OneKernel,
     /// kernel_prerm or kernel_preinst: a module could not be removed.
     KernelHookFailed,
-    /// mktarball: not built for a kernel asked for, or the tarball could not be made.
-    NotBuilt,
+    /// mktarball: not built for a kernel asked for.
+    TarballNotBuilt,
     /// ldtarball: no valid dkms.conf in the archive, or it cannot be unpacked.
     NotATarball,
     /// mktarball: the tarball's directory cannot be written.
@@ -85,7 +85,11 @@ impl Exit {
             Exit::TreeState | Exit::ArchWithAll => 3,
             Exit::NoConf | Exit::Broken | Exit::AutoinstallKernels | Exit::OneKernel => 4,
             Exit::Unsupported | Exit::BadPatch => 5,
-            Exit::InstallAborted | Exit::NoKernelDir | Exit::PatchFailed | Exit::DepmodFailed | Exit::NotBuilt => 6,
+            Exit::InstallAborted
+            | Exit::NoKernelDir
+            | Exit::PatchFailed
+            | Exit::DepmodFailed
+            | Exit::TarballNotBuilt => 6,
             Exit::ModuleNotBuilt | Exit::NotATarball => 7,
             Exit::BadConf | Exit::EmptySource => 8,
             Exit::NoConfInSource | Exit::TarballUnwritable => 9,

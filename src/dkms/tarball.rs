@@ -82,7 +82,7 @@ fn add_built(ctx: &Ctx, module: &str, version: &str, targets: &[Target], archive
         let built = ctx.version_dir(module, version).join(&target.kernel).join(&target.arch);
         if !ctx.root.is_dir(&built) {
             return Err(Failure::new(
-                Exit::NotBuilt,
+                Exit::TarballNotBuilt,
                 [
                     format!("No modules built for {} ({}).", target.kernel, target.arch),
                     "Modules must already be in the built state before using mktarball.".to_string(),
