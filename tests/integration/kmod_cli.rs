@@ -6,23 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::util::{copy_all, differing_files, make_fixture, refs, run, run_ok, xdkms, TempDir, KMOD30_FILES};
-
-/// What kmod 34 writes: kmod 30's files and modules.weakdep.
-const KMOD34_FILES: [&str; 12] = [
-    "modules.dep",
-    "modules.dep.bin",
-    "modules.alias",
-    "modules.alias.bin",
-    "modules.softdep",
-    "modules.weakdep",
-    "modules.symbols",
-    "modules.symbols.bin",
-    "modules.builtin.bin",
-    "modules.builtin.alias.bin",
-    "modules.devname",
-    "modules.order",
-];
+use crate::util::{
+    copy_all, differing_files, make_fixture, refs, run, run_ok, xdkms, TempDir, KMOD30_FILES, KMOD34_FILES,
+};
 
 /// A kmod 34 tool, run with argv[0] `depmod` (or `modinfo`) as from PATH, so glibc's messages
 /// name it as they name Debian's.

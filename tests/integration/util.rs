@@ -151,6 +151,23 @@ pub const KMOD30_FILES: [&str; 11] = [
     "modules.order",
 ];
 
+/// What kmod 33 and later write: kmod 30's files and modules.weakdep.
+pub const KMOD34_FILES: [&str; 12] = [
+    "modules.dep",
+    "modules.dep.bin",
+    "modules.alias",
+    "modules.alias.bin",
+    "modules.softdep",
+    "modules.weakdep",
+    "modules.symbols",
+    "modules.symbols.bin",
+    "modules.builtin.bin",
+    "modules.builtin.alias.bin",
+    "modules.devname",
+    // Never written by depmod: checked so that a tool that touched it would be caught.
+    "modules.order",
+];
+
 /// Every entry below `dir` whose name `wanted` accepts (directories so named are not entered).
 pub fn entries_named(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
