@@ -665,7 +665,15 @@ fn read_framework(root: &Sysroot, etc_dkms: &Path) -> Result<(Vec<PathBuf>, RawC
         conf::evaluate(
             &files,
             &Scope::default(),
-            &["source_tree", "dkms_tree", "install_tree", "parallel_jobs", "verbose", "symlink_modules"],
+            &[
+                "source_tree",
+                "dkms_tree",
+                "install_tree",
+                "parallel_jobs",
+                "verbose",
+                "symlink_modules",
+                "build_environment",
+            ],
             None,
         )
         .map_err(|e| Failure::io("reading framework.conf", e))?
@@ -733,6 +741,11 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
             root.resolve(&target).map_err(|e| Failure::io(format!("resolving {}", p.display()), e))
         }
     };
+    // dkms 3.4 sources the file when it exists; inside a root it is the root's file.
+    let build_environment_file = match framework.scalar("build_environment") {
+        "" => None,
+        file => in_root(&PathBuf::from(file)).ok().filter(|f| root.is_file(f)),
+    };
     Ok(Ctx {
         jobserver,
         jobserver_inherited,
@@ -771,6 +784,9 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         depmod_pending: Mutex::new(BTreeSet::new()),
         original_found: std::sync::atomic::AtomicBool::new(false),
         sole_build: std::sync::atomic::AtomicBool::new(true),
+        host_build_dirs: Mutex::new(std::collections::BTreeMap::new()),
+        build_environment_file,
+        build_environment: OnceLock::new(),
         last_conf_read: Mutex::new(None),
         tree_sandbox: OnceLock::new(),
         root,

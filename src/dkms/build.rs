@@ -83,13 +83,16 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     // dkms's do_build prepares signing before any of its checks.
     let signer = super::sign::prepare(ctx, target);
     let job = Job::prepare(ctx, module, version, target)?;
+    // On the host the build happens where dkms's does, one kernel at a time per version.
+    let host_lock = (!ctx.image_mode()).then(|| ctx.host_build_dir_lock(module, version));
+    let _in_use = host_lock.as_ref().map(|lock| lock.lock().unwrap_or_else(|e| e.into_inner()));
     job.stage_sources()?;
     let sandbox = ctx.sandbox(&job.build_tree, &job.staging.dir.join("mounts"), Some(&target.kernel));
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
     let outcome = job.run(sandbox.as_ref(), signer.as_ref());
-    if outcome.is_err() && ctx.root.is_dir(&job.build_dir) {
-        let kept = job.version_dir.join("build");
+    let kept = job.version_dir.join("build");
+    if outcome.is_err() && job.build_dir != kept && ctx.root.is_dir(&job.build_dir) {
         let _ = ctx.root.remove_all(&kept);
         let _ = ctx.root.rename(&job.build_dir, &kept);
     }
@@ -137,13 +140,23 @@ impl<'a> Job<'a> {
         let source_dir = ctx.source_dir(module, version)?;
         check_source(ctx, &source_dir, &version_dir)?;
         let headers = ctx.kernel_source_dir(&target.kernel)?;
-        check_headers(&headers, &target.kernel)?;
+        check_headers(ctx, &headers, &target.kernel)?;
         let config_text = ctx.kernel_config_text(&target.kernel);
         let build_target = super::target::prepare(ctx, target, &headers, &config_text)?;
         let staging =
             Staging { root: &ctx.root, dir: kernel_dir.join(format!(".tmp_{}_{}", target.arch, std::process::id())) };
-        let build_tree = staging.dir.join("tree");
-        let build_dir = build_tree.join(module).join(version).join("build");
+        // Inside a root the build's own dkms tree appears at the target's dkms tree path (see
+        // ctx.sandbox); on the host, where nothing can be mounted there without hiding the
+        // real tree, the build uses the real tree and dkms's `<m>/<v>/build`, so the make line,
+        // the paths compiled into the module and the log are dkms's.
+        let (build_tree, build_dir) = match ctx.image_mode() {
+            true => {
+                let build_tree = staging.dir.join("tree");
+                let build_dir = build_tree.join(module).join(version).join("build");
+                (build_tree, build_dir)
+            }
+            false => (ctx.dkms_tree.clone(), version_dir.join("build")),
+        };
         Ok(Job {
             ctx,
             module,
@@ -168,6 +181,17 @@ impl<'a> Job<'a> {
         let root = &self.ctx.root;
         root.create_dir_all(self.build_dir.parent().unwrap_or(&self.build_tree))
             .map_err(io(format!("creating {}", self.staging.dir.display())))?;
+        if !self.ctx.image_mode() {
+            // dkms's prepare_build: a failed build's directory goes, the sources are copied anew.
+            match root.remove_all(&self.build_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Failure::io(format!("removing {}", self.build_dir.display()), e))
+                }
+                _ => {}
+            }
+            return tree::copy_tree(root, &self.source_dir, &self.build_dir)
+                .map_err(io(format!("copying {}", self.source_dir.display())));
+        }
         tree::copy_tree(root, &self.source_dir, &self.build_dir)
             .map_err(io(format!("copying {}", self.source_dir.display())))?;
         root.symlink(&self.source_dir, &self.build_tree.join(self.module).join(self.version).join("source"))
@@ -209,6 +233,7 @@ impl<'a> Job<'a> {
         let result = self.staging.dir.join("result");
         let records = self.collect_modules(&conf, &result, signer)?;
         self.keep_logs(&log_path, &result)?;
+        super::depends::record(ctx, &conf, &result)?;
         // The record stands for the module's own conf: a build with -c or --directive has none,
         // so status evaluates the conf, as dkms does.
         if ctx.conf_override.is_none() && ctx.directives.is_empty() {
@@ -243,7 +268,8 @@ impl<'a> Job<'a> {
             }
             self.ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, &[])?.success() {
+            let environment = self.ctx.build_environment();
+            if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, environment)?.success() {
                 return Err(Failure::new(
                     Exit::PatchFailed,
                     [
@@ -339,14 +365,23 @@ impl<'a> Job<'a> {
                 make_variables.push((name.to_string(), paths.kernel_source_dir.to_string_lossy().into_owned()));
             }
         }
+        // framework.conf's build_environment comes after what xdkms sets (dkms 3.4 sources it
+        // after choosing CC), so its values win; its PATH and MAKEFLAGS are extended.
+        let environment = self.ctx.build_environment();
+        let from_file = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        make_env.extend(environment.iter().filter(|(n, _)| n != "PATH" && n != "MAKEFLAGS").cloned());
         if !make_variables.is_empty() {
-            make_env.push(("MAKEFLAGS".into(), make_flags(&make_variables)));
+            let ours = make_flags(&make_variables);
+            let flags = from_file("MAKEFLAGS").map_or_else(|| ours.clone(), |theirs| format!("{theirs} {ours}"));
+            make_env.push(("MAKEFLAGS".into(), flags));
+        } else if let Some(theirs) = from_file("MAKEFLAGS") {
+            make_env.push(("MAKEFLAGS".into(), theirs));
         }
         let shim_dir = self.staging.dir.join("bin");
         super::target::write_uname_shim(&shim_dir, &self.target.kernel, &self.target.arch)
             .map_err(io(format!("writing {}", shim_dir.display())))?;
-        let host_path = std::env::var("PATH").unwrap_or_default();
-        make_env.push(("PATH".into(), format!("{}:{host_path}", shim_dir.display())));
+        let path = from_file("PATH").unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
+        make_env.push(("PATH".into(), format!("{}:{path}", shim_dir.display())));
         Ok(make_env)
     }
 
@@ -516,12 +551,16 @@ fn check_source(ctx: &Ctx, source_dir: &Path, version_dir: &Path) -> Result<()> 
 
 /// The headers must be there, and be the kernel's: modules carry the headers' UTS_RELEASE in
 /// their vermagic, so other headers would build modules the kernel refuses.
-fn check_headers(headers: &Path, kernel: &str) -> Result<()> {
+fn check_headers(ctx: &Ctx, headers: &Path, kernel: &str) -> Result<()> {
     if !headers.join("include").is_dir() {
+        // dkms's words, naming the kernel's two places as the target sees them (also when
+        // --kernelsourcedir named the directory: dkms does not say it either).
+        let kernel_dir = ctx.install_tree_target.join(kernel);
+        let looked_at = format!("{} or {}", kernel_dir.join("build").display(), kernel_dir.join("source").display());
         return Err(Failure::new(
             Exit::NoHeaders,
             [
-                format!("Your kernel headers for kernel {kernel} cannot be found at {}.", headers.display()),
+                format!("Your kernel headers for kernel {kernel} cannot be found at {looked_at}."),
                 format!(
                     "Please install the linux-headers-{kernel} package or use the --kernelsourcedir option to tell DKMS where it's located."
                 ),

@@ -12,6 +12,9 @@ use super::{Ctx, Failure, Result};
 /// Lines of a failed make.log, or of a tool's error output, quoted in a failure.
 const LOG_TAIL_LINES: usize = 20;
 
+/// The variables dkms unsets at its start, so that the kernel's own flags apply.
+const UNSET_FOR_BUILDS: [&str; 5] = ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"];
+
 /// Runs a shell command in `dir` with its output appended to `log` (else on the console, or
 /// nowhere with `quiet`); its exit status.
 pub fn run_logged(
@@ -41,7 +44,7 @@ pub fn run_logged(
     };
     command.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
     // dkms unsets these so that the kernel's own flags apply.
-    for name in ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"] {
+    for name in UNSET_FOR_BUILDS {
         command.env_remove(name);
     }
     let mut env = env.to_vec();
@@ -61,6 +64,35 @@ pub fn run_logged(
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));
     command.status().map_err(|e| Failure::io("running bash (bash is required)", e))
+}
+
+/// The variables bash exports after sourcing `file` (output discarded, as dkms 3.4 sources
+/// framework.conf's build_environment) that are new or differ from this process's, with the
+/// variables dkms unsets (CC, CFLAGS, ...) unset while it runs.
+pub fn exported_by(file: &Path, sandbox: Option<&Sandbox>) -> std::io::Result<Vec<(String, String)>> {
+    let script = r#"source "$1" >/dev/null 2>&1; env -0"#;
+    let file = sandbox.map_or_else(|| file.to_path_buf(), |s| s.target_path(file));
+    let mut command = match sandbox {
+        Some(sandbox) => sandbox.command("bash", Path::new("/")),
+        None => Command::new("bash"),
+    };
+    command.arg("-c").arg(script).arg("bash").arg(&file).stdin(Stdio::null()).stderr(Stdio::null());
+    for name in UNSET_FOR_BUILDS {
+        command.env_remove(name);
+    }
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!("bash exited with {} while sourcing it", output.status)));
+    }
+    // bash's own bookkeeping is no setting of the file's.
+    let ours = |name: &str| matches!(name, "SHLVL" | "_" | "PWD" | "OLDPWD");
+    Ok(output
+        .stdout
+        .split(|&b| b == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok()?.split_once('='))
+        .filter(|(name, value)| !ours(name) && std::env::var(name).ok().as_deref() != Some(*value))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect())
 }
 
 /// The last lines of a log, indented, for an error message.
@@ -101,6 +133,9 @@ pub fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &s
         None => Command::new(&path),
     };
     command.args(words).current_dir(dir).stdin(Stdio::null());
+    if matches!(kind, "pre_build" | "post_build") {
+        command.envs(ctx.build_environment().iter().map(|(name, value)| (name, value)));
+    }
     if ctx.quiet {
         command.stdout(Stdio::null()).stderr(Stdio::null());
     }

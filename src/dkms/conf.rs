@@ -13,6 +13,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::version::ver_key;
+
 /// The variables dkms 3.0.10 accepts from a dkms.conf (its `dkms_conf_variables`, without the
 /// lowercase internals a conf could only use to corrupt dkms's state) plus the later directives
 /// xdkms also honours (BUILD_EXCLUSIVE_KERNEL_MIN/MAX from 3.0.11, per-module BUILD_EXCLUSIVE_*[i]
@@ -271,6 +273,8 @@ pub struct Conf {
     pub post_remove: String,
     pub autoinstall: bool,
     pub build_depends: Vec<String>,
+    /// BUILD_DEPENDS_REBUILD (dkms 3.4): rebuild when a dependency's newest version changes.
+    pub build_depends_rebuild: bool,
     pub obsolete_by: String,
     pub excluded: bool,
     pub no_weak_modules: bool,
@@ -335,7 +339,7 @@ impl Conf {
         let autoinstall = raw.scalar("AUTOINSTALL");
         // dkms 3.4's read_conf_strict runs these only on a conf that passed the checks above.
         if d.strict && errors.is_empty() {
-            strict_checks(autoinstall, &modules, &mut errors);
+            strict_checks(&raw, &modules, &mut errors);
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -358,19 +362,26 @@ impl Conf {
             post_install: raw.scalar("POST_INSTALL").to_string(),
             post_add: raw.scalar("POST_ADD").to_string(),
             post_remove: raw.scalar("POST_REMOVE").to_string(),
-            autoinstall: !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("no"),
+            autoinstall: is_yes(autoinstall),
             build_depends: raw
                 .elements("BUILD_DEPENDS")
                 .iter()
                 .flat_map(|s| s.split_whitespace())
                 .map(String::from)
                 .collect(),
+            build_depends_rebuild: is_yes(raw.scalar("BUILD_DEPENDS_REBUILD")),
             obsolete_by: raw.scalar("OBSOLETE_BY").to_string(),
             excluded,
             no_weak_modules: !raw.scalar("NO_WEAK_MODULES").is_empty(),
             raw,
         })
     }
+}
+
+/// A dkms 3.4 yes/no directive: set unless empty or `no` (dkms 3.4 clears a `no`; a conf that
+/// passed no strict check keeps any other word, which bash's `[[ $X ]]` takes as set).
+fn is_yes(value: &str) -> bool {
+    !value.is_empty() && !value.eq_ignore_ascii_case("no")
 }
 
 /// The module records (BUILT_/DEST_MODULE_NAME/LOCATION, STRIP) with dkms's defaults, and the
@@ -522,9 +533,12 @@ fn check_path_components(
 }
 
 /// dkms 3.4's read_conf_strict: AUTOINSTALL values, duplicate BUILT or DEST names, '/' in names.
-fn strict_checks(autoinstall: &str, modules: &[ModuleRecord], errors: &mut Vec<String>) {
-    if !autoinstall.is_empty() && !autoinstall.eq_ignore_ascii_case("yes") && !autoinstall.eq_ignore_ascii_case("no") {
-        errors.push(format!("dkms.conf: Error! Unsupported AUTOINSTALL value '{autoinstall}'"));
+fn strict_checks(raw: &RawConf, modules: &[ModuleRecord], errors: &mut Vec<String>) {
+    for name in ["AUTOINSTALL", "BUILD_DEPENDS_REBUILD"] {
+        let value = raw.scalar(name);
+        if !value.is_empty() && !value.eq_ignore_ascii_case("yes") && !value.eq_ignore_ascii_case("no") {
+            errors.push(format!("dkms.conf: Error! Unsupported {name} value '{value}'"));
+        }
     }
     let mut seen = Vec::new();
     for (index, m) in modules.iter().enumerate() {
@@ -627,32 +641,6 @@ pub fn ere_matches(pattern: &str, text: &str) -> bool {
     regex_lite::Regex::new(pattern).is_ok_and(|re| re.is_match(text))
 }
 
-/// dkms's VER(): every run of digits padded to at least three digits, so that plain string
-/// comparison orders versions (`2.6.9-1cvs` → `002.006.009-001cvs`).
-pub fn ver_key(version: &str) -> String {
-    let mut out = String::with_capacity(version.len() + 8);
-    let mut digits = String::new();
-    let flush = |digits: &mut String, out: &mut String| {
-        if !digits.is_empty() {
-            for _ in digits.len()..3 {
-                out.push('0');
-            }
-            out.push_str(digits);
-            digits.clear();
-        }
-    };
-    for c in version.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-        } else {
-            flush(&mut digits, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut digits, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,13 +666,6 @@ mod tests {
             module_version: "1",
             strict: true,
         }
-    }
-
-    #[test]
-    fn ver_pads_numbers() {
-        assert_eq!(ver_key("2.6.9-1cvs200409091247"), "002.006.009-001cvs200409091247");
-        assert!(ver_key("1.10") > ver_key("1.9"));
-        assert!(ver_key("4.12-rc1") > ver_key("4.12"));
     }
 
     #[test]

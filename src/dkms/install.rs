@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use cross::Sysroot;
 
-use super::conf::ver_key;
 use super::tree::{self, module_file};
-use super::{build, commands, Ctx, Failure, Result, Target};
+use super::version::ver_key;
+use super::{build, commands, depends, Ctx, Failure, Result, Target};
 
 /// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir` (inside the root; links to
 /// directories are not followed, as find does not), sorted.
@@ -137,6 +137,32 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         .map_err(|e| Failure::io(format!("creating {}", link.display()), e))?;
     commands::run_script(ctx, "post_install", &conf.post_install, &ctx.source_dir(module, version)?);
     ctx.pending_depmod(&target.kernel);
+    rebuild_dependants(ctx, target)
+}
+
+/// dkms 3.4's check_and_rebuild_dependent_modules, run at the end of an install on `target`:
+/// each stale dependant uninstalled, unbuilt, built and installed again. Each rebuild's own
+/// install runs this check again, so a module is looked at afresh before its turn and is never
+/// rebuilt twice (dkms 3.4 works from the list it made first). A failed rebuild fails the run.
+fn rebuild_dependants(ctx: &Ctx, target: &Target) -> Result<()> {
+    if ctx.force {
+        return Ok(());
+    }
+    for (module, version) in depends::stale_dependants(ctx, target)? {
+        let conf = ctx.module_conf(&module, &version, target, false)?;
+        if !tree::is_built(ctx, &module, &version, target)
+            || !depends::dependencies_changed(ctx, &module, &version, target, &conf)
+        {
+            continue;
+        }
+        ctx.say("");
+        ctx.say(format!("Rebuilding module {module}/{version} due to updated dependencies"));
+        ctx.say("");
+        uninstall(ctx, &module, &version, target)?;
+        build::unbuild(ctx, &module, &version, target)?;
+        build::build(ctx, &module, &version, target)?;
+        install(ctx, &module, &version, target)?;
+    }
     Ok(())
 }
 

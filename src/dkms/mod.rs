@@ -5,6 +5,7 @@ pub mod build;
 pub mod commands;
 pub mod conf;
 pub mod date;
+pub mod depends;
 pub mod install;
 pub mod matching;
 pub mod parallel;
@@ -13,9 +14,10 @@ pub mod sign;
 pub mod tarball;
 pub mod target;
 pub mod tree;
+pub mod version;
 
 use crate::exit::Exit;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,9 @@ pub struct ScopePaths {
     pub install_tree: PathBuf,
 }
 
+/// Held by the one build using a module version's `<m>/<v>/build` on the host.
+pub type VersionLock = std::sync::Arc<Mutex<()>>;
+
 /// Everything a run needs: the trees as host paths, the root, the settings.
 pub struct Ctx {
     pub root: Sysroot,
@@ -136,9 +141,34 @@ pub struct Ctx {
     pub last_conf_read: Mutex<Option<ConfRead>>,
     /// No other build runs beside the current one (console lines may be left open).
     pub sole_build: std::sync::atomic::AtomicBool,
+    /// On the host, builds happen in dkms's own `<m>/<v>/build`: one per module version at a
+    /// time (the lock of each version built in this run).
+    pub host_build_dirs: Mutex<BTreeMap<(String, String), VersionLock>>,
+    /// framework.conf's `build_environment` (dkms 3.4), when that file exists (host path).
+    pub build_environment_file: Option<PathBuf>,
+    /// The variables it exports, read on first use.
+    pub build_environment: OnceLock<Vec<(String, String)>>,
 }
 
 impl Ctx {
+    /// The lock a build on the host holds while it uses `<m>/<v>/build`.
+    pub fn host_build_dir_lock(&self, module: &str, version: &str) -> VersionLock {
+        let mut locks = self.host_build_dirs.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry((module.to_string(), version.to_string())).or_default().clone()
+    }
+
+    /// What framework.conf's `build_environment` file exports (new or changed variables), for
+    /// the build's commands: dkms 3.4 sources it into its own environment before a build.
+    pub fn build_environment(&self) -> &[(String, String)] {
+        self.build_environment.get_or_init(|| match &self.build_environment_file {
+            Some(file) => commands::exported_by(file, self.tree_sandbox()).unwrap_or_else(|e| {
+                self.warn(format!("{}: {e}; its variables are not set", self.shown(file).display()));
+                Vec::new()
+            }),
+            None => Vec::new(),
+        })
+    }
+
     /// True when the run works inside a root other than `/`.
     pub fn image_mode(&self) -> bool {
         !self.root.is_host()

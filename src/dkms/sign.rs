@@ -206,8 +206,9 @@ fn key_pair_ready(ctx: &Ctx, key: &Path, cert: &Path, may_generate: bool) -> boo
         write_new(ctx, cert, 0o644, &pair.certificate_der)?;
         Ok(())
     });
-    if let Err(e) = &written {
-        ctx.warn(format!("{e:#}"));
+    // dkms discards openssl's own complaints; why the pair could not be written is xdkms's.
+    if let (Err(e), true) = (&written, ctx.verbose) {
+        super::print_err(format_args!("xdkms: the generated key pair could not be written: {e}"));
     }
     if !key.is_file() {
         ctx.say(format!(

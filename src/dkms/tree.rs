@@ -235,7 +235,7 @@ pub fn built_targets(ctx: &Ctx, module: &str, version: &str) -> Vec<Target> {
             }
         }
     }
-    targets.sort_by_key(|t| super::conf::ver_key(&t.kernel));
+    targets.sort_by_key(|t| super::version::ver_key(&t.kernel));
     targets
 }
 
