@@ -16,7 +16,7 @@ pub const DEFAULT_VERSION: u32 = 30;
 
 /// Where distributions install the depmod the target runs, and kmod itself; the first that is a
 /// kmod binary answers.
-const CANDIDATES: [&str; 8] = [
+pub const CANDIDATES: [&str; 8] = [
     "/usr/sbin/depmod",
     "/sbin/depmod",
     "/usr/bin/depmod",

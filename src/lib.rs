@@ -5,6 +5,7 @@ pub mod depmod;
 pub mod dkms;
 pub mod exit;
 pub mod fsio;
+pub mod image_root;
 pub mod index;
 pub mod initramfs_cmd;
 pub mod inject;

@@ -7,6 +7,7 @@
 
 pub mod dkms;
 mod getopt;
+mod image_basedir;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -364,6 +365,8 @@ The following options are useful for people managing distributions:
 \t                     symbol versions.
 
 xdkms (this help is kmod {kmod}'s; by default xdkms follows the kmod of the base directory):
+\t-b IMAGE             The base directory may be a tar image (plain or compressed);
+\t                     the indexes are written into it.
 \t--kmod-version=N     Behave and write indexes as kmod release N does (30 to 34).
 \t--kmod-features=STR  The decompressors of that kmod build, as `kmod --version`
 \t                     prints them (e.g. \"+ZSTD +XZ -ZLIB\"); modules in other
@@ -546,6 +549,45 @@ fn parse_rewritten<T: FromArgs>(name: &str, words: &[String]) -> Result<T, Exit>
 
 /// `depmod ARGS`: getopt as the target's kmod release has it, then the run.
 fn depmod_main(program: &str, args: &[String]) -> Exit {
+    image_basedir::follow_parent();
+    let words = getopt::skim(args, &depmod_options(33));
+    let version = words.iter().skip_while(|w| *w != "--").nth(1);
+    let parts = version.map(|v| image_basedir::depmod_parts(v)).unwrap_or_default();
+    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts) {
+        Ok(Some((view, args))) => {
+            let exit = image_basedir::run_on_view(program, &view, &args);
+            finish_image(program, view, exit)
+        }
+        Ok(None) => depmod_on(program, args),
+        Err(message) => {
+            eprintln!("{program}: FATAL: {message}");
+            Exit::Failed
+        }
+    }
+}
+
+/// After a command on an image's parts: its changes written into the image when it succeeded.
+fn finish_image(program: &str, view: crate::image_root::View, exit: Exit) -> Exit {
+    if exit != Exit::Success {
+        return exit;
+    }
+    match view.commit() {
+        Ok(_) => exit,
+        Err(e) => {
+            eprintln!("{program}: FATAL: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// The last value given to `option` in skimmed words.
+fn option_value(words: &[String], option: &str) -> Option<String> {
+    let options: Vec<&String> = options_part(words).collect();
+    options.windows(2).filter(|pair| pair[0] == option).map(|pair| pair[1].clone()).next_back()
+}
+
+/// depmod on a root directory.
+fn depmod_on(program: &str, args: &[String]) -> Exit {
     let outcome = depmod_release(program, args).and_then(|release| {
         let words = getopt::rewrite(program, args, &depmod_options(release.version))?;
         Ok((release, words))
@@ -572,10 +614,7 @@ fn depmod_main(program: &str, args: &[String]) -> Exit {
 /// table itself depends on the release (`-m` means two things).
 fn depmod_release(program: &str, args: &[String]) -> Result<crate::kmod_release::KmodRelease, String> {
     let words = getopt::skim(args, &depmod_options(33));
-    let value_of = |option: &str| {
-        let options: Vec<&String> = options_part(&words).collect();
-        options.windows(2).filter(|pair| pair[0] == option).map(|pair| pair[1].clone()).next_back()
-    };
+    let value_of = |option: &str| option_value(&words, option);
     let version = value_of("--kmod-version")
         .map(|v| {
             v.parse::<u32>()
@@ -590,6 +629,22 @@ fn depmod_release(program: &str, args: &[String]) -> Result<crate::kmod_release:
 
 /// `modinfo ARGS`: kmod's getopt table, then the run.
 fn modinfo_main(program: &str, args: &[String]) -> Exit {
+    image_basedir::follow_parent();
+    let words = getopt::skim(args, MODINFO_OPTIONS);
+    let parts = image_basedir::modinfo_parts(option_value(&words, "-k").as_deref());
+    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts) {
+        // modinfo changes nothing: the view goes, the image stays as it was.
+        Ok(Some((view, args))) => image_basedir::run_on_view(program, &view, &args),
+        Ok(None) => modinfo_on(program, args),
+        Err(message) => {
+            eprintln!("modinfo: ERROR: {message}");
+            Exit::Failed
+        }
+    }
+}
+
+/// modinfo on a root directory (or none).
+fn modinfo_on(program: &str, args: &[String]) -> Exit {
     let words = match getopt::rewrite(program, args, MODINFO_OPTIONS) {
         Ok(words) => words,
         Err(message) => {

@@ -7,6 +7,7 @@ mod depmod;
 mod dkms;
 mod docs;
 mod hostile;
+mod images;
 mod initramfs;
 mod kmod34;
 mod kmod_cli;

@@ -1,0 +1,165 @@
+//! `-b IMAGE` for depmod and modinfo: an image file given as the base directory is opened, the
+//! parts the command reads are extracted to a scratch root, and the command runs on that root
+//! with the image's name replaced by the scratch root's in its arguments.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use crate::exit::Exit;
+use crate::image_root::{ImageRoot, View};
+
+/// The image named by `basedir`, opened with the parts `wanted` lists, and `args` with its name
+/// replaced by the scratch root; None when `basedir` is not given or names a directory.
+pub fn open(basedir: Option<&str>, args: &[String], wanted: &[String]) -> Result<Option<(View, Vec<String>)>, String> {
+    let Some(image) = basedir else { return Ok(None) };
+    let Some(root) = ImageRoot::open(std::path::Path::new(image)).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let view = root.materialize(wanted).map_err(|e| e.to_string())?;
+    let scratch = view.dir().to_string_lossy().into_owned();
+    let args = args.iter().map(|arg| replaced(arg, image, &scratch)).collect();
+    Ok(Some((view, args)))
+}
+
+/// The variable naming the process that runs a command on an image's parts.
+const PARENT_VARIABLE: &str = "XDKMS_IMAGE_PARENT";
+
+/// In the child [`run_on_view`] starts: go when the parent goes (killed, it holds the image and
+/// the scratch root; the child's work would be for nothing).
+pub fn follow_parent() {
+    let Some(parent) = std::env::var(PARENT_VARIABLE).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // Gone before the signal was asked for: nothing to do.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        std::process::exit(Exit::Failed.code());
+    }
+}
+
+/// Runs `program` (depmod or modinfo, as argv[0] names it) again on the scratch root with `args`,
+/// in a child process whose output is passed on with the scratch root's path shown as the
+/// image's, so that messages name the image, not a directory that is gone when they are read.
+pub fn run_on_view(program: &str, view: &View, args: &[String]) -> Exit {
+    let scratch = view.dir().to_string_lossy().into_owned();
+    let image = view.image().to_string_lossy().into_owned();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("{program}: FATAL: cannot run xdkms again on the image's parts: {e}");
+            return Exit::Failed;
+        }
+    };
+    let mut child = match Command::new(exe)
+        .arg0(program)
+        .args(args)
+        .env(PARENT_VARIABLE, std::process::id().to_string())
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("{program}: FATAL: cannot run xdkms again on the image's parts: {e}");
+            return Exit::Failed;
+        }
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|scope| {
+        if let Some(stderr) = stderr {
+            scope.spawn(|| pass_on(stderr, std::io::stderr(), &scratch, &image));
+        }
+        if let Some(stdout) = stdout {
+            pass_on(stdout, std::io::stdout(), &scratch, &image);
+        }
+    });
+    match child.wait() {
+        Ok(status) if status.success() => Exit::Success,
+        _ => Exit::Failed,
+    }
+}
+
+/// Copies `from` to `to` line by line with every `scratch` replaced by `image`.
+fn pass_on(from: impl Read, mut to: impl Write, scratch: &str, image: &str) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let shown = replace_bytes(&line, scratch.as_bytes(), image.as_bytes());
+        // A closed pipe (`| head`) ends the copying, not the command.
+        if to.write_all(&shown).and_then(|()| to.flush()).is_err() {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            break;
+        }
+    }
+}
+
+/// `line` with every `from` replaced by `to` (output may be any bytes: `modinfo -0`).
+fn replace_bytes(line: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len());
+    let mut at = 0;
+    while at < line.len() {
+        if !from.is_empty() && line[at..].starts_with(from) {
+            out.extend_from_slice(to);
+            at += from.len();
+        } else {
+            out.push(line[at]);
+            at += 1;
+        }
+    }
+    out
+}
+
+/// `arg` with the image's name replaced: the whole word (`-b IMAGE`), or its end in an option
+/// word (`-bIMAGE`, `--basedir=IMAGE`).
+fn replaced(arg: &str, image: &str, scratch: &str) -> String {
+    if arg == image {
+        return scratch.to_string();
+    }
+    match arg.strip_suffix(image) {
+        Some(option) if option.starts_with('-') => format!("{option}{scratch}"),
+        _ => arg.to_string(),
+    }
+}
+
+/// What depmod reads for kernel `version`: its module directory, the depmod.d directories,
+/// System.map, and the root's kmod binaries (which tell its release).
+pub fn depmod_parts(version: &str) -> Vec<String> {
+    let mut parts: Vec<String> = vec![
+        format!("lib/modules/{version}"),
+        format!("usr/lib/modules/{version}"),
+        format!("boot/System.map-{version}"),
+    ];
+    for dir in ["etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "usr/lib/depmod.d", "lib/depmod.d"] {
+        parts.push(dir.to_string());
+    }
+    parts.extend(crate::kmod_release::CANDIDATES.iter().map(|c| c.trim_start_matches('/').to_string()));
+    parts
+}
+
+/// What modinfo reads: the kernel's module directory (every kernel's when none is named).
+pub fn modinfo_parts(version: Option<&str>) -> Vec<String> {
+    match version {
+        Some(version) => vec![format!("lib/modules/{version}"), format!("usr/lib/modules/{version}")],
+        None => vec!["lib/modules".to_string(), "usr/lib/modules".to_string()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_image_is_replaced() {
+        let scratch = "/tmp/s";
+        assert_eq!(replaced("root.tar", "root.tar", scratch), "/tmp/s");
+        assert_eq!(replaced("-broot.tar", "root.tar", scratch), "-b/tmp/s");
+        assert_eq!(replaced("--basedir=root.tar", "root.tar", scratch), "--basedir=/tmp/s");
+        assert_eq!(replaced("6.1.0", "root.tar", scratch), "6.1.0");
+        assert_eq!(replaced("xroot.tar", "root.tar", scratch), "xroot.tar");
+    }
+}

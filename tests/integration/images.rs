@@ -1,0 +1,303 @@
+//! Image files as roots (issue 12): `depmod -b IMAGE` and `modinfo -b IMAGE` against kmod and
+//! against the same commands on the extracted directory; every entry the command did not
+//! change is checked to be in the new image byte for byte (header, extension headers, data).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::{differing_files, make_fixture, run, run_ok, xdkms, TempDir, KMOD30_FILES};
+
+const VERSION: &str = "6.1.0-fixture";
+
+/// A root with the fixture module tree and entries a command must leave alone: an owner and
+/// mode of their own, a name over 100 bytes, a user xattr; merged /usr (`lib -> usr/lib`) when
+/// asked.
+fn make_root(dir: &Path, merged_usr: bool) {
+    let modules = make_fixture("tree", dir, VERSION);
+    if merged_usr {
+        std::fs::create_dir_all(dir.join("usr/lib")).expect("mkdir");
+        std::fs::rename(dir.join("lib/modules"), dir.join("usr/lib/modules")).expect("move");
+        std::fs::remove_dir(dir.join("lib")).expect("rmdir");
+        std::os::unix::fs::symlink("usr/lib", dir.join("lib")).expect("symlink");
+    }
+    drop(modules);
+    std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    std::fs::write(dir.join("etc/hostname"), "target\n").expect("write");
+    run_ok(Command::new("chown").arg("1000:1000").arg(dir.join("etc/hostname")));
+    std::fs::set_permissions(dir.join("etc/hostname"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let deep = dir.join(format!("opt/{}/{}", "d".repeat(60), "e".repeat(60)));
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    std::fs::write(deep.join("long-named-file.txt"), "x\n").expect("write");
+    run_ok(Command::new("setfattr").args(["-n", "user.xdkms", "-v", "kept"]).arg(dir.join("etc/hostname")));
+}
+
+/// `tar` of `root` in `format` (gnu, or posix with xattrs), compressed with `compressor` (`cat`
+/// for none).
+fn make_tar(root: &Path, format: &str, compressor: &str, image: &Path) {
+    let xattrs = if format == "posix" { "--xattrs" } else { "" };
+    let script = format!(
+        "set -o pipefail; tar {xattrs} --format={format} --sort=name -C {} -cf - . | {compressor} > {}",
+        root.display(),
+        image.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]));
+}
+
+/// The image decompressed (tar recognizes every codec when reading a file).
+fn plain_tar(image: &Path) -> Vec<u8> {
+    let script = format!(
+        "case $(head -c 6 {0} | od -An -tx1 | tr -d ' \\n') in \
+         1f8b*) gzip -dc {0};; fd377a*) xz -dc {0};; 28b52f*) zstd -dc {0};; *) cat {0};; esac",
+        image.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script])).stdout
+}
+
+/// Each logical entry of a tar archive: its name, and its raw bytes (extension headers, header,
+/// data with padding), in archive order.
+fn raw_entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut entries = Vec::new();
+    let mut pending = Vec::new();
+    let mut at = 0;
+    while at + 512 <= archive.len() && archive[at..at + 512].iter().any(|&b| b != 0) {
+        let header = tar::Header::from_byte_slice(&archive[at..at + 512]);
+        let size = header.entry_size().expect("size") as usize;
+        let end = at + 512 + size.div_ceil(512) * 512;
+        pending.extend_from_slice(&archive[at..end]);
+        let kind = header.entry_type();
+        if !(kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions()) {
+            let mut reader = tar::Archive::new(&pending[..]);
+            let name = reader
+                .entries()
+                .expect("entries")
+                .next()
+                .map(|e| String::from_utf8_lossy(&e.expect("entry").path_bytes()).into_owned())
+                .unwrap_or_default();
+            entries
+                .push((name.trim_start_matches("./").trim_end_matches('/').to_string(), std::mem::take(&mut pending)));
+        }
+        at = end;
+    }
+    entries
+}
+
+/// Extracts an image into `dir`.
+fn extract(image: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    run_ok(Command::new("tar").arg("--xattrs").arg("--xattrs-include=*").arg("-xf").arg(image).arg("-C").arg(dir));
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Output of a command on a directory root, with that directory's path shown as the image's.
+fn as_on_image(out: &[u8], dir: &Path, image: &Path) -> String {
+    text(out).replace(&dir.display().to_string(), &image.display().to_string())
+}
+
+fn index_names(module_dir: &str) -> Vec<String> {
+    KMOD30_FILES.iter().map(|f| format!("{module_dir}/{f}")).collect()
+}
+
+/// depmod -b IMAGE for each codec and both tar formats, plain and merged /usr.
+#[test]
+fn depmod_on_tar_images_writes_what_kmod_writes_and_keeps_the_rest() {
+    let cases = [
+        ("gnu", "cat", "tar", false),
+        ("gnu", "gzip -n", "tar.gz", true),
+        ("posix", "xz", "tar.xz", false),
+        ("posix", "zstd -q", "tar.zst", true),
+    ];
+    for (format, compressor, suffix, merged_usr) in cases {
+        let base = TempDir::new(&format!("image-{suffix}"));
+        let root = base.join("root");
+        make_root(&root, merged_usr);
+        let image = base.join(format!("rootfs.{suffix}"));
+        make_tar(&root, format, compressor, &image);
+        let original = base.join(format!("original.{suffix}"));
+        std::fs::copy(&image, &original).expect("copy");
+        let before = raw_entries(&plain_tar(&image));
+
+        let scratch = base.join("tmp");
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        let on_image = run(xdkms().env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(VERSION));
+        assert_eq!(std::fs::read_dir(&scratch).expect("tmp").count(), 0, "{suffix}: the scratch root is left");
+        let on_dir_root = base.join("dir");
+        extract(&original, &on_dir_root);
+        let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
+        assert_eq!(on_image.status.code(), on_dir.status.code(), "{suffix}: {}", text(&on_image.stderr));
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &on_dir_root, &image), "{suffix}: stdout");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
+
+        // The indexes are kmod's, byte for byte.
+        let kmod_root = base.join("kmod");
+        extract(&original, &kmod_root);
+        run(Command::new("depmod").arg("-b").arg(&kmod_root).arg(VERSION));
+        let written = base.join("written");
+        extract(&image, &written);
+        let module_dir = if merged_usr { "usr/lib/modules" } else { "lib/modules" };
+        let rel = format!("{module_dir}/{VERSION}");
+        assert_eq!(differing_files(&kmod_root.join(&rel), &written.join(&rel), &KMOD30_FILES), Vec::<String>::new());
+
+        // Everything else is as it was, in its place, byte for byte.
+        let after = raw_entries(&plain_tar(&image));
+        let indexes = index_names(&rel);
+        let kept = |entries: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
+            entries.iter().filter(|(name, _)| !indexes.contains(name)).cloned().collect()
+        };
+        let (kept_before, kept_after) = (kept(&before), kept(&after));
+        assert_eq!(kept_before.len(), kept_after.len(), "{suffix}: entries gained or lost");
+        for ((name, old), (new_name, new)) in kept_before.iter().zip(&kept_after) {
+            assert_eq!(name, new_name, "{suffix}: order");
+            assert!(old == new, "{suffix}: {name} changed");
+        }
+        if format == "posix" {
+            let xattr = run_ok(
+                Command::new("getfattr").args(["--only-values", "-n", "user.xdkms"]).arg(written.join("etc/hostname")),
+            );
+            assert_eq!(text(&xattr.stdout), "kept", "{suffix}");
+        }
+
+        // Again: the same indexes, rewritten in their places.
+        let again = run(xdkms().arg("depmod").arg("-b").arg(&image).arg(VERSION));
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+        let names = |entries: &[(String, Vec<u8>)]| entries.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&raw_entries(&plain_tar(&image))), names(&after), "{suffix}: a second run keeps the order");
+    }
+}
+
+#[test]
+fn modinfo_on_a_tar_image_prints_what_it_prints_on_the_directory() {
+    let base = TempDir::new("image-modinfo");
+    let root = base.join("root");
+    make_root(&root, true);
+    let image = base.join("rootfs.tar.zst");
+    make_tar(&root, "gnu", "zstd -q", &image);
+    let bytes = std::fs::read(&image).expect("image");
+    for args in [vec!["-k", VERSION, "mod-e"], vec!["-k", VERSION, "-F", "alias", "core_a"], vec!["mod_c"]] {
+        let on_image = run(xdkms().arg("modinfo").arg("-b").arg(&image).args(&args));
+        let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(&root).args(&args));
+        assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &root, &image), "{args:?}");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &root, &image), "{args:?}");
+    }
+    assert!(std::fs::read(&image).expect("image") == bytes, "modinfo changed the image");
+}
+
+fn assert_refused(out: &Output, image: &Path, before: &[u8], what: &str) {
+    assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
+    let name = image.file_name().expect("name").to_string_lossy().into_owned();
+    assert!(text(&out.stderr).contains(&name), "{what}: the message names the image: {}", text(&out.stderr));
+    assert!(std::fs::read(image).expect("image") == before, "{what}: the image changed");
+}
+
+#[test]
+fn bad_images_are_refused_with_their_name_and_left_alone() {
+    let base = TempDir::new("image-bad");
+    let root = base.join("root");
+    make_root(&root, false);
+    let image = base.join("rootfs.tar.zst");
+    make_tar(&root, "gnu", "zstd -q", &image);
+    let whole = std::fs::read(&image).expect("image");
+
+    let truncated = base.join("truncated.tar.zst");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).expect("write");
+    let out = run(xdkms().arg("depmod").arg("-b").arg(&truncated).arg(VERSION));
+    assert_refused(&out, &truncated, &whole[..whole.len() / 2], "a truncated image");
+
+    let junk = base.join("junk.img");
+    std::fs::write(&junk, vec![0x5a; 4096]).expect("write");
+    let out = run(xdkms().arg("depmod").arg("-b").arg(&junk).arg(VERSION));
+    assert_refused(&out, &junk, &[0x5a; 4096], "not an image");
+    assert!(text(&out.stderr).contains("not a root directory or an image"), "{}", text(&out.stderr));
+
+    let out = run(xdkms().arg("depmod").arg("-b").arg(&image).arg("6.1.0-absent"));
+    assert_refused(&out, &image, &whole, "no such kernel in the image");
+
+    let read_only = base.join("read-only.tar.zst");
+    std::fs::write(&read_only, &whole).expect("write");
+    std::fs::set_permissions(&read_only, std::os::unix::fs::PermissionsExt::from_mode(0o444)).expect("chmod");
+    let out = run(xdkms().arg("depmod").arg("-b").arg(&read_only).arg(VERSION));
+    assert_refused(&out, &read_only, &whole, "a read-only image");
+    assert!(text(&out.stderr).contains("read-only"), "{}", text(&out.stderr));
+
+    // -n writes nothing, so a read-only image is fine and stays as it was.
+    let out = run(xdkms().arg("depmod").arg("-n").arg("-b").arg(&read_only).arg(VERSION));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(&read_only).expect("image") == whole);
+    let names: Vec<String> = std::fs::read_dir(base.path())
+        .expect("base")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
+}
+
+/// SIGKILL at random points of `depmod -b IMAGE` on Debian's whole module tree as a tar.zst:
+/// the image is always the old one or the new one, and the next run clears what a killed one
+/// left (its scratch root, a half-written image beside the old one).
+#[test]
+fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
+    let r = crate::util::refs();
+    let (root, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("image-kill");
+    let original_path = work.join("original.tar.zst");
+    let script = format!(
+        "set -o pipefail; tar --sort=name -C {} -cf - lib/modules/{version} | zstd -1 -q -T0 > {}",
+        root.display(),
+        original_path.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]));
+    let original = std::fs::read(&original_path).expect("read");
+    let image = work.join("rootfs.tar.zst");
+    let scratch = work.join("tmp");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let depmod = || {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(&version);
+        cmd
+    };
+    // Kill points are fractions of an uninterrupted run (the fastest of two).
+    let mut full_run = (0..2)
+        .map(|_| {
+            std::fs::write(&image, &original).expect("write");
+            let started = std::time::Instant::now();
+            run_ok(&mut depmod());
+            started.elapsed()
+        })
+        .min()
+        .expect("two runs");
+    let new = std::fs::read(&image).expect("read");
+    assert!(new != original, "depmod changed nothing");
+    let mut seed: u64 = 0x1ead;
+    let mut killed = 0;
+    for round in 0..6 {
+        std::fs::write(&image, &original).expect("restore");
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
+        let mut child = depmod().stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if child.wait().expect("wait").success() {
+            full_run = full_run.mul_f64(0.8);
+        } else {
+            killed += 1;
+        }
+        let now = std::fs::read(&image).expect("the image is always there");
+        assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
+    }
+    assert!(killed >= 3, "only {killed} of 6 runs were killed");
+    // A run to the end clears what the killed ones left.
+    std::fs::write(&image, &original).expect("restore");
+    run_ok(&mut depmod());
+    assert!(std::fs::read(&image).expect("read") == new);
+    let left: Vec<String> = [work.path(), scratch.as_path()]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("read_dir").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("xdkms"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left behind");
+}
