@@ -69,11 +69,6 @@ impl ImageRoot {
         Ok(Some(ImageRoot { path: crate::fsio::absolute(path.to_path_buf()), format }))
     }
 
-    /// The image's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// A scratch directory holding `wanted` (root-relative paths: each one's entries, the
     /// directories and symlinks leading to it, resolved inside the image) and nothing else.
     pub fn materialize(self, wanted: &[String]) -> Result<View> {
@@ -178,7 +173,7 @@ impl View {
     }
 
     /// What the command changed, sorted by path.
-    pub fn changes(&self) -> io::Result<Vec<Change>> {
+    fn changes(&self) -> io::Result<Vec<Change>> {
         let now = walk(self.dir.path())?;
         let mut changes = Vec::new();
         for (path, is_dir) in &now {

@@ -14,6 +14,9 @@ use initramfs::{Codec, Level};
 
 use super::{normalize, Change};
 
+/// A GNU long name or pax record block larger than this is refused, not held in memory.
+const LARGEST_EXTENSION: u64 = 1 << 20;
+
 /// Symlinks followed while resolving one path, at most (the kernel's limit).
 const MAX_LINK_HOPS: usize = 40;
 
@@ -268,6 +271,15 @@ fn copy_entries(
         let header = entry.header().clone();
         let kind = header.entry_type();
         if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() {
+            if header.entry_size()? > LARGEST_EXTENSION {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "an extension header of {} bytes (names and pax records are far smaller)",
+                        header.entry_size()?
+                    ),
+                ));
+            }
             let mut data = Vec::new();
             entry.read_to_end(&mut data)?;
             if kind.is_gnu_longname() {

@@ -28,6 +28,8 @@ pub struct Pair {
     dir: TempDir,
     pub kernel: String,
     host_modules: Option<Vec<String>>,
+    /// xdkms runs as dkms does, on the host layout (no --root), in a namespace of its own.
+    host_layout: bool,
 }
 
 fn listing(dir: &Path) -> Option<Vec<String>> {
@@ -72,7 +74,12 @@ impl Pair {
         let hider = dir.join("hidden");
         std::fs::write(&hider, "#!/bin/sh\necho \"hidden program run: $0\" >&2\nexit 127\n").expect("write");
         std::fs::set_permissions(&hider, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        Pair { dir, kernel, host_modules: listing(Path::new("/lib/modules")) }
+        Pair { dir, kernel, host_modules: listing(Path::new("/lib/modules")), host_layout: false }
+    }
+
+    /// A pair in which xdkms, like dkms, runs without --root on the host layout.
+    pub fn on_host(name: &str) -> Pair {
+        Pair { host_layout: true, ..Pair::new(name) }
     }
 
     pub fn xroot(&self) -> PathBuf {
@@ -86,6 +93,9 @@ impl Pair {
     /// Runs xdkms as every comparison does (see [`Pair::xdkms_command`]); a hidden program it
     /// tried to run fails the test.
     pub fn xdkms(&self, action: &str, args: &[&str]) -> Output {
+        if self.host_layout {
+            return self.xdkms_host(action, args);
+        }
         let out = run(&mut self.xdkms_command(action, args));
         assert!(!stderr(&out).contains("hidden program run"), "`{action} {args:?}`: {}", stderr(&out));
         out
@@ -331,7 +341,15 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn basic_lifecycle_matches_dkms() {
-    let pair = Pair::new("basic");
+    basic_lifecycle(Pair::new("basic"));
+}
+
+#[test]
+fn basic_lifecycle_on_the_host_layout_matches_dkms() {
+    basic_lifecycle(Pair::on_host("basic-host"));
+}
+
+fn basic_lifecycle(pair: Pair) {
     let k = pair.kernel.clone();
     let (x, _) = pair.add("xdkms_test-1.0");
     assert!(String::from_utf8_lossy(&x.stdout).contains("Creating symlink"));
@@ -374,7 +392,15 @@ fn basic_lifecycle_matches_dkms() {
 
 #[test]
 fn multiple_modules_patches_and_scripts_match_dkms() {
-    let pair = Pair::new("multi");
+    multiple_modules_patches_and_scripts(Pair::new("multi"));
+}
+
+#[test]
+fn multiple_modules_on_the_host_layout_match_dkms() {
+    multiple_modules_patches_and_scripts(Pair::on_host("multi-host"));
+}
+
+fn multiple_modules_patches_and_scripts(pair: Pair) {
     let k = pair.kernel.clone();
     let modules = ["xdkms_multi/1.0", "xdkms_patches/1.0", "xdkms_scripts/1.0"];
     for fixture in ["xdkms_multi-1.0", "xdkms_patches-1.0", "xdkms_scripts-1.0"] {
@@ -412,7 +438,15 @@ fn multiple_modules_patches_and_scripts_match_dkms() {
 
 #[test]
 fn multiversion_noversion_and_exclusive_match_dkms() {
-    let pair = Pair::new("versions");
+    multiversion_noversion_and_exclusive(Pair::new("versions"));
+}
+
+#[test]
+fn multiversion_on_the_host_layout_matches_dkms() {
+    multiversion_noversion_and_exclusive(Pair::on_host("versions-host"));
+}
+
+fn multiversion_noversion_and_exclusive(pair: Pair) {
     let k = pair.kernel.clone();
     pair.add("xdkms_multiver-1.0");
     pair.add("xdkms_multiver-2.0");
@@ -432,7 +466,15 @@ fn multiversion_noversion_and_exclusive_match_dkms() {
 
 #[test]
 fn autoinstall_failures_and_dependencies_match_dkms() {
-    let pair = Pair::new("autoinstall");
+    autoinstall_failures_and_dependencies(Pair::new("autoinstall"));
+}
+
+#[test]
+fn autoinstall_on_the_host_layout_matches_dkms() {
+    autoinstall_failures_and_dependencies(Pair::on_host("autoinstall-host"));
+}
+
+fn autoinstall_failures_and_dependencies(pair: Pair) {
     let k = pair.kernel.clone();
     for fixture in ["xdkms_dependent-1.0", "xdkms_test-1.0", "xdkms_failing-1.0", "xdkms_multiver-1.0"] {
         pair.add(fixture);
