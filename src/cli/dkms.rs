@@ -786,7 +786,6 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         sole_build: std::sync::atomic::AtomicBool::new(true),
         host_build_dirs: Mutex::new(std::collections::BTreeMap::new()),
         build_environment_file,
-        build_environment: OnceLock::new(),
         last_conf_read: Mutex::new(None),
         tree_sandbox: OnceLock::new(),
         root,

@@ -220,15 +220,16 @@ impl<'a> Job<'a> {
             View { build_tree: &self.build_tree, sandbox, headers_view: headers_view.as_deref(), announce: true };
         let conf = ctx.read_conf_in(self.module, self.version, self.target, &self.conf_path, &view, true)?;
         let paths = ctx.scope_paths(&self.target.kernel, &view)?;
+        let environment = ctx.build_environment(&self.variables(&paths), sandbox);
         // dkms's order: patches and pre_build (prepare_build), then the build.
-        self.apply_patches(&conf, sandbox)?;
-        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir);
+        self.apply_patches(&conf, sandbox, &environment)?;
+        run_script_in(ctx, sandbox, "pre_build", &conf.pre_build, &self.build_dir, &environment);
         ctx.say("");
         ctx.say("Building module:");
         // dkms runs the conf's CLEAN here and after the build; a build of xdkms starts from a
         // fresh copy and its directory is removed afterwards, so there is nothing to clean.
         ctx.say("Cleaning build area...");
-        let log_path = self.make(&conf, &paths, sandbox)?;
+        let log_path = self.make(&conf, &paths, sandbox, &environment)?;
         self.check_built(&conf)?;
         let result = self.staging.dir.join("result");
         let records = self.collect_modules(&conf, &result, signer)?;
@@ -240,13 +241,13 @@ impl<'a> Job<'a> {
             tree::write_built_record(&ctx.root, &result, &records)
                 .map_err(io(format!("writing {}", result.display())))?;
         }
-        run_script_in(ctx, sandbox, "post_build", &conf.post_build, &self.build_dir);
+        run_script_in(ctx, sandbox, "post_build", &conf.post_build, &self.build_dir, &environment);
         ctx.say("Cleaning build area...");
         self.put_in_place(&result)
     }
 
     /// PATCH[] in order, each `patch -p1` in the build directory (output on the console).
-    fn apply_patches(&self, conf: &Conf, sandbox: Option<&Sandbox>) -> Result<()> {
+    fn apply_patches(&self, conf: &Conf, sandbox: Option<&Sandbox>, environment: &[(String, String)]) -> Result<()> {
         for patch in &conf.patches {
             if Path::new(patch).components().any(|c| c == std::path::Component::ParentDir) {
                 return Err(Failure::new(
@@ -268,7 +269,6 @@ impl<'a> Job<'a> {
             }
             self.ctx.say(format!("applying patch {patch}..."));
             let script = format!("patch -p1 < ./patches/{}", shell_quote(patch));
-            let environment = self.ctx.build_environment();
             if !run_logged(sandbox, None, &script, &self.build_dir, None, self.ctx.quiet, environment)?.success() {
                 return Err(Failure::new(
                     Exit::PatchFailed,
@@ -284,7 +284,13 @@ impl<'a> Job<'a> {
 
     /// The pre_build script and the make command, output in make.log (which, as in dkms,
     /// starts after the patches); returns make.log's path.
-    fn make(&self, conf: &Conf, paths: &ScopePaths, sandbox: Option<&Sandbox>) -> Result<PathBuf> {
+    fn make(
+        &self,
+        conf: &Conf,
+        paths: &ScopePaths,
+        sandbox: Option<&Sandbox>,
+        environment: &[(String, String)],
+    ) -> Result<PathBuf> {
         let (ctx, target) = (self.ctx, self.target);
         let log_path = self.build_dir.join("make.log");
         let mut log = ctx.root.create_file(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
@@ -296,7 +302,7 @@ impl<'a> Job<'a> {
         );
         let _ = log.write_all(date.as_bytes());
         drop(log);
-        let make_env = self.make_environment(paths)?;
+        let make_env = self.make_environment(paths, environment)?;
         // With a shared jobserver, make takes its -j from MAKEFLAGS; the line shows dkms's -j.
         let jobs = if ctx.jobserver.is_some() { None } else { Some(ctx.jobs.as_str()) };
         let make_command = rewrite_make(&conf.make_command, jobs, &target.kernel);
@@ -313,18 +319,9 @@ impl<'a> Job<'a> {
         } else {
             ctx.say(&shown);
         }
-        let assignments = format!(
-            "kernelver={} arch={} kernel_source_dir={} dkms_tree={} source_tree={} install_tree={} module={} module_version={}\n",
-            shell_quote(&target.kernel),
-            shell_quote(&target.arch),
-            shell_quote(&paths.kernel_source_dir.to_string_lossy()),
-            shell_quote(&paths.dkms_tree.to_string_lossy()),
-            shell_quote(&paths.source_tree.to_string_lossy()),
-            shell_quote(&paths.install_tree.to_string_lossy()),
-            shell_quote(self.module),
-            shell_quote(self.version),
-        );
-        let script = format!("{assignments}{{ {make_command}; }}");
+        let assignments: Vec<String> =
+            self.variables(paths).iter().map(|(name, value)| format!("{name}={}", shell_quote(value))).collect();
+        let script = format!("{}\n{{ {make_command}; }}", assignments.join(" "));
         let status =
             run_logged(sandbox, ctx.jobserver.as_ref(), &script, &self.build_dir, Some(&log_path), false, &make_env);
         if sole {
@@ -348,9 +345,24 @@ impl<'a> Job<'a> {
         Ok(log_path)
     }
 
+    /// dkms's variables as the make command and the build_environment file see them.
+    fn variables(&self, paths: &ScopePaths) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("kernelver", self.target.kernel.clone()),
+            ("arch", self.target.arch.clone()),
+            ("kernel_source_dir", path(&paths.kernel_source_dir)),
+            ("dkms_tree", path(&paths.dkms_tree)),
+            ("source_tree", path(&paths.source_tree)),
+            ("install_tree", path(&paths.install_tree)),
+            ("module", self.module.to_string()),
+            ("module_version", self.version.to_string()),
+        ]
+    }
+
     /// CC, MAKEFLAGS (the target's ARCH/CROSS_COMPILE, kernel directory variables inside a
     /// root) and a PATH whose `uname` answers as the target kernel.
-    fn make_environment(&self, paths: &ScopePaths) -> Result<Vec<(String, String)>> {
+    fn make_environment(&self, paths: &ScopePaths, environment: &[(String, String)]) -> Result<Vec<(String, String)>> {
         let mut make_env: Vec<(String, String)> = Vec::new();
         let cc = match &self.build_target.toolchain {
             Some(toolchain) => toolchain.cc.clone(),
@@ -367,7 +379,6 @@ impl<'a> Job<'a> {
         }
         // framework.conf's build_environment comes after what xdkms sets (dkms 3.4 sources it
         // after choosing CC), so its values win; its PATH and MAKEFLAGS are extended.
-        let environment = self.ctx.build_environment();
         let from_file = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         make_env.extend(environment.iter().filter(|(n, _)| n != "PATH" && n != "MAKEFLAGS").cloned());
         if !make_variables.is_empty() {

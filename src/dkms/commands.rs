@@ -69,14 +69,22 @@ pub fn run_logged(
 /// The variables bash exports after sourcing `file` (output discarded, as dkms 3.4 sources
 /// framework.conf's build_environment) that are new or differ from this process's, with the
 /// variables dkms unsets (CC, CFLAGS, ...) unset while it runs.
-pub fn exported_by(file: &Path, sandbox: Option<&Sandbox>) -> std::io::Result<Vec<(String, String)>> {
-    let script = r#"source "$1" >/dev/null 2>&1; env -0"#;
+pub fn exported_by(
+    file: &Path,
+    sandbox: Option<&Sandbox>,
+    variables: &[(&str, String)],
+) -> std::io::Result<Vec<(String, String)>> {
+    // `NAME=value` words up to `--` become shell variables (not exported), then the file.
+    let script = r#"while [ "$1" != -- ]; do declare -- "${1%%=*}=${1#*=}"; shift; done; shift
+source "$1" >/dev/null 2>&1; env -0"#;
     let file = sandbox.map_or_else(|| file.to_path_buf(), |s| s.target_path(file));
     let mut command = match sandbox {
         Some(sandbox) => sandbox.command("bash", Path::new("/")),
         None => Command::new("bash"),
     };
-    command.arg("-c").arg(script).arg("bash").arg(&file).stdin(Stdio::null()).stderr(Stdio::null());
+    command.arg("-c").arg(script).arg("bash");
+    command.args(variables.iter().map(|(name, value)| format!("{name}={value}")));
+    command.arg("--").arg(&file).stdin(Stdio::null()).stderr(Stdio::null());
     for name in UNSET_FOR_BUILDS {
         command.env_remove(name);
     }
@@ -113,11 +121,18 @@ pub fn shell_quote(word: &str) -> String {
 /// dkms's run_build_script: `SCRIPT args` relative to `dir`, run there if executable, else a
 /// warning. Its status only matters for pre_install.
 pub fn run_script(ctx: &Ctx, kind: &str, value: &str, dir: &Path) -> bool {
-    run_script_in(ctx, ctx.tree_sandbox(), kind, value, dir)
+    run_script_in(ctx, ctx.tree_sandbox(), kind, value, dir, &[])
 }
 
 /// [`run_script`], inside the build's sandbox when there is one.
-pub fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &str, dir: &Path) -> bool {
+pub fn run_script_in(
+    ctx: &Ctx,
+    sandbox: Option<&Sandbox>,
+    kind: &str,
+    value: &str,
+    dir: &Path,
+    environment: &[(String, String)],
+) -> bool {
     let mut words = value.split_whitespace();
     let Some(script) = words.next() else { return true };
     let path = dir.join(script);
@@ -133,9 +148,7 @@ pub fn run_script_in(ctx: &Ctx, sandbox: Option<&Sandbox>, kind: &str, value: &s
         None => Command::new(&path),
     };
     command.args(words).current_dir(dir).stdin(Stdio::null());
-    if matches!(kind, "pre_build" | "post_build") {
-        command.envs(ctx.build_environment().iter().map(|(name, value)| (name, value)));
-    }
+    command.envs(environment.iter().map(|(name, value)| (name, value)));
     if ctx.quiet {
         command.stdout(Stdio::null()).stderr(Stdio::null());
     }

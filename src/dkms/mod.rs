@@ -146,8 +146,6 @@ pub struct Ctx {
     pub host_build_dirs: Mutex<BTreeMap<(String, String), VersionLock>>,
     /// framework.conf's `build_environment` (dkms 3.4), when that file exists (host path).
     pub build_environment_file: Option<PathBuf>,
-    /// The variables it exports, read on first use.
-    pub build_environment: OnceLock<Vec<(String, String)>>,
 }
 
 impl Ctx {
@@ -157,15 +155,14 @@ impl Ctx {
         locks.entry((module.to_string(), version.to_string())).or_default().clone()
     }
 
-    /// What framework.conf's `build_environment` file exports (new or changed variables), for
-    /// the build's commands: dkms 3.4 sources it into its own environment before a build.
-    pub fn build_environment(&self) -> &[(String, String)] {
-        self.build_environment.get_or_init(|| match &self.build_environment_file {
-            Some(file) => commands::exported_by(file, self.tree_sandbox()).unwrap_or_else(|e| {
-                self.warn(format!("{}: {e}; its variables are not set", self.shown(file).display()));
-                Vec::new()
-            }),
-            None => Vec::new(),
+    /// What framework.conf's `build_environment` file exports (new or changed variables) for
+    /// one build, sourced with that build's dkms variables (`$kernelver`, `$arch`, `$module`,
+    /// ...) in scope, as dkms 3.4 sources it into its own shell before a build.
+    pub fn build_environment(&self, variables: &[(&str, String)], sandbox: Option<&Sandbox>) -> Vec<(String, String)> {
+        let Some(file) = &self.build_environment_file else { return Vec::new() };
+        commands::exported_by(file, sandbox, variables).unwrap_or_else(|e| {
+            self.warn(format!("{}: {e}; its variables are not set", self.shown(file).display()));
+            Vec::new()
         })
     }
 

@@ -1134,8 +1134,9 @@ fn a_bad_certificate_path_is_reported_as_dkms_does() {
 }
 
 /// dkms 3.4's framework.conf `build_environment` (3.0.10 has none; read from 3.4.3's do_build):
-/// the file is sourced, its output discarded, and what it exports is in the build's
-/// environment: here KCFLAGS, which kbuild passes to the compiler, so the module shows it.
+/// the file is sourced with dkms's variables in scope, its output discarded, and what it exports
+/// is in the build's environment: here KCFLAGS naming `$kernelver`, which kbuild passes to the
+/// compiler, so the module shows it.
 #[test]
 fn framework_build_environment_reaches_the_compiler() {
     let pair = Pair::new("buildenv");
@@ -1143,11 +1144,16 @@ fn framework_build_environment_reaches_the_compiler() {
     let etc = pair.xroot().join("etc/dkms");
     std::fs::create_dir_all(&etc).expect("mkdir");
     std::fs::write(etc.join("framework.conf"), "build_environment=\"/etc/dkms/build.env\"\n").expect("write");
-    std::fs::write(etc.join("build.env"), "echo noise\nexport KCFLAGS=\"-DXDKMS_ENV_MARK\"\nPLAIN=1\n").expect("write");
+    // dkms's variables are in scope while it is sourced.
+    std::fs::write(etc.join("build.env"), "echo noise\nexport KCFLAGS=\"-DXDKMS_ENV_MARK=$kernelver\"\nPLAIN=1\n")
+        .expect("write");
     let source = pair.dir.path().join("xdkms_test-1.0");
     run_ok(Command::new("cp").arg("-a").arg(fixture("xdkms_test-1.0")).arg(&source));
     let mut text = std::fs::read_to_string(source.join("xdkms_test.c")).expect("read");
-    text.push_str("#ifdef XDKMS_ENV_MARK\nMODULE_INFO(xdkms_env, \"set\");\n#endif\n");
+    text.push_str(
+        "#ifdef XDKMS_ENV_MARK\n#define XDKMS_STR2(x) #x\n#define XDKMS_STR(x) XDKMS_STR2(x)\n\
+         MODULE_INFO(xdkms_env, XDKMS_STR(XDKMS_ENV_MARK));\n#endif\n",
+    );
     std::fs::write(source.join("xdkms_test.c"), text).expect("write");
     let built = pair.xroot().join("var/lib/dkms/xdkms_test/1.0").join(&k).join("x86_64/module/xdkms_test.ko");
     let mark = || {
@@ -1157,7 +1163,7 @@ fn framework_build_environment_reaches_the_compiler() {
     let out = pair.xdkms("install", &["-k", &k, source.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("noise"), "the file's output is discarded");
-    assert_eq!(mark(), "set\n");
+    assert_eq!(mark(), format!("{k}\n"), "KCFLAGS with the kernel's release reached the compiler");
     // The same build without the file: no mark.
     std::fs::remove_file(etc.join("build.env")).expect("rm");
     let out = pair.xdkms("build", &["-k", &k, "--force", "xdkms_test/1.0"]);
