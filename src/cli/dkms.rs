@@ -413,23 +413,28 @@ fn run(action: &str, args: Args) -> Result<()> {
         }
         other => Err(Failure::new(Exit::BadArguments, [format!("Unknown action specified: \"{other}\"")])),
     };
-    finish(&ctx, action, result)
+    // dkms's `$kernelver` after the run: the first kernel asked for.
+    let kernel = args.kernelver.first().map(|k| k.split('/').next().unwrap_or(k).to_string());
+    finish(&ctx, action, result, kernel)
 }
 
 /// After an action: the indexes of each kernel it changed, then framework.conf's
 /// post_transaction, which dkms 3.4 runs after a successful install, uninstall, unbuild or
 /// remove, and after an autoinstall that installed something.
-fn finish(ctx: &Ctx, action: &str, result: Result<()>) -> Result<()> {
-    let changed_kernels = ctx.pending_kernel_count();
+/// `kernel` is the first kernel named (else the first one the run changed): post_transaction
+/// may use `$kernelver`.
+fn finish(ctx: &Ctx, action: &str, result: Result<()>, kernel: Option<String>) -> Result<()> {
+    let changed_kernels = ctx.pending_kernels();
     let result = result.and(install::run_pending_depmods(ctx));
     let transaction = match action {
         "install" | "uninstall" | "unbuild" | "remove" => true,
-        "autoinstall" => changed_kernels > 0,
+        "autoinstall" => !changed_kernels.is_empty(),
         _ => false,
     };
+    let kernel = kernel.or_else(|| changed_kernels.into_iter().next()).unwrap_or_default();
     if result.is_ok() && transaction {
-        if let Some(command) = commands::post_transaction_command(ctx) {
-            commands::post_transaction(ctx, &command)?;
+        if let Some(command) = commands::post_transaction_command(ctx, &kernel) {
+            commands::post_transaction(ctx, &command, &kernel)?;
         }
     }
     result

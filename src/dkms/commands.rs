@@ -173,25 +173,26 @@ pub fn run_tool(command: &mut Command, what: &str) -> std::result::Result<(), St
 }
 
 /// framework.conf's `post_transaction` (dkms 3.4), if set.
-pub fn post_transaction_command(ctx: &Ctx) -> Option<String> {
-    let framework =
-        super::conf::evaluate(&ctx.framework_files, &super::conf::Scope::default(), &["post_transaction"], None)
-            .ok()?;
+pub fn post_transaction_command(ctx: &Ctx, kernel: &str) -> Option<String> {
+    let scope = super::conf::Scope { kernelver: kernel.to_string(), ..Default::default() };
+    let framework = super::conf::evaluate(&ctx.framework_files, &scope, &["post_transaction"], None).ok()?;
     Some(framework.scalar("post_transaction").to_string()).filter(|c| !c.trim().is_empty())
 }
 
 /// dkms 3.4's execute_post_transaction: the command run by bash (in the tree's sandbox inside a
 /// root), its output in `<dkms_tree>/post_transaction.log` framed as invoke_command frames it.
 /// Its failure is reported, not fatal: the transaction itself succeeded.
-pub fn post_transaction(ctx: &Ctx, command: &str) -> Result<()> {
+pub fn post_transaction(ctx: &Ctx, command: &str, kernel: &str) -> Result<()> {
     const WHAT: &str = "Executing post-transaction command";
     let log = ctx.in_root(&ctx.dkms_tree.join("post_transaction.log"))?;
     let header = format!("\n{WHAT}\n# command: {command}\n");
     ctx.root.write(&log, header.as_bytes()).map_err(|e| Failure::io(format!("writing {}", log.display()), e))?;
     ctx.say_partial(&format!("{WHAT}..."));
     let started = std::time::Instant::now();
+    // dkms evals the command in its own shell, where `$kernelver` is set.
+    let script = format!("kernelver={}\n{command}", shell_quote(kernel));
     let status =
-        run_logged(ctx.tree_sandbox(), None, command, &ctx.in_root(&ctx.dkms_tree)?, Some(&log), ctx.quiet, &[])?;
+        run_logged(ctx.tree_sandbox(), None, &script, &ctx.in_root(&ctx.dkms_tree)?, Some(&log), ctx.quiet, &[])?;
     let code = status.code().unwrap_or(128);
     let elapsed = started.elapsed().as_secs();
     let footer = format!(

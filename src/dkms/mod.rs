@@ -236,8 +236,8 @@ impl Ctx {
     }
 
     /// How many kernels [`Ctx::pending_depmod`] has noted so far.
-    pub fn pending_kernel_count(&self) -> usize {
-        self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    pub fn pending_kernels(&self) -> Vec<String> {
+        self.depmod_pending.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// The kernels noted by [`Ctx::pending_depmod`], forgetting them.

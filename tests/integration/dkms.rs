@@ -1181,7 +1181,8 @@ fn framework_try_sign_modules_and_post_transaction() {
     let etc = pair.xroot().join("etc/dkms");
     std::fs::create_dir_all(etc.join("framework.conf.d")).expect("mkdir");
     std::fs::write(etc.join("framework.conf"), "try_sign_modules=\"false\"\n").expect("framework.conf");
-    std::fs::write(etc.join("framework.conf.d/post.conf"), "post_transaction=\"touch post_transaction.ran\"\n")
+    // `$kernelver` is dkms's, as it evals the command in its own shell.
+    std::fs::write(etc.join("framework.conf.d/post.conf"), "post_transaction='touch post_transaction.$kernelver'\n")
         .expect("post.conf");
     let out = pair.xdkms("install", &["-k", &k, fixture("xdkms_test-1.0").to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1192,9 +1193,12 @@ fn framework_try_sign_modules_and_post_transaction() {
     let bytes = std::fs::read(&module).expect("installed module");
     assert!(!bytes.ends_with(b"~Module signature appended~\n"), "signed despite the policy");
     let tree = pair.xroot().join("var/lib/dkms");
-    assert!(tree.join("post_transaction.ran").is_file(), "the command ran in the dkms tree");
+    assert!(tree.join(format!("post_transaction.{k}")).is_file(), "the command ran in the dkms tree");
     let log = std::fs::read_to_string(tree.join("post_transaction.log")).expect("log");
-    assert!(log.contains("# command: touch post_transaction.ran\n") && log.contains("# exit code: 0\n"), "{log}");
+    assert!(
+        log.contains("# command: touch post_transaction.$kernelver\n") && log.contains("# exit code: 0\n"),
+        "{log}"
+    );
 
     // A failing command is reported; the transaction's own status stands.
     std::fs::write(etc.join("framework.conf.d/post.conf"), "post_transaction=\"exit 3\"\n").expect("post.conf");
