@@ -1,6 +1,6 @@
-//! `-b IMAGE` for depmod and modinfo: an image file given as the base directory is opened, the
-//! parts the command reads are extracted to a scratch root, and the command runs on that root
-//! with the image's name replaced by the scratch root's in its arguments.
+//! Image files given as roots on the command line (`-b IMAGE` of depmod and modinfo, `--root
+//! IMAGE` of `initramfs inject`): the parts each command reads, and for depmod and modinfo, the
+//! command run again on the scratch root with the image's name replaced by the scratch root's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -138,6 +138,14 @@ pub fn depmod_parts(version: &str) -> Vec<String> {
         parts.push(dir.to_string());
     }
     parts.extend(crate::kmod_release::CANDIDATES.iter().map(|c| c.trim_start_matches('/').to_string()));
+    parts
+}
+
+/// What `initramfs inject` reads: what depmod reads (it regenerates the image's indexes with
+/// the root's kmod) and the firmware directory.
+pub fn inject_parts(version: &str) -> Vec<String> {
+    let mut parts = depmod_parts(version);
+    parts.push("lib/firmware".to_string());
     parts
 }
 

@@ -106,7 +106,8 @@ pub struct CreateArgs {
 /// firmware from ROOT to an image, and regenerate its module indexes.
 #[argh(subcommand, name = "inject")]
 pub struct InjectArgs {
-    /// the root whose lib/modules/VERSION and lib/firmware provide the modules
+    /// the root (a directory or a tar image) whose lib/modules/VERSION and lib/firmware
+    /// provide the modules
     #[argh(option)]
     pub root: PathBuf,
     /// kernel version
@@ -489,44 +490,55 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("--compress keep needs an image to keep the codec of"))?;
             create(&a.dir, &a.output, codec)
         }
-        InitramfsCommand::Inject(a) => {
-            let mode = match a.mode.as_str() {
-                "rewrite" => crate::inject::Mode::Rewrite,
-                "append" => crate::inject::Mode::Append,
-                other => anyhow::bail!("--mode {other:?}: use rewrite or append"),
-            };
-            let mut positional = a.args.into_iter();
-            let image = positional.next().ok_or_else(|| anyhow::anyhow!("missing IMAGE"))?;
-            let items: Vec<String> = positional.collect();
-            if items.is_empty() {
-                anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
-            }
-            let kmod = crate::kmod_release::resolve(Some(&a.root), a.kmod_version, a.kmod_features.as_deref())
-                .map_err(|e| anyhow::anyhow!("--kmod-features: {e}"))?;
-            let options = crate::inject::Options {
-                image: PathBuf::from(image),
-                root: a.root,
-                version: a.kernel,
-                mode,
-                compress: parse_compress(&a.compress)?,
-                output: a.output,
-                items,
-                kmod,
-                level: a.level,
-                max_unpacked: parse_size(&a.max_unpacked)?,
-            };
-            let report = crate::inject::run(&options)?;
-            for warning in &report.warnings {
-                eprintln!("xdkms initramfs: warning: {warning}");
-            }
-            eprintln!(
-                "xdkms initramfs: added {} modules and {} firmware files",
-                report.modules.len(),
-                report.firmware.len()
-            );
-            Ok(())
-        }
+        InitramfsCommand::Inject(a) => run_inject(a),
     }
+}
+
+/// `initramfs inject`: ROOT may be a root directory or an image file, of which only the parts
+/// inject reads are extracted (never written back: inject changes the initramfs, not ROOT);
+/// messages name the image, not the scratch root.
+fn run_inject(a: InjectArgs) -> anyhow::Result<()> {
+    use crate::initramfs_cmd::{parse_compress, parse_size};
+    let view = match crate::image_root::ImageRoot::open(&a.root)? {
+        Some(image) => Some(image.materialize(&image_basedir::inject_parts(&a.kernel))?),
+        None => None,
+    };
+    let root = view.as_ref().map_or_else(|| a.root.clone(), |v| v.dir().to_path_buf());
+    let shown = |text: String| match &view {
+        Some(view) => text.replace(&*view.dir().to_string_lossy(), &view.image().to_string_lossy()),
+        None => text,
+    };
+    let mode = match a.mode.as_str() {
+        "rewrite" => crate::inject::Mode::Rewrite,
+        "append" => crate::inject::Mode::Append,
+        other => anyhow::bail!("--mode {other:?}: use rewrite or append"),
+    };
+    let mut positional = a.args.into_iter();
+    let image = positional.next().ok_or_else(|| anyhow::anyhow!("missing IMAGE"))?;
+    let items: Vec<String> = positional.collect();
+    if items.is_empty() {
+        anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
+    }
+    let kmod = crate::kmod_release::resolve(Some(&root), a.kmod_version, a.kmod_features.as_deref())
+        .map_err(|e| anyhow::anyhow!("--kmod-features: {e}"))?;
+    let options = crate::inject::Options {
+        image: PathBuf::from(image),
+        root,
+        version: a.kernel,
+        mode,
+        compress: parse_compress(&a.compress)?,
+        output: a.output,
+        items,
+        kmod,
+        level: a.level,
+        max_unpacked: parse_size(&a.max_unpacked)?,
+    };
+    let report = crate::inject::run(&options).map_err(|e| anyhow::anyhow!(shown(format!("{e:#}"))))?;
+    for warning in &report.warnings {
+        eprintln!("xdkms initramfs: warning: {}", shown(warning.clone()));
+    }
+    eprintln!("xdkms initramfs: added {} modules and {} firmware files", report.modules.len(), report.firmware.len());
+    Ok(())
 }
 
 /// The words before `--`: where getopt's rewrite puts every option.

@@ -301,3 +301,56 @@ fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
         .collect();
     assert_eq!(left, Vec::<String>::new(), "left behind");
 }
+
+/// `initramfs inject --root IMAGE`: the modules come out of the image's parts (extracted, never
+/// written back) and the initramfs written is the one `--root DIR` writes on the extracted tree,
+/// byte for byte, with the same messages.
+#[test]
+fn inject_takes_a_tar_image_as_its_root() {
+    let r = crate::util::refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("image-inject");
+    let image = work.join("rootfs.tar.zst");
+    let script = format!(
+        "set -o pipefail; tar --sort=name -C {} -cf - lib/modules/{version} | zstd -1 -q -T0 > {}",
+        cache.display(),
+        image.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]));
+    let image_bytes = std::fs::read(&image).expect("image");
+    let dir = work.join("dir");
+    extract(&image, &dir);
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/init"), "#!/bin/sh\n").expect("write");
+    let initrd = work.join("initrd.img");
+    let script = format!(
+        "set -o pipefail; cd {} && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc | gzip -n > {}",
+        tree.display(),
+        initrd.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]));
+    let inject = |root: &Path, out: &Path| {
+        run_ok(
+            xdkms()
+                .env("SOURCE_DATE_EPOCH", "1")
+                .args(["initramfs", "inject", "--root"])
+                .arg(root)
+                .args(["-k", &version, "-o"])
+                .arg(out)
+                .arg(&initrd)
+                .args(["nvme", "e1000e"]),
+        )
+    };
+    let (from_dir, from_image) = (work.join("from-dir.img"), work.join("from-image.img"));
+    let on_dir = inject(&dir, &from_dir);
+    let on_image = inject(&image, &from_image);
+    assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &dir, &image));
+    let written = std::fs::read(&from_image).expect("out");
+    assert!(
+        written == std::fs::read(&from_dir).expect("out"),
+        "the initramfs differs from the one made from the directory"
+    );
+    assert!(written.len() > 100_000, "nvme and e1000e are in it");
+    assert!(std::fs::read(&image).expect("image") == image_bytes, "inject changed its root image");
+}
