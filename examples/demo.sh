@@ -2,7 +2,9 @@
 # The quick start: builds xdkms, makes a small target root with three modules (one in
 # updates/dkms, as DKMS installs them), indexes it with `xdkms depmod -b`, looks a module up by
 # its device alias with `xdkms modinfo`, and injects the driver a virtio disk needs, with its
-# dependencies, into an initramfs. Needs cargo and the host's assembler only.
+# dependencies, into an initramfs, then indexes the same root as an ext4 image. Needs cargo, the
+# host's assembler, and e2fsprogs' static libext2fs (Debian's libext2fs-dev and comerr-dev:
+# installed here when missing and apt-get is there).
 # When kmod's depmod is installed, the indexes are also checked byte for byte against it.
 # When the Debian kernel headers tests/setup.sh caches are there, it also builds and installs a
 # bundled DKMS package into a root made of them (`xdkms install --root`), and a bundled pair of
@@ -10,6 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ ! -e /usr/lib/x86_64-linux-gnu/libext2fs.a ] || [ ! -e /usr/lib/x86_64-linux-gnu/libcom_err.a ]; then
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "== installing libext2fs-dev and comerr-dev (xdkms links libext2fs statically)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends libext2fs-dev comerr-dev >/dev/null
+fi
 cargo build --release --quiet
 xdkms=target/x86_64-unknown-linux-gnu/release/xdkms
 root=$(mktemp -d "${TMPDIR:-/tmp}/xdkms-demo.XXXXXX")
@@ -45,6 +52,16 @@ if command -v depmod >/dev/null; then
     cmp -s "$f" "$root.kmod/lib/modules/$version/$(basename "$f")" || { echo "differs from kmod: $(basename "$f")"; exit 1; }
   done
   echo "== every index file is byte-identical to kmod's depmod"
+fi
+
+if command -v mke2fs >/dev/null; then
+  echo "== the same root as an ext4 image: xdkms depmod -b root.ext4 $version (no mount, no root)"
+  image_dir=$(mktemp -d "${TMPDIR:-/tmp}/xdkms-demo-image.XXXXXX")
+  trap 'rm -rf "$root" "$root.kmod" "$image_dir"' EXIT
+  mke2fs -q -F -t ext4 -d "$root" "$image_dir/root.ext4" 32M >/dev/null
+  "$xdkms" depmod -b "$image_dir/root.ext4" "$version"
+  "$xdkms" modinfo -b "$image_dir/root.ext4" -k "$version" -F filename virtio:d00000002v00001AF4
+  e2fsck -fn "$image_dir/root.ext4" >/dev/null 2>&1 && echo "== e2fsck -fn: the filesystem is clean"
 fi
 
 cache=${XDKMS_TEST_CACHE:-/var/cache/xdkms-test}

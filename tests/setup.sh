@@ -22,7 +22,8 @@ host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-
            binutils-mips-linux-gnu binutils-powerpc64-linux-gnu binutils-i686-linux-gnu
            binutils-arm-linux-gnueabihf
            make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl strace
-           meson ninja-build pkg-config libzstd-dev liblzma-dev zlib1g-dev zsh groff-base attr)
+           meson ninja-build pkg-config libzstd-dev liblzma-dev zlib1g-dev zsh groff-base attr
+           e2fsprogs libext2fs-dev comerr-dev)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

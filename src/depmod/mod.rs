@@ -284,9 +284,9 @@ fn find_modules(
         let mut warnings = Vec::new();
         let config = Config::load(root, &options.config_paths, &options.version, options.kmod.version, &mut warnings);
         warnings.iter().for_each(|w| error(w));
-        let found = scan::search(root, dirname, &config, options.kmod.compressions).map_err(|e| {
-            error(&e);
-            anyhow::anyhow!("could not search modules")
+        let found = scan::search(root, dirname, &config, options.kmod.compressions).map_err(|(line, e)| {
+            error(&line);
+            anyhow::anyhow!("could not search modules: {}", strerror(&e))
         })?;
         found.errors.iter().for_each(|e| error(e));
         found.modules.into_values().collect()
@@ -380,7 +380,7 @@ fn report_resolution(
 }
 
 /// strerror's text for an I/O error, without Rust's "(os error N)" suffix.
-fn strerror(e: &std::io::Error) -> String {
+pub(crate) fn strerror(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(cut) => text[..cut].to_string(),

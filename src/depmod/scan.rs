@@ -38,12 +38,18 @@ pub struct Found {
 
 /// Walks the module directory `dirname` (target path, read through `root`) and then every external
 /// directory of `config`, taking the files `compressions` makes modules. Fails only when the
-/// module directory itself cannot be read.
-pub fn search(root: &Sysroot, dirname: &[u8], config: &Config, compressions: Compressions) -> Result<Found, String> {
+/// module directory itself cannot be read: then with the error line kmod prints and the error.
+pub fn search(
+    root: &Sysroot,
+    dirname: &[u8],
+    config: &Config,
+    compressions: Compressions,
+) -> Result<Found, (String, std::io::Error)> {
     let mut walker = Walker { root, compressions, dirname, config, found: Found::default() };
     let shown = format!("{}{}", super::shown_root(root), show(dirname));
-    let host_dir = resolve(root, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
-    walker.walk(&host_dir, dirname).map_err(|e| format!("could not open directory {shown}: {e}"))?;
+    let failed = |e: std::io::Error| (format!("could not open directory {shown}: {}", super::strerror(&e)), e);
+    let host_dir = resolve(root, dirname).map_err(failed)?;
+    walker.walk(&host_dir, dirname).map_err(failed)?;
     for external in &config.externals {
         match resolve(root, external) {
             Ok(host) => {

@@ -5,11 +5,13 @@
 //! The scratch directory is a plain directory, so every command reaches it through the same root
 //! handle (`cross::Sysroot`) as a root directory: confinement, symlinks resolved inside the root,
 //! writes beside their target. The image format only decides how the wanted parts are read out
-//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2).
+//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), ext2/3/4.
 
+mod ext2fs;
+mod ext4_image;
 mod tar_image;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -39,6 +41,8 @@ pub type Result<T> = std::result::Result<T, ImageError>;
 enum Format {
     /// A tar archive, compressed with `codec`.
     Tar { codec: Codec },
+    /// An ext2/3/4 filesystem starting `offset` bytes into the file.
+    Ext4 { offset: u64 },
 }
 
 /// An image file that is to serve as a root.
@@ -62,7 +66,7 @@ impl ImageRoot {
         }
         let format = detect(path).map_err(|e| error(format!("cannot read it: {e}")))?.ok_or_else(|| {
             error(
-                "not a root directory or an image xdkms can open (tar, plain or gzip, xz, zstd, bzip2 compressed)"
+                "not a root directory or an image xdkms can open (ext2/3/4; tar, plain or gzip, xz, zstd, bzip2 compressed)"
                     .into(),
             )
         })?;
@@ -72,10 +76,11 @@ impl ImageRoot {
     /// A scratch directory holding `wanted` (root-relative paths: each one's entries, the
     /// directories and symlinks leading to it, resolved inside the image) and nothing else.
     pub fn materialize(self, wanted: &[String]) -> Result<View> {
-        let dir = crate::fsio::scratch_dir(&std::env::temp_dir(), "xdkms-image-")
+        let dir = crate::fsio::scratch_dir(&scratch_parent(), "xdkms-image-")
             .map_err(|e| self.error(format!("cannot make a scratch directory: {e}")))?;
         let extracted = match self.format {
             Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir.path()),
+            Format::Ext4 { offset } => ext4_image::extract(&self.path, offset, wanted, dir.path()),
         };
         extracted.map_err(|e| self.error(e.to_string()))?;
         // Everything there now, directories the archive only implies included, is the image's.
@@ -92,10 +97,32 @@ impl ImageRoot {
     }
 }
 
+/// Free space /dev/shm must have to hold scratch roots (a container's is often 64 MiB).
+const SHM_ENOUGH: u64 = 2 << 30;
+
+/// Where scratch roots go: TMPDIR when set; else /dev/shm when it is a writable tmpfs with room
+/// (creating thousands of files there is several times faster than on a disk's /tmp, and the
+/// files live only as long as the command); else /tmp.
+fn scratch_parent() -> PathBuf {
+    if std::env::var_os("TMPDIR").is_some() {
+        return std::env::temp_dir();
+    }
+    let shm = Path::new("/dev/shm");
+    let roomy = rustix::fs::statvfs(shm).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= SHM_ENOUGH);
+    if roomy && rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// The format of the file at `path`: a codec's magic, then what the decoded start holds.
 fn detect(path: &Path) -> io::Result<Option<Format>> {
-    let mut head = [0u8; 6];
+    let mut head = [0u8; 2048];
     let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
+    if ext4_image::is_ext4(&head[..got]) {
+        return Ok(Some(Format::Ext4 { offset: 0 }));
+    }
     let codec = Codec::detect(&head[..got]).unwrap_or(Codec::None);
     let mut input = initramfs::stream::Input::new(std::fs::File::open(path)?);
     let mut decoded = initramfs::stream::decoder(codec, &mut input)?;
@@ -208,6 +235,7 @@ impl View {
         }
         let written = match self.image.format {
             Format::Tar { codec } => tar_image::rewrite(&self.image.path, codec, self.dir.path(), &changes),
+            Format::Ext4 { offset } => ext4_image::rewrite(&self.image.path, offset, self.dir.path(), &changes),
         };
         written.map_err(|e| self.image.error(format!("writing the changes into it: {e}")))?;
         Ok(changes.len())
@@ -252,4 +280,63 @@ pub fn normalize(path: &[u8]) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// What a path of an image is, as far as finding the wanted parts goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    /// A symlink, with its target as stored.
+    Symlink(String),
+    Other,
+}
+
+/// Symlinks followed while resolving one path, at most (the kernel's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Where `path` really is in an image whose entries `entry` tells, following its symlinks as
+/// the kernel would inside the root; the symlinks and directories on the way are added to
+/// `keep`. None when the symlinks loop.
+fn resolve(entry: &mut dyn FnMut(&str) -> Option<Entry>, path: &str, keep: &mut BTreeSet<String>) -> Option<String> {
+    let mut todo: VecDeque<String> = path.split('/').map(String::from).collect();
+    let mut at: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                at.pop();
+                continue;
+            }
+            _ => {}
+        }
+        at.push(part);
+        let here = at.join("/");
+        match entry(&here) {
+            Some(Entry::Symlink(target)) => {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    return None;
+                }
+                keep.insert(here);
+                at.pop();
+                if target.starts_with('/') {
+                    at.clear();
+                }
+                for (i, component) in target.split('/').enumerate() {
+                    todo.insert(i, component.to_string());
+                }
+            }
+            Some(Entry::Dir) => {
+                keep.insert(here);
+            }
+            Some(Entry::Other) | None => {}
+        }
+    }
+    Some(at.join("/"))
+}
+
+/// The mtime a file written into an image gets: SOURCE_DATE_EPOCH when set, else its own.
+fn written_mtime(meta: &std::fs::Metadata) -> i64 {
+    crate::dkms::date::source_date_epoch().unwrap_or_else(|| meta.mtime())
 }

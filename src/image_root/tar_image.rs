@@ -2,7 +2,7 @@
 //! extraction, and the archive written again with the command's changes, every other entry
 //! (its extension headers included) copied byte for byte and in its place.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -12,13 +12,10 @@ use initramfs::codec::Encoder;
 use initramfs::stream::{decoder, Input};
 use initramfs::{Codec, Level};
 
-use super::{normalize, Change};
+use super::{normalize, resolve, written_mtime, Change, Entry};
 
 /// A GNU long name or pax record block larger than this is refused, not held in memory.
 const LARGEST_EXTENSION: u64 = 1 << 20;
-
-/// Symlinks followed while resolving one path, at most (the kernel's limit).
-const MAX_LINK_HOPS: usize = 40;
 
 /// True when `block` is a tar header: the ustar magic, or a valid checksum (v7 archives).
 pub fn is_tar_header(block: &[u8]) -> bool {
@@ -69,52 +66,20 @@ fn scan(path: &Path, codec: Codec) -> io::Result<HashMap<String, Member>> {
     })
 }
 
-/// Where `path` really is in the archive, following its symlinks as the kernel would inside
-/// the root; the symlinks and directories on the way are added to `keep`.
-fn resolve(members: &HashMap<String, Member>, path: &str, keep: &mut BTreeSet<String>) -> Option<String> {
-    let mut todo: VecDeque<String> = path.split('/').map(String::from).collect();
-    let mut at: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(part) = todo.pop_front() {
-        match part.as_str() {
-            "" | "." => continue,
-            ".." => {
-                at.pop();
-                continue;
-            }
-            _ => {}
-        }
-        at.push(part);
-        let here = at.join("/");
-        let Some(member) = members.get(&here) else { continue };
-        if member.kind.is_symlink() {
-            hops += 1;
-            if hops > MAX_LINK_HOPS {
-                return None;
-            }
-            keep.insert(here);
-            at.pop();
-            let target = member.link.clone().unwrap_or_default();
-            if target.starts_with('/') {
-                at.clear();
-            }
-            for (i, component) in target.split('/').enumerate() {
-                todo.insert(i, component.to_string());
-            }
-        } else if member.kind.is_dir() {
-            keep.insert(here);
-        }
-    }
-    Some(at.join("/"))
-}
-
 /// The entries to extract for `wanted`: each wanted path's entries and everything below it,
 /// with the symlinks and directories leading there.
 fn needed(members: &HashMap<String, Member>, wanted: &[String]) -> BTreeSet<String> {
     let mut keep = BTreeSet::new();
     let mut places = Vec::new();
     for path in wanted {
-        if let Some(place) = resolve(members, path, &mut keep) {
+        let mut entry = |p: &str| {
+            members.get(p).map(|m| match (m.kind.is_symlink(), m.kind.is_dir()) {
+                (true, _) => Entry::Symlink(m.link.clone().unwrap_or_default()),
+                (false, true) => Entry::Dir,
+                _ => Entry::Other,
+            })
+        };
+        if let Some(place) = resolve(&mut entry, path, &mut keep) {
             places.push(place);
         }
     }
@@ -353,8 +318,7 @@ fn write_modified(
 
 /// The mtime a written entry gets: SOURCE_DATE_EPOCH when set, else the file's.
 fn entry_mtime(meta: &std::fs::Metadata) -> u64 {
-    let seconds = crate::dkms::date::source_date_epoch().unwrap_or_else(|| meta.mtime());
-    u64::try_from(seconds).unwrap_or(0)
+    u64::try_from(written_mtime(meta)).unwrap_or(0)
 }
 
 /// A new entry from `dir`, owned by root, appended at the end and named as the archive names

@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 
 use crate::util::{differing_files, make_fixture, run, run_ok, xdkms, TempDir, KMOD30_FILES};
 
-const VERSION: &str = "6.1.0-fixture";
+pub const VERSION: &str = "6.1.0-fixture";
 
 /// A root with the fixture module tree and entries a command must leave alone: an owner and
 /// mode of their own, a name over 100 bytes, a user xattr; merged /usr (`lib -> usr/lib`) when
 /// asked.
-fn make_root(dir: &Path, merged_usr: bool) {
+pub fn make_root(dir: &Path, merged_usr: bool) {
     let modules = make_fixture("tree", dir, VERSION);
     if merged_usr {
         std::fs::create_dir_all(dir.join("usr/lib")).expect("mkdir");
@@ -88,16 +88,16 @@ fn extract(image: &Path, dir: &Path) {
     run_ok(Command::new("tar").arg("--xattrs").arg("--xattrs-include=*").arg("-xf").arg(image).arg("-C").arg(dir));
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Output of a command on a directory root, with that directory's path shown as the image's.
-fn as_on_image(out: &[u8], dir: &Path, image: &Path) -> String {
+pub fn as_on_image(out: &[u8], dir: &Path, image: &Path) -> String {
     text(out).replace(&dir.display().to_string(), &image.display().to_string())
 }
 
-fn index_names(module_dir: &str) -> Vec<String> {
+pub fn index_names(module_dir: &str) -> Vec<String> {
     KMOD30_FILES.iter().map(|f| format!("{module_dir}/{f}")).collect()
 }
 
@@ -186,7 +186,7 @@ fn modinfo_on_a_tar_image_prints_what_it_prints_on_the_directory() {
     assert!(std::fs::read(&image).expect("image") == bytes, "modinfo changed the image");
 }
 
-fn assert_refused(out: &Output, image: &Path, before: &[u8], what: &str) {
+pub fn assert_refused(out: &Output, image: &Path, before: &[u8], what: &str) {
     assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
     let name = image.file_name().expect("name").to_string_lossy().into_owned();
     assert!(text(&out.stderr).contains(&name), "{what}: the message names the image: {}", text(&out.stderr));

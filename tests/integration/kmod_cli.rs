@@ -69,6 +69,17 @@ fn getopt_refusals_and_abbreviations_read_as_kmods() {
     assert!(text(&help.stdout).starts_with(&text(&reference.stdout)), "depmod --help is kmod 34's, then xdkms's own");
 }
 
+/// A kernel version with no module directory: kmod's two lines, with strerror's text in both.
+#[test]
+fn a_missing_module_directory_is_reported_as_kmod_does() {
+    let work = TempDir::new("kmod-no-module-dir");
+    std::fs::create_dir_all(work.join("lib/modules")).expect("mkdir");
+    let reference = run(Command::new("depmod").arg("-b").arg(work.path()).arg("6.1.0-absent"));
+    let ours = run(xdkms().arg("depmod").arg("-b").arg(work.path()).arg("6.1.0-absent"));
+    assert_eq!(reference.status.code(), Some(1));
+    assert_eq!(outcome(&ours, work.path()), outcome(&reference, work.path()));
+}
+
 #[test]
 fn outdir_and_moduledir_as_kmod_34_writes_them() {
     let work = TempDir::new("kmod-outdir");

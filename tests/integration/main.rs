@@ -6,6 +6,7 @@ mod cross;
 mod depmod;
 mod dkms;
 mod docs;
+mod ext4_images;
 mod hostile;
 mod images;
 mod initramfs;

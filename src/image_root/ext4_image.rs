@@ -1,0 +1,251 @@
+//! ext2/3/4 images: the entries a command needs read out through libext2fs, and the command's
+//! changes written into a copy of the image (files rewritten in their inodes, new ones
+//! allocated, removed ones freed) that then replaces it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::ext2fs::{Access, Attr, Filesystem, TYPE_DIR, TYPE_FILE, TYPE_MASK, TYPE_SYMLINK};
+use super::{resolve, written_mtime, Change, Entry};
+
+/// Where an ext2/3/4 superblock's magic number sits in the filesystem, and its value.
+const MAGIC_OFFSET: usize = 1024 + 56;
+const MAGIC: [u8; 2] = [0x53, 0xef];
+
+/// True when `head` (the first 2 KiB of a filesystem, at least) starts an ext2/3/4 filesystem.
+pub fn is_ext4(head: &[u8]) -> bool {
+    head.get(MAGIC_OFFSET..MAGIC_OFFSET + 2) == Some(&MAGIC[..])
+}
+
+/// What kind of entry root-relative `path` is (symlinks not followed), for [`resolve`].
+fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
+    let ino = fs.lookup_path(path).ok()??;
+    let attr = fs.stat(ino).ok()?;
+    Some(match attr.mode & TYPE_MASK {
+        TYPE_DIR => Entry::Dir,
+        TYPE_SYMLINK => Entry::Symlink(String::from_utf8_lossy(&fs.readlink(ino).ok()?).into_owned()),
+        _ => Entry::Other,
+    })
+}
+
+/// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`.
+pub fn extract(image: &Path, offset: u64, wanted: &[String], dir: &Path) -> io::Result<()> {
+    let fs = Filesystem::open(image, offset, Access::Read)?;
+    let mut keep = BTreeSet::new();
+    let mut places = Vec::new();
+    for path in wanted {
+        if let Some(place) = resolve(&mut |p| entry(&fs, p), path, &mut keep) {
+            places.push(place);
+        }
+    }
+    // Parents sort before their entries: the directories and symlinks on the way first.
+    for path in &keep {
+        match entry(&fs, path) {
+            Some(Entry::Dir) => std::fs::create_dir_all(dir.join(path))?,
+            Some(Entry::Symlink(target)) => {
+                let _ = std::fs::remove_file(dir.join(path));
+                std::os::unix::fs::symlink(target, dir.join(path))?
+            }
+            _ => {}
+        }
+    }
+    let mut copied = HashSet::new();
+    for place in places.iter().filter(|p| !p.is_empty()) {
+        if let Some(ino) = fs.lookup_path(place)? {
+            copy_out(&fs, ino, &dir.join(place), &mut copied)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies inode `ino` and, for a directory, everything below it, to `to`; special files are
+/// left out (no command reads them). `copied` holds the directories copied so far: a
+/// directory reached twice (a damaged filesystem) is not copied again.
+fn copy_out(fs: &Filesystem, ino: u32, to: &Path, copied: &mut HashSet<u32>) -> io::Result<()> {
+    let attr = fs.stat(ino)?;
+    let mode = attr.mode & 0o7777;
+    match attr.mode & TYPE_MASK {
+        TYPE_DIR => {
+            if !copied.insert(ino) {
+                return Ok(());
+            }
+            std::fs::create_dir_all(to)?;
+            for (name, child) in fs.list(ino)? {
+                if name.contains(&b'/') || name == b"." || name == b".." {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("directory {} holds an entry named {:?}", to.display(), String::from_utf8_lossy(&name)),
+                    ));
+                }
+                copy_out(fs, child, &to.join(std::ffi::OsStr::from_bytes(&name)), copied)?;
+            }
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+        }
+        TYPE_FILE => {
+            let file = File::create(to)?;
+            fs.read_into(ino, &file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            file.set_modified(mtime_of(attr.mtime))
+        }
+        TYPE_SYMLINK => {
+            let target = fs.readlink(ino)?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), to)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn mtime_of(seconds: i64) -> std::time::SystemTime {
+    let magnitude = std::time::Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        std::time::UNIX_EPOCH + magnitude
+    } else {
+        std::time::UNIX_EPOCH - magnitude
+    }
+}
+
+/// Writes `changes` (made in `dir`) into the filesystem `offset` bytes into `image`: into a
+/// copy beside it, which then replaces it.
+pub fn rewrite(image: &Path, offset: u64, dir: &Path, changes: &[Change]) -> io::Result<()> {
+    // Refused before anything is copied: a journal to replay, errors recorded.
+    drop(Filesystem::open(image, offset, Access::CheckWritable)?);
+    let meta = std::fs::metadata(image)?;
+    let absolute = crate::fsio::absolute(image.to_path_buf());
+    // The error of the edit itself, told as it is (not under the copy's path).
+    let mut failed = None;
+    let written = cross::Sysroot::host()?.write_atomic_with(&absolute, Some(meta.permissions()), |copy| {
+        copy_sparse(&mut File::open(image)?, copy, meta.len())?;
+        // libext2fs opens by name: the copy's descriptor, by its /proc name.
+        let edited = Filesystem::open(Path::new(&format!("/proc/self/fd/{}", copy.as_raw_fd())), offset, Access::Write)
+            .and_then(|fs| apply(&fs, dir, changes).and_then(|()| fs.close()));
+        match edited {
+            Ok(()) => copy.sync_all(),
+            Err(e) => {
+                let kind = e.kind();
+                failed = Some(e);
+                Err(io::Error::from(kind))
+            }
+        }
+    });
+    match (written, failed) {
+        (Err(_), Some(e)) => Err(e),
+        (written, _) => written,
+    }
+}
+
+/// Copies `len` bytes of `from` into `to`, holes kept as holes (an image is mostly free space).
+fn copy_sparse(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
+    to.set_len(len)?;
+    let mut at = 0u64;
+    while at < len {
+        let data = match rustix::fs::seek(&*from, rustix::fs::SeekFrom::Data(at)) {
+            Ok(data) => data,
+            // No data past `at`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&*from, rustix::fs::SeekFrom::Hole(data))?.min(len);
+        let mut offset = data;
+        while offset < hole {
+            let (mut src, mut dst) = (offset, offset);
+            let chunk = usize::try_from(hole - offset).unwrap_or(usize::MAX).min(1 << 30);
+            let copied = rustix::fs::copy_file_range(&*from, Some(&mut src), &*to, Some(&mut dst), chunk)?;
+            if copied == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image shrank while being copied"));
+            }
+            offset += copied as u64;
+        }
+        at = hole;
+    }
+    from.seek(SeekFrom::Start(0))?;
+    Ok(())
+}
+
+/// Carries `changes` out in the filesystem: removals deepest first, then additions and
+/// modifications, parents before their entries.
+fn apply(fs: &Filesystem, dir: &Path, changes: &[Change]) -> io::Result<()> {
+    let mut removed: Vec<&str> =
+        changes.iter().filter_map(|c| if let Change::Removed(p) = c { Some(p.as_str()) } else { None }).collect();
+    removed.sort_by(|a, b| b.cmp(a));
+    for path in removed {
+        remove(fs, path)?;
+    }
+    for change in changes {
+        match change {
+            Change::Added(path) => add(fs, dir, path)?,
+            Change::Modified(path) => modify(fs, dir, path)?,
+            Change::Removed(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The parent directory's inode and the last component of `path`.
+fn parent_of<'a>(fs: &Filesystem, path: &'a str) -> io::Result<(u32, &'a str)> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let ino = fs
+        .lookup_path(parent)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{parent}: no such directory in the image")))?;
+    Ok((ino, name))
+}
+
+fn remove(fs: &Filesystem, path: &str) -> io::Result<()> {
+    let (parent, name) = parent_of(fs, path)?;
+    fs.remove(parent, name.as_bytes()).map_err(|e| in_path(e, path))
+}
+
+/// `error` with the image path it happened at.
+fn in_path(error: io::Error, path: &str) -> io::Error {
+    io::Error::new(error.kind(), format!("{path}: {error}"))
+}
+
+/// The attributes a new entry gets: the scratch copy's mode and mtime (SOURCE_DATE_EPOCH when
+/// set), owned by root.
+fn new_attr(meta: &std::fs::Metadata) -> Attr {
+    Attr { mode: meta.mode() & 0o7777, mtime: written_mtime(meta), ..Attr::default() }
+}
+
+fn add(fs: &Filesystem, dir: &Path, path: &str) -> io::Result<()> {
+    let source = dir.join(path);
+    let meta = std::fs::symlink_metadata(&source)?;
+    let (parent, name) = parent_of(fs, path)?;
+    let (name, attr, kind) = (name.as_bytes(), new_attr(&meta), meta.file_type());
+    let added = if kind.is_dir() {
+        fs.mkdir(parent, name, &attr).map(drop)
+    } else if kind.is_symlink() {
+        fs.symlink(parent, name, std::fs::read_link(&source)?.as_os_str().as_bytes(), &attr)
+    } else if kind.is_file() {
+        fs.create(parent, name, &attr).and_then(|ino| {
+            fs.write_from(ino, &File::open(&source)?)?;
+            fs.touch(ino, attr.mode, attr.mtime)
+        })
+    } else {
+        let what = if kind.is_block_device() || kind.is_char_device() { "a device node" } else { "a special file" };
+        Err(io::Error::new(io::ErrorKind::Unsupported, format!("adding {what} to an image is not supported")))
+    };
+    added.map_err(|e| in_path(e, path))
+}
+
+/// A changed entry: a file's content, mode and mtime go into its inode (owner, extended
+/// attributes and hard links stay); anything whose type changed is removed and added again.
+fn modify(fs: &Filesystem, dir: &Path, path: &str) -> io::Result<()> {
+    let source = dir.join(path);
+    let meta = std::fs::symlink_metadata(&source)?;
+    let ino = fs
+        .lookup_path(path)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{path}: no longer in the image")))?;
+    let before = fs.stat(ino)?;
+    if meta.file_type().is_file() && before.mode & TYPE_MASK == TYPE_FILE {
+        return fs
+            .write_from(ino, &File::open(&source)?)
+            .and_then(|()| fs.touch(ino, meta.mode(), written_mtime(&meta)))
+            .map_err(|e| in_path(e, path));
+    }
+    remove(fs, path)?;
+    add(fs, dir, path)
+}

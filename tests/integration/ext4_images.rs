@@ -1,0 +1,300 @@
+//! ext4 images as roots (issue 12): `depmod -b IMAGE.ext4` and `modinfo -b IMAGE.ext4` against
+//! kmod and against the same commands on the directory the image was made from; e2fsprogs'
+//! own tools (e2fsck, debugfs, dumpe2fs) judge the filesystem and every inode the command did
+//! not change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::images::{as_on_image, assert_refused, index_names, make_root, text, VERSION};
+use crate::util::{differing_files, run, run_ok, xdkms, TempDir, KMOD30_FILES};
+
+/// An ext4 image of `root` made by mke2fs -d, `size` big (as mke2fs reads sizes: `64M`).
+fn make_ext4(root: &Path, image: &Path, size: &str) {
+    run_ok(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "xdkms-root", "-U", "0e6f7e7a-1d2c-4b5e-9f00-0123456789ab", "-d"])
+            .arg(root)
+            .arg(image)
+            .arg(size)
+            .env("E2FSPROGS_FAKE_TIME", "1700000000"),
+    );
+}
+
+/// Every path of the directory `root` (the tree the image was made from), sorted.
+fn paths_of(root: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("find").arg(".").arg("-mindepth").arg("1").current_dir(root));
+    let mut paths: Vec<String> = text(&out.stdout).lines().map(|l| l.trim_start_matches('.').to_string()).collect();
+    paths.sort();
+    paths
+}
+
+/// debugfs's `stat` of each path (inode number, type, mode, owner, size, times, extended
+/// attributes, checksum, block map): what e2fsprogs says each inode is.
+fn inode_listing(image: &Path, paths: &[String], work: &Path) -> BTreeMap<String, String> {
+    let commands = work.join("debugfs-commands");
+    std::fs::write(&commands, paths.iter().map(|p| format!("stat \"{p}\"\n")).collect::<String>()).expect("write");
+    let out = run_ok(Command::new("debugfs").arg("-f").arg(&commands).arg(image));
+    let mut listing = BTreeMap::new();
+    for block in text(&out.stdout).split("debugfs: stat ").skip(1) {
+        let (path, body) = block.split_once('\n').unwrap_or((block, ""));
+        listing.insert(path.trim_matches('"').to_string(), body.to_string());
+    }
+    assert_eq!(listing.len(), paths.len(), "debugfs listed every path");
+    listing
+}
+
+/// The whole tree of the image, as debugfs's rdump writes it (owners, modes, times kept).
+fn dump(image: &Path, into: &Path) {
+    std::fs::create_dir_all(into).expect("mkdir");
+    for top in ["lib", "usr", "etc", "opt"] {
+        run_ok(Command::new("debugfs").arg("-R").arg(format!("rdump /{top} {}", into.display())).arg(image));
+    }
+}
+
+fn e2fsck_clean(image: &Path, what: &str) {
+    let out = run(Command::new("e2fsck").arg("-fn").arg(image));
+    assert_eq!(out.status.code(), Some(0), "{what}: e2fsck -fn: {}{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// The superblock fields an edit must keep (UUID, label, features, sizes).
+fn identity(image: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("dumpe2fs").arg("-h").arg(image));
+    let keep = [
+        "Filesystem UUID",
+        "Filesystem volume name",
+        "Filesystem features",
+        "Block count",
+        "Inode count",
+        "Block size",
+    ];
+    text(&out.stdout).lines().filter(|l| keep.iter().any(|k| l.starts_with(k))).map(String::from).collect()
+}
+
+/// depmod -b IMAGE on an ext4 image, flat and merged /usr: same output as on the directory,
+/// kmod's indexes, a clean filesystem, every other inode exactly as it was.
+#[test]
+fn depmod_on_an_ext4_image_writes_what_kmod_writes_and_keeps_every_other_inode() {
+    for merged_usr in [false, true] {
+        let base = TempDir::new(&format!("ext4-depmod-{merged_usr}"));
+        let root = base.join("root");
+        make_root(&root, merged_usr);
+        run_ok(Command::new("setfattr").args(["-n", "security.xdkms", "-v", "kept"]).arg(root.join("etc/hostname")));
+        let image = base.join("rootfs.ext4");
+        make_ext4(&root, &image, "32M");
+        let paths = paths_of(&root);
+        let before = inode_listing(&image, &paths, base.path());
+        let (identity_before, dumped_before) = (identity(&image), base.join("dumped-before"));
+        dump(&image, &dumped_before);
+
+        let scratch = base.join("tmp");
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        let on_image = run(xdkms().env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(VERSION));
+        assert_eq!(std::fs::read_dir(&scratch).expect("tmp").count(), 0, "the scratch root is left");
+        let on_dir_root = base.join("dir");
+        crate::util::copy_all(&root, &on_dir_root);
+        let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
+        assert_eq!(on_image.status.code(), Some(0), "{}", text(&on_image.stderr));
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &on_dir_root, &image), "stdout");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, &image), "stderr");
+        e2fsck_clean(&image, "after depmod");
+        assert_eq!(identity(&image), identity_before, "the superblock's identity changed");
+
+        // The indexes are kmod's, byte for byte.
+        let kmod_root = base.join("kmod");
+        crate::util::copy_all(&root, &kmod_root);
+        run_ok(Command::new("depmod").arg("-b").arg(&kmod_root).arg(VERSION));
+        let dumped = base.join("dumped");
+        dump(&image, &dumped);
+        let module_dir = if merged_usr { "usr/lib/modules" } else { "lib/modules" };
+        let rel = format!("{module_dir}/{VERSION}");
+        assert_eq!(differing_files(&kmod_root.join(&rel), &dumped.join(&rel), &KMOD30_FILES), Vec::<String>::new());
+
+        // Every inode but the module directory's (it has new entries) is as it was: the same
+        // inode, blocks, times, owner, mode, extended attributes; and the same bytes.
+        // The source tree holds no indexes: every path of it is one the command left alone, but
+        // for the module directory, which has new entries.
+        let after = inode_listing(&image, &paths, base.path());
+        for path in paths.iter().filter(|p| **p != format!("/{rel}")) {
+            assert_eq!(after.get(path), before.get(path), "{path} changed");
+        }
+        let kept: Vec<&str> = paths.iter().map(|p| p.trim_start_matches('/')).collect();
+        assert_eq!(differing_files(&dumped_before, &dumped, &kept), Vec::<String>::new(), "file contents changed");
+        assert!(before["/etc/hostname"].contains("security.xdkms"), "the fixture has a security xattr");
+
+        // Again: the indexes are rewritten in their own inodes, and the filesystem stays clean.
+        let written = index_names(&format!("/{rel}"));
+        let inode_lines = |listing: BTreeMap<String, String>| -> Vec<String> {
+            listing.values().map(|s| s.lines().next().unwrap_or("").to_string()).collect()
+        };
+        let first = inode_lines(inode_listing(&image, &written, base.path()));
+        let again = run(xdkms().arg("depmod").arg("-b").arg(&image).arg(VERSION));
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+        e2fsck_clean(&image, "after a second depmod");
+        assert_eq!(inode_lines(inode_listing(&image, &written, base.path())), first, "the indexes moved");
+    }
+}
+
+#[test]
+fn modinfo_on_an_ext4_image_prints_what_it_prints_on_the_directory() {
+    let base = TempDir::new("ext4-modinfo");
+    let root = base.join("root");
+    make_root(&root, true);
+    let image = base.join("rootfs.ext4");
+    make_ext4(&root, &image, "16M");
+    let bytes = std::fs::read(&image).expect("image");
+    for args in [vec!["-k", VERSION, "mod-e"], vec!["-k", VERSION, "-F", "alias", "core_a"], vec!["mod_c"]] {
+        let on_image = run(xdkms().arg("modinfo").arg("-b").arg(&image).args(&args));
+        let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(&root).args(&args));
+        assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &root, &image), "{args:?}");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &root, &image), "{args:?}");
+    }
+    assert!(std::fs::read(&image).expect("image") == bytes, "modinfo changed the image");
+}
+
+/// A field of the superblock (1024 bytes in) as dumpe2fs prints it.
+fn superblock_field(image: &Path, field: &str) -> u64 {
+    let out = run_ok(Command::new("dumpe2fs").arg("-h").arg(image));
+    let line = text(&out.stdout).lines().find(|l| l.starts_with(field)).map(String::from).expect("field");
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("number")
+}
+
+/// Truncated, corrupt, empty, full, read-only, unclean: each refused with the image named,
+/// nothing changed, nothing left beside it.
+#[test]
+fn bad_ext4_images_are_refused_with_their_name_and_left_alone() {
+    let base = TempDir::new("ext4-bad");
+    let root = base.join("root");
+    make_root(&root, false);
+    let image = base.join("rootfs.ext4");
+    make_ext4(&root, &image, "16M");
+    let whole = std::fs::read(&image).expect("image");
+    let depmod = |image: &Path| run(xdkms().arg("depmod").arg("-b").arg(image).arg(VERSION));
+    let variant = |name: &str, bytes: &[u8]| {
+        let path = base.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    };
+
+    let truncated = variant("truncated.ext4", &whole[..whole.len() / 2]);
+    assert_refused(&depmod(&truncated), &truncated, &whole[..whole.len() / 2], "a truncated image");
+
+    // The magic number is there, the block size is nonsense.
+    let mut corrupt_bytes = whole.clone();
+    corrupt_bytes[1024 + 24..1024 + 28].copy_from_slice(&[0xff; 4]);
+    let corrupt = variant("corrupt.ext4", &corrupt_bytes);
+    assert_refused(&depmod(&corrupt), &corrupt, &corrupt_bytes, "a corrupt superblock");
+
+    let empty_root = base.join("empty-root");
+    std::fs::create_dir_all(empty_root.join("etc")).expect("mkdir");
+    let empty = base.join("empty.ext4");
+    make_ext4(&empty_root, &empty, "8M");
+    let empty_bytes = std::fs::read(&empty).expect("image");
+    assert_refused(&depmod(&empty), &empty, &empty_bytes, "an image with no lib/modules");
+
+    // Full: a file takes all but a few blocks, fewer than the indexes need.
+    let full = variant("full.ext4", &whole);
+    let free = superblock_field(&full, "Free blocks:");
+    let block = superblock_field(&full, "Block size:");
+    let filler = base.join("filler");
+    std::fs::write(&filler, vec![0x11u8; ((free - 4) * block) as usize]).expect("write");
+    run_ok(Command::new("debugfs").arg("-w").arg("-R").arg(format!("write {} filler", filler.display())).arg(&full));
+    let full_bytes = std::fs::read(&full).expect("image");
+    let out = depmod(&full);
+    assert_refused(&out, &full, &full_bytes, "a full filesystem");
+    assert!(text(&out.stderr).contains("full"), "{}", text(&out.stderr));
+
+    let read_only = variant("read-only.ext4", &whole);
+    std::fs::set_permissions(&read_only, std::os::unix::fs::PermissionsExt::from_mode(0o444)).expect("chmod");
+    let out = depmod(&read_only);
+    assert_refused(&out, &read_only, &whole, "a read-only image");
+    assert!(text(&out.stderr).contains("read-only"), "{}", text(&out.stderr));
+
+    // A journal to replay is e2fsck's business: nothing is built on it.
+    let unclean = variant("unclean.ext4", &whole);
+    run_ok(Command::new("debugfs").arg("-w").arg("-R").arg("feature needs_recovery").arg(&unclean));
+    let unclean_bytes = std::fs::read(&unclean).expect("image");
+    let out = depmod(&unclean);
+    assert_refused(&out, &unclean, &unclean_bytes, "a journal that needs recovery");
+    assert!(text(&out.stderr).contains("e2fsck"), "the message says what to do: {}", text(&out.stderr));
+
+    let names: Vec<String> = std::fs::read_dir(base.path())
+        .expect("base")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
+}
+
+/// SIGKILL at random points of `depmod -b IMAGE.ext4` on Debian's network drivers: the image
+/// is always the old one or the new one (the edit goes into a copy renamed over it), and a run
+/// to the end leaves nothing behind. With SOURCE_DATE_EPOCH the new image is the same bytes on
+/// every run.
+#[test]
+fn killed_depmod_on_an_ext4_image_leaves_the_old_or_the_new_image() {
+    let r = crate::util::refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let work = TempDir::new("ext4-kill");
+    let root = work.join("root");
+    let dir = format!("lib/modules/{version}");
+    std::fs::create_dir_all(root.join(&dir).join("kernel/drivers")).expect("mkdir");
+    crate::util::copy_all(&cache.join(&dir).join("kernel/drivers/net"), &root.join(&dir).join("kernel/drivers/net"));
+    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        std::fs::copy(cache.join(&dir).join(file), root.join(&dir).join(file)).expect("copy");
+    }
+    let original_path = work.join("original.ext4");
+    make_ext4(&root, &original_path, "160M");
+    let original = std::fs::read(&original_path).expect("read");
+    let image = work.join("rootfs.ext4");
+    let scratch = work.join("tmp");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let depmod = || {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(&version);
+        cmd
+    };
+    let mut runs = Vec::new();
+    let mut full_run = std::time::Duration::MAX;
+    for _ in 0..2 {
+        std::fs::write(&image, &original).expect("write");
+        let started = std::time::Instant::now();
+        run_ok(&mut depmod());
+        full_run = full_run.min(started.elapsed());
+        runs.push(std::fs::read(&image).expect("read"));
+    }
+    let new = runs.pop().expect("two runs");
+    assert!(runs[0] == new, "two runs with SOURCE_DATE_EPOCH wrote different images");
+    assert!(new != original, "depmod changed nothing");
+    e2fsck_clean(&image, "after an uninterrupted run");
+    let mut seed: u64 = 0xe4e4;
+    let mut killed = 0;
+    for round in 0..6 {
+        std::fs::write(&image, &original).expect("restore");
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
+        let mut child = depmod().stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if child.wait().expect("wait").success() {
+            full_run = full_run.mul_f64(0.8);
+        } else {
+            killed += 1;
+        }
+        let now = std::fs::read(&image).expect("the image is always there");
+        assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
+    }
+    assert!(killed >= 3, "only {killed} of 6 runs were killed");
+    std::fs::write(&image, &original).expect("restore");
+    run_ok(&mut depmod());
+    assert!(std::fs::read(&image).expect("read") == new);
+    let left: Vec<String> = [work.path(), scratch.as_path()]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("read_dir").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("xdkms") || n.contains("tmp"))
+        .filter(|n| n != "tmp")
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left behind");
+}
