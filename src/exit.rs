@@ -59,6 +59,9 @@ pub enum Exit {
     HostTools,
     /// BUILD_EXCLUSIVE rules exclude this kernel.
     Excluded,
+    /// The status the same command exited with, run on an image's parts in a child process:
+    /// passed on as it was.
+    Relayed(u8),
     /// PRE_INSTALL failed.
     PreInstallFailed,
     /// generate_mok could not make the key pair.
@@ -102,6 +105,7 @@ impl Exit {
             Exit::HostTools => 23,
             Exit::Excluded => 77,
             Exit::PreInstallFailed => 101,
+            Exit::Relayed(code) => i32::from(code),
         }
     }
 }

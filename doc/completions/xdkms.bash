@@ -17,7 +17,7 @@ _xdkms_initramfs_list='--segments --help'
 _xdkms_initramfs_extract='--max-unpacked --help'
 _xdkms_initramfs_create='-o --output --compress --help'
 _xdkms_initramfs_inject='--root -k --kernel --mode --compress -o --output --kmod-version
-  --kmod-features --level --max-unpacked --help'
+  --kmod-features --level --max-unpacked --in-root --help'
 _xdkms_sign_file_options='-s -d -p -k'
 _xdkms_commands='add build install uninstall unbuild remove status autoinstall match mktarball
   ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst depmod modinfo initramfs

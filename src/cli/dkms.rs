@@ -15,6 +15,7 @@ use crate::dkms::{
     tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
+use crate::image_root::Links;
 
 /// The actions, as dkms spells them.
 pub const ACTIONS: &[&str] = &[
@@ -193,6 +194,7 @@ const USAGE: &str = "Usage: xdkms [action] [options]
 
 /// Runs a dkms action; returns the exit status.
 pub fn main(action: &str, args: &[&str]) -> Exit {
+    super::image_basedir::follow_parent();
     let parsed = match Args::from_args(&["xdkms", action], &normalize(args)) {
         Ok(parsed) => parsed,
         Err(early) => {
@@ -215,6 +217,9 @@ pub fn main(action: &str, args: &[&str]) -> Exit {
             };
         }
     };
+    if let Some(exit) = on_image(action, &parsed, args) {
+        return exit;
+    }
     let quiet = parsed.quiet;
     match run(action, parsed) {
         Ok(()) => Exit::Success,
@@ -226,6 +231,41 @@ pub fn main(action: &str, args: &[&str]) -> Exit {
                 }
             }
             failure.code
+        }
+    }
+}
+
+/// `--root IMAGE`: the command run again on the image's parts (its exit status passed on), and
+/// what it changed there written into the image, failed or not, as it would stay in a root
+/// directory. None when there is no --root or it names a directory.
+fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
+    use super::image_basedir;
+    let root = parsed.root.as_ref()?.to_string_lossy().into_owned();
+    let words: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let report = |message: String| {
+        if !parsed.quiet {
+            print_err(format_args!("Error! {message}"));
+        }
+    };
+    let (view, words) = match image_basedir::open(Some(&root), &words, &image_basedir::dkms_parts(), Links::Follow) {
+        Ok(None) => return None,
+        Ok(Some(opened)) => opened,
+        Err(message) => {
+            report(message);
+            return Some(Exit::BadArguments);
+        }
+    };
+    let child_args: Vec<String> = std::iter::once(action.to_string()).chain(words).collect();
+    let exit = image_basedir::run_on_view("xdkms", &view, &child_args);
+    if exit == Exit::Failed {
+        // Killed, or never started: what it left is not to be trusted.
+        return Some(exit);
+    }
+    match view.commit() {
+        Ok(_) => Some(exit),
+        Err(e) => {
+            report(e.to_string());
+            Some(Exit::Io)
         }
     }
 }

@@ -1,22 +1,28 @@
 //! Image files given as roots on the command line (`-b IMAGE` of depmod and modinfo, `--root
-//! IMAGE` of `initramfs inject`): the parts each command reads, and for depmod and modinfo, the
-//! command run again on the scratch root with the image's name replaced by the scratch root's.
+//! IMAGE` of `initramfs inject` and the DKMS commands): the parts each command reads, and for
+//! all but inject, the command run again on the scratch root with the image's name replaced by
+//! the scratch root's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use crate::exit::Exit;
-use crate::image_root::{ImageRoot, View};
+use crate::image_root::{ImageRoot, Links, View};
 
 /// The image named by `basedir`, opened with the parts `wanted` lists, and `args` with its name
 /// replaced by the scratch root; None when `basedir` is not given or names a directory.
-pub fn open(basedir: Option<&str>, args: &[String], wanted: &[String]) -> Result<Option<(View, Vec<String>)>, String> {
+pub fn open(
+    basedir: Option<&str>,
+    args: &[String],
+    wanted: &[String],
+    links: Links,
+) -> Result<Option<(View, Vec<String>)>, String> {
     let Some(image) = basedir else { return Ok(None) };
     let Some(root) = ImageRoot::open(std::path::Path::new(image)).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let view = root.materialize(wanted).map_err(|e| e.to_string())?;
+    let view = root.materialize(wanted, links).map_err(|e| e.to_string())?;
     let scratch = view.dir().to_string_lossy().into_owned();
     let args = args.iter().map(|arg| replaced(arg, image, &scratch)).collect();
     Ok(Some((view, args)))
@@ -36,9 +42,10 @@ pub fn follow_parent() {
     }
 }
 
-/// Runs `program` (depmod or modinfo, as argv[0] names it) again on the scratch root with `args`,
-/// in a child process whose output is passed on with the scratch root's path shown as the
-/// image's, so that messages name the image, not a directory that is gone when they are read.
+/// Runs `program` (depmod or modinfo as argv[0] names it, or xdkms) again on the scratch root
+/// with `args`, in a child process whose output is passed on with the scratch root's path shown
+/// as the image's, so that messages name the image, not a directory that is gone when they are
+/// read. Its exit status is passed on; killed by a signal, it failed.
 pub fn run_on_view(program: &str, view: &View, args: &[String]) -> Exit {
     let scratch = view.dir().to_string_lossy().into_owned();
     let image = view.image().to_string_lossy().into_owned();
@@ -73,8 +80,9 @@ pub fn run_on_view(program: &str, view: &View, args: &[String]) -> Exit {
             pass_on(stdout, std::io::stdout(), &scratch, &image);
         }
     });
-    match child.wait() {
-        Ok(status) if status.success() => Exit::Success,
+    match child.wait().map(|status| status.code()) {
+        Ok(Some(0)) => Exit::Success,
+        Ok(Some(code)) => Exit::Relayed(u8::try_from(code).unwrap_or(1)),
         _ => Exit::Failed,
     }
 }
@@ -146,6 +154,27 @@ pub fn depmod_parts(version: &str) -> Vec<String> {
 pub fn inject_parts(version: &str) -> Vec<String> {
     let mut parts = depmod_parts(version);
     parts.push("lib/firmware".to_string());
+    parts
+}
+
+/// What the DKMS commands read in a root: the dkms tree, the module sources and kernel headers
+/// (/usr/src), /etc/dkms, os-release, /boot (System.map), every kernel's modules (status and
+/// depmod read them), and what depmod reads besides.
+pub fn dkms_parts() -> Vec<String> {
+    let mut parts: Vec<String> = [
+        "var/lib/dkms",
+        "usr/src",
+        "etc/dkms",
+        "etc/os-release",
+        "usr/lib/os-release",
+        "boot",
+        "lib/modules",
+        "usr/lib/modules",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    parts.extend(depmod_parts("").into_iter().filter(|p| !p.contains("modules/") && !p.contains("System.map")));
     parts
 }
 

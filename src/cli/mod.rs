@@ -16,6 +16,7 @@ use argh::FromArgs;
 
 use crate::depmod;
 use crate::exit::Exit;
+use crate::image_root::Links;
 use getopt::Opt;
 
 #[derive(FromArgs, Debug)]
@@ -106,8 +107,8 @@ pub struct CreateArgs {
 /// firmware from ROOT to an image, and regenerate its module indexes.
 #[argh(subcommand, name = "inject")]
 pub struct InjectArgs {
-    /// the root (a directory or a tar image) whose lib/modules/VERSION and lib/firmware
-    /// provide the modules
+    /// the root (a directory, or a tar, ext2/3/4 or disk image) whose lib/modules/VERSION and
+    /// lib/firmware provide the modules
     #[argh(option)]
     pub root: PathBuf,
     /// kernel version
@@ -119,9 +120,14 @@ pub struct InjectArgs {
     /// keep (default), none, gzip, xz, zstd, lz4, bzip2 or lzma
     #[argh(option, default = "String::from(\"keep\")")]
     pub compress: String,
-    /// output image (default: replace IMAGE), or - for standard output
+    /// output image (default: replace IMAGE), or - for standard output; with --in-root on a
+    /// root image, where the changed root image goes (default: replace ROOT)
     #[argh(option, short = 'o')]
     pub output: Option<PathBuf>,
+    /// the initramfs at this path inside ROOT (`/boot/initrd.img-VERSION`), in place of an
+    /// IMAGE argument: edited there, inside a root directory or a root image
+    #[argh(option)]
+    pub in_root: Option<String>,
     /// write indexes as this kmod release does (default: ROOT's kmod, else 30)
     #[argh(option)]
     pub kmod_version: Option<u32>,
@@ -495,12 +501,13 @@ fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
 }
 
 /// `initramfs inject`: ROOT may be a root directory or an image file, of which only the parts
-/// inject reads are extracted (never written back: inject changes the initramfs, not ROOT);
-/// messages name the image, not the scratch root.
+/// inject reads are extracted; they are written back only when the initramfs is one of them
+/// (`--in-root`). Messages name the image, not the scratch root.
 fn run_inject(a: InjectArgs) -> anyhow::Result<()> {
-    use crate::initramfs_cmd::{parse_compress, parse_size};
+    let mut wanted = image_basedir::inject_parts(&a.kernel);
+    wanted.extend(a.in_root.iter().map(|p| p.trim_start_matches('/').to_string()));
     let view = match crate::image_root::ImageRoot::open(&a.root)? {
-        Some(image) => Some(image.materialize(&image_basedir::inject_parts(&a.kernel))?),
+        Some(image) => Some(image.materialize(&wanted, Links::Keep)?),
         None => None,
     };
     let root = view.as_ref().map_or_else(|| a.root.clone(), |v| v.dir().to_path_buf());
@@ -508,37 +515,72 @@ fn run_inject(a: InjectArgs) -> anyhow::Result<()> {
         Some(view) => text.replace(&*view.dir().to_string_lossy(), &view.image().to_string_lossy()),
         None => text,
     };
+    let (image, items) = inject_operands(&a, &root).map_err(|e| anyhow::anyhow!(shown(format!("{e:#}"))))?;
+    // With --in-root on an image, -o names where the root image goes, not the initramfs.
+    let root_output = a.output.clone().filter(|_| view.is_some() && a.in_root.is_some());
+    let output = if root_output.is_some() { None } else { a.output.clone() };
+    let options = inject_options(&a, image, root, output, items)?;
+    let report = crate::inject::run(&options).map_err(|e| anyhow::anyhow!(shown(format!("{e:#}"))))?;
+    for warning in &report.warnings {
+        eprintln!("xdkms initramfs: warning: {}", shown(warning.clone()));
+    }
+    if let (Some(view), Some(_)) = (view, &a.in_root) {
+        view.commit_to(root_output.as_deref())?;
+    }
+    eprintln!("xdkms initramfs: added {} modules and {} firmware files", report.modules.len(), report.firmware.len());
+    Ok(())
+}
+
+/// The initramfs to edit and the items to add: the first positional and the rest, or with
+/// `--in-root`, that path resolved inside `root` and every positional.
+fn inject_operands(a: &InjectArgs, root: &std::path::Path) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let mut positional = a.args.iter().cloned();
+    let image = match &a.in_root {
+        Some(inside) => {
+            let sysroot = cross::Sysroot::new(root)?;
+            let host = sysroot.resolve(inside)?;
+            if !host.is_file() {
+                anyhow::bail!("--in-root {inside}: no such file in {}", root.display());
+            }
+            host
+        }
+        None => PathBuf::from(positional.next().ok_or_else(|| anyhow::anyhow!("missing IMAGE"))?),
+    };
+    let items: Vec<String> = positional.collect();
+    if items.is_empty() {
+        anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
+    }
+    Ok((image, items))
+}
+
+/// The inject run `a` asks for, on `image` with the modules of `root`.
+fn inject_options(
+    a: &InjectArgs,
+    image: PathBuf,
+    root: PathBuf,
+    output: Option<PathBuf>,
+    items: Vec<String>,
+) -> anyhow::Result<crate::inject::Options> {
+    use crate::initramfs_cmd::{parse_compress, parse_size};
     let mode = match a.mode.as_str() {
         "rewrite" => crate::inject::Mode::Rewrite,
         "append" => crate::inject::Mode::Append,
         other => anyhow::bail!("--mode {other:?}: use rewrite or append"),
     };
-    let mut positional = a.args.into_iter();
-    let image = positional.next().ok_or_else(|| anyhow::anyhow!("missing IMAGE"))?;
-    let items: Vec<String> = positional.collect();
-    if items.is_empty() {
-        anyhow::bail!("nothing to inject: name modules, aliases or .ko files after IMAGE");
-    }
     let kmod = crate::kmod_release::resolve(Some(&root), a.kmod_version, a.kmod_features.as_deref())
         .map_err(|e| anyhow::anyhow!("--kmod-features: {e}"))?;
-    let options = crate::inject::Options {
-        image: PathBuf::from(image),
+    Ok(crate::inject::Options {
+        image,
         root,
-        version: a.kernel,
+        version: a.kernel.clone(),
         mode,
         compress: parse_compress(&a.compress)?,
-        output: a.output,
+        output,
         items,
         kmod,
         level: a.level,
         max_unpacked: parse_size(&a.max_unpacked)?,
-    };
-    let report = crate::inject::run(&options).map_err(|e| anyhow::anyhow!(shown(format!("{e:#}"))))?;
-    for warning in &report.warnings {
-        eprintln!("xdkms initramfs: warning: {}", shown(warning.clone()));
-    }
-    eprintln!("xdkms initramfs: added {} modules and {} firmware files", report.modules.len(), report.firmware.len());
-    Ok(())
+    })
 }
 
 /// The words before `--`: where getopt's rewrite puts every option.
@@ -565,7 +607,7 @@ fn depmod_main(program: &str, args: &[String]) -> Exit {
     let words = getopt::skim(args, &depmod_options(33));
     let version = words.iter().skip_while(|w| *w != "--").nth(1);
     let parts = version.map(|v| image_basedir::depmod_parts(v)).unwrap_or_default();
-    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts) {
+    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts, Links::Keep) {
         Ok(Some((view, args))) => {
             let exit = image_basedir::run_on_view(program, &view, &args);
             finish_image(program, view, exit)
@@ -644,7 +686,7 @@ fn modinfo_main(program: &str, args: &[String]) -> Exit {
     image_basedir::follow_parent();
     let words = getopt::skim(args, MODINFO_OPTIONS);
     let parts = image_basedir::modinfo_parts(option_value(&words, "-k").as_deref());
-    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts) {
+    match image_basedir::open(option_value(&words, "-b").as_deref(), args, &parts, Links::Keep) {
         // modinfo changes nothing: the view goes, the image stays as it was.
         Ok(Some((view, args))) => image_basedir::run_on_view(program, &view, &args),
         Ok(None) => modinfo_on(program, args),

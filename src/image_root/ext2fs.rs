@@ -138,8 +138,7 @@ impl Filesystem {
         // libext2fs reads past the end as errors only where it reads: a cut image is refused
         // up front.
         let available = std::fs::metadata(path)?.len().saturating_sub(offset);
-        // SAFETY: open handle.
-        let spans = unsafe { xd_size(fs.raw.as_ptr()) };
+        let spans = fs.size();
         if spans > available {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -149,6 +148,12 @@ impl Filesystem {
             ));
         }
         Ok(fs)
+    }
+
+    /// How many bytes the filesystem spans.
+    pub fn size(&self) -> u64 {
+        // SAFETY: open handle.
+        unsafe { xd_size(self.raw.as_ptr()) }
     }
 
     /// Writes the superblock, group descriptors and bitmaps out (when writable) and closes.

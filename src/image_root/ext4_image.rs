@@ -22,6 +22,40 @@ pub fn is_ext4(head: &[u8]) -> bool {
     head.get(MAGIC_OFFSET..MAGIC_OFFSET + 2) == Some(&MAGIC[..])
 }
 
+/// True when an ext2/3/4 superblock starts `offset` bytes into the file at `path`.
+pub fn is_ext4_at(path: &Path, offset: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 2];
+    match File::open(path)?.read_exact_at(&mut magic, offset + MAGIC_OFFSET as u64) {
+        Ok(()) => Ok(magic == MAGIC),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// True when the filesystem `offset` bytes into `path` has lib/modules or usr/lib/modules
+/// (symlinks followed inside it): a root, not a /boot or data partition.
+pub fn holds_modules(path: &Path, offset: u64) -> bool {
+    let Ok(fs) = Filesystem::open(path, offset, Access::Read) else { return false };
+    ["lib/modules", "usr/lib/modules"].iter().any(|dir| {
+        let mut keep = BTreeSet::new();
+        resolve(&mut |p| entry(&fs, p), dir, &mut keep).is_some_and(|place| entry(&fs, &place) == Some(Entry::Dir))
+    })
+}
+
+/// The filesystem `offset` bytes into `image`, refused when it spans more than its `len`
+/// bytes (a partition cut short).
+fn open_in(image: &Path, offset: u64, len: u64, access: Access) -> io::Result<Filesystem> {
+    let fs = Filesystem::open(image, offset, access)?;
+    if fs.size() > len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("its ext2/3/4 filesystem spans {} bytes, more than the {len} of its partition", fs.size()),
+        ));
+    }
+    Ok(fs)
+}
+
 /// What kind of entry root-relative `path` is (symlinks not followed), for [`resolve`].
 fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
     let ino = fs.lookup_path(path).ok()??;
@@ -34,8 +68,8 @@ fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
 }
 
 /// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`.
-pub fn extract(image: &Path, offset: u64, wanted: &[String], dir: &Path) -> io::Result<()> {
-    let fs = Filesystem::open(image, offset, Access::Read)?;
+pub fn extract(image: &Path, offset: u64, len: u64, wanted: &[String], dir: &Path) -> io::Result<()> {
+    let fs = open_in(image, offset, len, Access::Read)?;
     let mut keep = BTreeSet::new();
     let mut places = Vec::new();
     for path in wanted {
@@ -57,7 +91,10 @@ pub fn extract(image: &Path, offset: u64, wanted: &[String], dir: &Path) -> io::
     let mut copied = HashSet::new();
     for place in places.iter().filter(|p| !p.is_empty()) {
         if let Some(ino) = fs.lookup_path(place)? {
-            copy_out(&fs, ino, &dir.join(place), &mut copied)?;
+            // Errors name the path in the image, not in the scratch directory.
+            let scratch = format!("{}/", dir.display());
+            copy_out(&fs, ino, &dir.join(place), &mut copied)
+                .map_err(|e| io::Error::new(e.kind(), e.to_string().replace(&scratch, "")))?;
         }
     }
     Ok(())
@@ -94,6 +131,8 @@ fn copy_out(fs: &Filesystem, ino: u32, to: &Path, copied: &mut HashSet<u32>) -> 
         }
         TYPE_SYMLINK => {
             let target = fs.readlink(ino)?;
+            // Extracted already (links followed from part to part meet): the image's wins.
+            let _ = std::fs::remove_file(to);
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), to)
         }
         _ => Ok(()),
@@ -110,18 +149,17 @@ fn mtime_of(seconds: i64) -> std::time::SystemTime {
 }
 
 /// Writes `changes` (made in `dir`) into the filesystem `offset` bytes into `image`: into a
-/// copy beside it, which then replaces it.
-pub fn rewrite(image: &Path, offset: u64, dir: &Path, changes: &[Change]) -> io::Result<()> {
+/// copy of it beside `dest` (the image itself, or another file), renamed over `dest`.
+pub fn rewrite(image: &Path, dest: &Path, offset: u64, len: u64, dir: &Path, changes: &[Change]) -> io::Result<()> {
     // Refused before anything is copied: a journal to replay, errors recorded.
-    drop(Filesystem::open(image, offset, Access::CheckWritable)?);
+    drop(open_in(image, offset, len, Access::CheckWritable)?);
     let meta = std::fs::metadata(image)?;
-    let absolute = crate::fsio::absolute(image.to_path_buf());
     // The error of the edit itself, told as it is (not under the copy's path).
     let mut failed = None;
-    let written = cross::Sysroot::host()?.write_atomic_with(&absolute, Some(meta.permissions()), |copy| {
+    let written = cross::Sysroot::host()?.write_atomic_with(dest, Some(meta.permissions()), |copy| {
         copy_sparse(&mut File::open(image)?, copy, meta.len())?;
         // libext2fs opens by name: the copy's descriptor, by its /proc name.
-        let edited = Filesystem::open(Path::new(&format!("/proc/self/fd/{}", copy.as_raw_fd())), offset, Access::Write)
+        let edited = open_in(Path::new(&format!("/proc/self/fd/{}", copy.as_raw_fd())), offset, len, Access::Write)
             .and_then(|fs| apply(&fs, dir, changes).and_then(|()| fs.close()));
         match edited {
             Ok(()) => copy.sync_all(),
@@ -139,7 +177,7 @@ pub fn rewrite(image: &Path, offset: u64, dir: &Path, changes: &[Change]) -> io:
 }
 
 /// Copies `len` bytes of `from` into `to`, holes kept as holes (an image is mostly free space).
-fn copy_sparse(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
+pub fn copy_sparse(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
     to.set_len(len)?;
     let mut at = 0u64;
     while at < len {
@@ -149,20 +187,52 @@ fn copy_sparse(from: &mut File, to: &mut File, len: u64) -> io::Result<()> {
             Err(rustix::io::Errno::NXIO) => break,
             Err(e) => return Err(e.into()),
         };
-        let hole = rustix::fs::seek(&*from, rustix::fs::SeekFrom::Hole(data))?.min(len);
-        let mut offset = data;
-        while offset < hole {
-            let (mut src, mut dst) = (offset, offset);
-            let chunk = usize::try_from(hole - offset).unwrap_or(usize::MAX).min(1 << 30);
-            let copied = rustix::fs::copy_file_range(&*from, Some(&mut src), &*to, Some(&mut dst), chunk)?;
-            if copied == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image shrank while being copied"));
-            }
-            offset += copied as u64;
+        if data >= len {
+            break;
         }
+        let hole = rustix::fs::seek(&*from, rustix::fs::SeekFrom::Hole(data))?.min(len);
+        copy_range(from, to, data, hole)?;
         at = hole;
     }
     from.seek(SeekFrom::Start(0))?;
+    Ok(())
+}
+
+/// Copies bytes `start..end` of `from` to the same place in `to`: in the kernel where it can
+/// (copy_file_range), by reads and writes where it cannot (another filesystem, an old kernel).
+fn copy_range(from: &File, to: &File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut offset = start;
+    let mut by_hand = false;
+    let mut buf = Vec::new();
+    while offset < end {
+        let chunk = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
+        let copied = if by_hand {
+            buf.resize(chunk.min(1 << 20), 0);
+            let got = from.read_at(&mut buf, offset)?;
+            to.write_all_at(&buf[..got], offset)?;
+            got
+        } else {
+            let (mut src, mut dst) = (offset, offset);
+            match rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), chunk) {
+                Ok(copied) => copied,
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::INVAL,
+                ) => {
+                    by_hand = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if copied == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image shrank while being copied"));
+        }
+        offset += copied as u64;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! writes beside their target. The image format only decides how the wanted parts are read out
 //! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), ext2/3/4.
 
+mod disk;
 mod ext2fs;
 mod ext4_image;
 mod tar_image;
@@ -41,48 +42,73 @@ pub type Result<T> = std::result::Result<T, ImageError>;
 enum Format {
     /// A tar archive, compressed with `codec`.
     Tar { codec: Codec },
-    /// An ext2/3/4 filesystem starting `offset` bytes into the file.
-    Ext4 { offset: u64 },
+    /// An ext2/3/4 filesystem `len` bytes long, starting `offset` bytes into the file (a
+    /// partition's, or 0 and the whole file).
+    Ext4 { offset: u64, len: u64 },
 }
 
 /// An image file that is to serve as a root.
 #[derive(Debug)]
 pub struct ImageRoot {
+    /// The file.
     path: PathBuf,
+    /// The image as named, absolute: the file, or `FILE:N` for its partition N.
+    shown: PathBuf,
     format: Format,
 }
 
+/// What every "not an image" message lists.
+const KINDS: &str = "ext2/3/4, alone or in a GPT or MBR partition; tar, plain or gzip, xz, zstd, bzip2 compressed";
+
 impl ImageRoot {
     /// The image at `path`, or None when `path` is a directory (an ordinary root) or nothing
-    /// (the command reports a missing root as it always has).
+    /// (the command reports a missing root as it always has). `DISK:N` names partition N of a
+    /// disk image; a disk named alone is searched for the one partition holding lib/modules.
     pub fn open(path: &Path) -> Result<Option<ImageRoot>> {
+        let (file, partition) = match std::fs::metadata(path) {
+            Ok(_) => (path.to_path_buf(), None),
+            Err(_) => match split_partition(path) {
+                Some((file, number)) => (file, Some(number)),
+                None => return Ok(None),
+            },
+        };
         let error = |message: String| ImageError { image: path.to_path_buf(), message };
-        let Ok(meta) = std::fs::metadata(path) else { return Ok(None) };
-        if meta.is_dir() {
+        let Ok(meta) = std::fs::metadata(&file) else { return Ok(None) };
+        if meta.is_dir() && partition.is_none() {
             return Ok(None);
         }
         if !meta.is_file() {
             return Err(error("not a directory or an image file".into()));
         }
-        let format = detect(path).map_err(|e| error(format!("cannot read it: {e}")))?.ok_or_else(|| {
-            error(
-                "not a root directory or an image xdkms can open (ext2/3/4; tar, plain or gzip, xz, zstd, bzip2 compressed)"
-                    .into(),
-            )
-        })?;
-        Ok(Some(ImageRoot { path: crate::fsio::absolute(path.to_path_buf()), format }))
+        let format = match partition {
+            Some(number) => partition_format(&file, number).map_err(error)?,
+            None => detect(&file).map_err(error)?,
+        };
+        let absolute = |p: &Path| crate::fsio::absolute(p.to_path_buf());
+        Ok(Some(ImageRoot { path: absolute(&file), shown: absolute(path), format }))
     }
 
     /// A scratch directory holding `wanted` (root-relative paths: each one's entries, the
-    /// directories and symlinks leading to it, resolved inside the image) and nothing else.
-    pub fn materialize(self, wanted: &[String]) -> Result<View> {
+    /// directories and symlinks leading to it, resolved inside the image) and nothing else;
+    /// with [`Links::Follow`], also what the symlinks in those parts point at elsewhere in the
+    /// image (a kernel's headers link their build scripts from another directory).
+    pub fn materialize(self, wanted: &[String], links: Links) -> Result<View> {
         let dir = crate::fsio::scratch_dir(&scratch_parent(), "xdkms-image-")
             .map_err(|e| self.error(format!("cannot make a scratch directory: {e}")))?;
-        let extracted = match self.format {
-            Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir.path()),
-            Format::Ext4 { offset } => ext4_image::extract(&self.path, offset, wanted, dir.path()),
-        };
-        extracted.map_err(|e| self.error(e.to_string()))?;
+        let mut requested: Vec<String> = wanted.to_vec();
+        let mut round = wanted.to_vec();
+        for _ in 0..MAX_LINK_ROUNDS {
+            self.extract(&round, dir.path()).map_err(|e| self.error(e.to_string()))?;
+            if links == Links::Keep {
+                break;
+            }
+            round = link_targets(dir.path(), &requested)
+                .map_err(|e| self.error(format!("reading its extracted parts: {e}")))?;
+            if round.is_empty() {
+                break;
+            }
+            requested.extend(round.iter().cloned());
+        }
         // Everything there now, directories the archive only implies included, is the image's.
         let baseline = walk(dir.path())
             .map_err(|e| self.error(format!("reading its extracted parts: {e}")))?
@@ -92,9 +118,67 @@ impl ImageRoot {
         Ok(View { image: self, dir, baseline })
     }
 
-    fn error(&self, message: String) -> ImageError {
-        ImageError { image: self.path.clone(), message }
+    /// Extracts `wanted` into `dir` (added to what is there).
+    fn extract(&self, wanted: &[String], dir: &Path) -> io::Result<()> {
+        match self.format {
+            Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
+            Format::Ext4 { offset, len } => ext4_image::extract(&self.path, offset, len, wanted, dir),
+        }
     }
+
+    fn error(&self, message: String) -> ImageError {
+        ImageError { image: self.shown.clone(), message }
+    }
+}
+
+/// Whether [`ImageRoot::materialize`] also extracts what symlinks in the wanted parts point at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// The wanted parts only (their symlinks may point at nothing in the scratch root).
+    Keep,
+    /// Their symlinks' targets too, and theirs, for a few rounds.
+    Follow,
+}
+
+/// Rounds of symlink targets followed, at most (a chain of links from part to part).
+const MAX_LINK_ROUNDS: usize = 8;
+
+/// The root-relative targets of the symlinks under `dir` that no `requested` path covers;
+/// links to the root itself or to one of their own ancestors (which would pull in everything
+/// around them) are left alone.
+fn link_targets(dir: &Path, requested: &[String]) -> io::Result<Vec<String>> {
+    let covered = |target: &str| requested.iter().any(|r| target == r || target.starts_with(&format!("{r}/")));
+    let mut targets = BTreeSet::new();
+    for (path, is_dir) in walk(dir)? {
+        if is_dir || !std::fs::symlink_metadata(dir.join(&path))?.file_type().is_symlink() {
+            continue;
+        }
+        let link = std::fs::read_link(dir.join(&path))?;
+        let parent = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+        let Some(target) = lexical_target(parent, &link.to_string_lossy()) else { continue };
+        let own_ancestor = path.starts_with(&format!("{target}/"));
+        if !target.is_empty() && !own_ancestor && !covered(&target) {
+            targets.insert(target);
+        }
+    }
+    Ok(targets.into_iter().collect())
+}
+
+/// Where a symlink in root-relative directory `parent` with target `link` points, by its
+/// words alone (`..` cannot climb above the root); None when it is the root.
+fn lexical_target(parent: &str, link: &str) -> Option<String> {
+    let mut parts: Vec<&str> =
+        if link.starts_with('/') { Vec::new() } else { parent.split('/').filter(|p| !p.is_empty()).collect() };
+    for part in link.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// Free space /dev/shm must have to hold scratch roots (a container's is often 64 MiB).
@@ -116,19 +200,84 @@ fn scratch_parent() -> PathBuf {
     }
 }
 
-/// The format of the file at `path`: a codec's magic, then what the decoded start holds.
-fn detect(path: &Path) -> io::Result<Option<Format>> {
+/// `FILE:N` split into FILE and N, when FILE is there and N a number.
+fn split_partition(path: &Path) -> Option<(PathBuf, u32)> {
+    let text = path.to_str()?;
+    let (file, number) = text.rsplit_once(':')?;
+    let number = number.parse::<u32>().ok()?;
+    Path::new(file).exists().then(|| (PathBuf::from(file), number))
+}
+
+/// The format of the file at `path`: an ext2/3/4 superblock, a codec's magic and what the
+/// decoded start holds, or a partition table and the one partition that holds a root.
+fn detect(path: &Path) -> std::result::Result<Format, String> {
+    let unreadable = |e: io::Error| format!("cannot read it: {e}");
     let mut head = [0u8; 2048];
-    let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
+    let got = read_up_to(&mut std::fs::File::open(path).map_err(unreadable)?, &mut head).map_err(unreadable)?;
     if ext4_image::is_ext4(&head[..got]) {
-        return Ok(Some(Format::Ext4 { offset: 0 }));
+        let len = std::fs::metadata(path).map_err(unreadable)?.len();
+        return Ok(Format::Ext4 { offset: 0, len });
     }
+    if let Some(codec) = tar_codec(path).map_err(unreadable)? {
+        return Ok(Format::Tar { codec });
+    }
+    match disk::partitions(path).map_err(unreadable)? {
+        Some(partitions) => root_partition(path, &partitions),
+        None => Err(format!("not a root directory or an image xdkms can open ({KINDS})")),
+    }
+}
+
+/// The codec of a tar archive at `path`, None when it is none.
+fn tar_codec(path: &Path) -> io::Result<Option<Codec>> {
+    let mut head = [0u8; 6];
+    let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
     let codec = Codec::detect(&head[..got]).unwrap_or(Codec::None);
     let mut input = initramfs::stream::Input::new(std::fs::File::open(path)?);
-    let mut decoded = initramfs::stream::decoder(codec, &mut input)?;
+    let Ok(mut decoded) = initramfs::stream::decoder(codec, &mut input) else { return Ok(None) };
     let mut block = [0u8; 512];
-    let got = read_up_to(&mut decoded, &mut block)?;
-    Ok(tar_image::is_tar_header(&block[..got]).then_some(Format::Tar { codec }))
+    let got = read_up_to(&mut decoded, &mut block).unwrap_or(0);
+    Ok(tar_image::is_tar_header(&block[..got]).then_some(codec))
+}
+
+/// The format of partition `number` of the disk at `path`.
+fn partition_format(path: &Path, number: u32) -> std::result::Result<Format, String> {
+    let partitions = disk::partitions(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .ok_or_else(|| "no GPT or MBR partition table: name the image without :N".to_string())?;
+    let partition = partitions.iter().find(|p| p.number == number).ok_or_else(|| {
+        let numbers: Vec<String> = partitions.iter().map(|p| p.number.to_string()).collect();
+        format!("no partition {number} (it has {})", numbers.join(", "))
+    })?;
+    if !ext4_image::is_ext4_at(path, partition.start).map_err(|e| format!("cannot read it: {e}"))? {
+        return Err(format!("partition {number} holds no filesystem xdkms can open (ext2/3/4)"));
+    }
+    Ok(Format::Ext4 { offset: partition.start, len: partition.len })
+}
+
+/// The one partition of the disk at `path` that holds a root (an ext2/3/4 filesystem with
+/// lib/modules or usr/lib/modules).
+fn root_partition(path: &Path, partitions: &[disk::Partition]) -> std::result::Result<Format, String> {
+    let mut roots = Vec::new();
+    for partition in partitions {
+        let is_root = ext4_image::is_ext4_at(path, partition.start).unwrap_or(false)
+            && ext4_image::holds_modules(path, partition.start);
+        if is_root {
+            roots.push(partition);
+        }
+    }
+    let named = |p: &&disk::Partition| format!("{}:{}", path.display(), p.number);
+    match roots.as_slice() {
+        [one] => Ok(Format::Ext4 { offset: one.start, len: one.len }),
+        [] => Err(format!(
+            "no partition holds lib/modules in an ext2/3/4 filesystem: name the root partition as {}:N",
+            path.display()
+        )),
+        several => Err(format!(
+            "partitions {} all hold lib/modules: name the root as one of {}",
+            several.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(" and "),
+            several.iter().map(named).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 /// Reads until `buf` is full or the input ends; how much was read.
@@ -196,7 +345,7 @@ impl View {
 
     /// The image this view was taken from.
     pub fn image(&self) -> &Path {
-        &self.image.path
+        &self.image.shown
     }
 
     /// What the command changed, sorted by path.
@@ -221,25 +370,51 @@ impl View {
     /// Writes what the command changed back into the image (a new image beside it, renamed
     /// over it); nothing when it changed nothing. The scratch directory goes either way.
     pub fn commit(self) -> Result<usize> {
+        self.commit_to(None)
+    }
+
+    /// [`View::commit`], or with `output`, the changed image written there (beside it, renamed)
+    /// and the image itself left alone: a copy when nothing changed. How many paths changed.
+    pub fn commit_to(self, output: Option<&Path>) -> Result<usize> {
         let changes = self.changes().map_err(|e| self.image.error(format!("reading the changes back: {e}")))?;
+        let source = &self.image.path;
+        let dest = output.map_or_else(|| source.clone(), |o| crate::fsio::absolute(o.to_path_buf()));
         if changes.is_empty() {
+            if output.is_some() {
+                copy_image(source, &dest)
+                    .map_err(|e| self.image.error(format!("copying it to {}: {e}", dest.display())))?;
+            }
             return Ok(0);
         }
         // Replacing the file by rename would succeed; its read-only mode says not to.
-        let mode = std::fs::metadata(&self.image.path).map(|m| m.mode()).unwrap_or(0);
-        if mode & 0o222 == 0 {
+        let mode = std::fs::metadata(source).map(|m| m.mode()).unwrap_or(0);
+        if output.is_none() && mode & 0o222 == 0 {
             return Err(self.image.error(format!(
                 "the image is read-only (mode {:o}): make it writable, or work on a copy",
                 mode & 0o7777
             )));
         }
+        let dir = self.dir.path();
         let written = match self.image.format {
-            Format::Tar { codec } => tar_image::rewrite(&self.image.path, codec, self.dir.path(), &changes),
-            Format::Ext4 { offset } => ext4_image::rewrite(&self.image.path, offset, self.dir.path(), &changes),
+            Format::Tar { codec } => tar_image::rewrite(source, &dest, codec, dir, &changes),
+            Format::Ext4 { offset, len } => ext4_image::rewrite(source, &dest, offset, len, dir, &changes),
         };
-        written.map_err(|e| self.image.error(format!("writing the changes into it: {e}")))?;
+        written.map_err(|e| self.image.error(format!("writing the changes into {}: {e}", shown_dest(output))))?;
         Ok(changes.len())
     }
+}
+
+/// How a commit names where it writes: "it" (the image itself), or the output file.
+fn shown_dest(output: Option<&Path>) -> String {
+    output.map_or_else(|| "it".to_string(), |o| o.display().to_string())
+}
+
+/// `source` copied to `dest` (beside it, renamed), holes kept.
+fn copy_image(source: &Path, dest: &Path) -> io::Result<()> {
+    let meta = std::fs::metadata(source)?;
+    cross::Sysroot::host()?.write_atomic_with(dest, Some(meta.permissions()), |file| {
+        ext4_image::copy_sparse(&mut std::fs::File::open(source)?, file, meta.len())
+    })
 }
 
 /// Every entry under `dir` by root-relative path, with whether it is a directory.
@@ -339,4 +514,36 @@ fn resolve(entry: &mut dyn FnMut(&str) -> Option<Entry>, path: &str, keep: &mut 
 /// The mtime a file written into an image gets: SOURCE_DATE_EPOCH when set, else its own.
 fn written_mtime(meta: &std::fs::Metadata) -> i64 {
     crate::dkms::date::source_date_epoch().unwrap_or_else(|| meta.mtime())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_target_is_read_from_its_words_inside_the_root() {
+        let debian_scripts = "../../lib/linux-kbuild-6.1/scripts";
+        assert_eq!(
+            lexical_target("usr/src/linux-headers-6.1.0-57-amd64", debian_scripts).as_deref(),
+            Some("usr/lib/linux-kbuild-6.1/scripts")
+        );
+        assert_eq!(lexical_target("lib/modules/6.1", "/usr/src/h").as_deref(), Some("usr/src/h"));
+        // `..` stops at the root, as the kernel resolves inside a chroot.
+        assert_eq!(lexical_target("a", "../../../etc").as_deref(), Some("etc"));
+        assert_eq!(lexical_target("a/b", "../.."), None);
+        assert_eq!(lexical_target("a", "./b/./c").as_deref(), Some("a/b/c"));
+    }
+
+    #[test]
+    fn link_targets_skip_what_is_requested_and_links_to_their_own_ancestors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/src/h")).expect("mkdir");
+        std::os::unix::fs::symlink("../../lib/kbuild/scripts", root.join("usr/src/h/scripts")).expect("link");
+        std::os::unix::fs::symlink("/usr/src/h", root.join("usr/src/h/inside")).expect("link");
+        std::os::unix::fs::symlink("..", root.join("usr/src/h/up")).expect("link");
+        std::os::unix::fs::symlink("/", root.join("usr/src/h/top")).expect("link");
+        let targets = link_targets(root, &["usr/src".to_string()]).expect("targets");
+        assert_eq!(targets, vec!["usr/lib/kbuild/scripts".to_string()]);
+    }
 }

@@ -177,9 +177,10 @@ fn pax_without_stat(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The archive at `path` written again beside it with `changes` from `dir`, then renamed over
-/// it: removed entries dropped, modified ones rewritten in their place, added ones appended.
-pub fn rewrite(path: &Path, codec: Codec, dir: &Path, changes: &[Change]) -> io::Result<()> {
+/// The archive at `path` written again beside `dest` (itself, or another file) with `changes`
+/// from `dir`, then renamed over `dest`: removed entries dropped, modified ones rewritten in
+/// their place, added ones appended.
+pub fn rewrite(path: &Path, dest: &Path, codec: Codec, dir: &Path, changes: &[Change]) -> io::Result<()> {
     let mut modified = HashSet::new();
     let mut removed = HashSet::new();
     let mut added = Vec::new();
@@ -194,8 +195,7 @@ pub fn rewrite(path: &Path, codec: Codec, dir: &Path, changes: &[Change]) -> io:
         };
     }
     let meta = std::fs::metadata(path)?;
-    let image = crate::fsio::absolute(path.to_path_buf());
-    cross::Sysroot::host()?.write_atomic_with(&image, Some(meta.permissions()), |file| {
+    cross::Sysroot::host()?.write_atomic_with(dest, Some(meta.permissions()), |file| {
         let mut out = Encoder::new(codec, BufWriter::new(file), cli_default_level(codec), meta.len())?;
         let dot_prefix =
             with_archive(path, codec, |archive| copy_entries(archive, &mut out, dir, &modified, &removed))?;

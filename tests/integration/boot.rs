@@ -144,3 +144,62 @@ fn arm64_virt_machine_virtio_both_modes() {
     inject_and_boot("arm64", "xz", "rewrite", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
     inject_and_boot("arm64", "zstd", "append", Disk::Virtio, &["virtio_blk", "virtio_pci"], "virtio_blk");
 }
+
+/// Copies `path` out of the ext4 filesystem `offset` bytes into `disk` (debugfs).
+fn dump_from_disk(disk: &Path, offset: u64, path: &str, to: &Path) {
+    let fs = format!("{}?offset={offset}", disk.display());
+    run_ok(Command::new("debugfs").arg("-R").arg(format!("dump {path} {}", to.display())).arg(fs));
+    assert!(to.metadata().is_ok_and(|m| m.len() > 0), "{path} is not in the disk");
+}
+
+/// Boots the kernel and initramfs found in the disk's root partition, with the disk on virtio.
+fn boot_disk(work: &TempDir, disk: &Path, version: &str, round: &str) -> String {
+    let (kernel, initrd) = (work.join(format!("vmlinuz-{round}")), work.join(format!("initrd-{round}")));
+    dump_from_disk(disk, 1 << 20, &format!("/boot/vmlinuz-{version}"), &kernel);
+    dump_from_disk(disk, 1 << 20, &format!("/boot/initrd.img-{version}"), &initrd);
+    boot("amd64", &kernel, &initrd, disk, Disk::Virtio)
+}
+
+/// Issue 12's proof: a GPT disk whose ext4 root holds Debian's kernel, headers and an
+/// initramfs without the virtio disk driver boots to a missing root. `xdkms install --root
+/// disk.img` of the DKMS pair (B uses A's export) and `xdkms initramfs inject --root disk.img
+/// --in-root /boot/initrd.img-K virtio_blk virtio_pci` later, without a mount: e2fsck finds the
+/// filesystem clean, the same disk boots, its root is mounted from /dev/vda1, and the rootfs's
+/// `modprobe xdkms_pair_b` loads A and B.
+#[test]
+fn amd64_disk_image_customized_offline_boots_and_loads_the_dkms_pair() {
+    let r = refs();
+    let (cache, version, busybox) =
+        (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"), r.path("XDKMS_BUSYBOX_AMD64"));
+    let work = TempDir::new("boot-disk-image");
+    let disk = work.join("disk.img");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-bootable-disk.sh");
+    let xdkms_bin = crate::util::xdkms().get_program().to_owned();
+    run_ok(Command::new("bash").arg(script).arg(&busybox).arg(&cache).arg(&version).arg(xdkms_bin).arg(&disk));
+
+    let before = boot_disk(&work, &disk, &version, "before");
+    assert!(before.contains("xdkms-boot: initramfs of"), "the disk's kernel did not boot:\n{before}");
+    assert!(before.contains("xdkms-boot: no root device"), "the root was found without virtio_blk:\n{before}");
+
+    let pair = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms/xdkms_pair-1.0");
+    run_ok(xdkms().args(["install", "--root"]).arg(&disk).args(["-k", &version]).arg(&pair));
+    run_ok(xdkms().args(["initramfs", "inject", "--root"]).arg(&disk).args([
+        "-k",
+        &version,
+        "--in-root",
+        &format!("/boot/initrd.img-{version}"),
+        "virtio_blk",
+        "virtio_pci",
+    ]));
+    let fsck =
+        crate::util::run(Command::new("e2fsck").arg("-fn").arg(format!("{}?offset={}", disk.display(), 1 << 20)));
+    assert_eq!(fsck.status.code(), Some(0), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+
+    let after = boot_disk(&work, &disk, &version, "after");
+    assert!(after.contains("xdkms-boot: root /dev/vda1 ext4"), "the root was not mounted from the disk:\n{after}");
+    assert!(after.contains("modprobe xdkms_pair_b: ok"), "modprobe failed:\n{after}");
+    let loaded = after.lines().find(|l| l.contains("modules:")).unwrap_or_default();
+    for module in ["xdkms_pair_a", "xdkms_pair_b", "virtio_blk"] {
+        assert!(loaded.split_whitespace().any(|m| m == module), "{module} not loaded: {loaded}");
+    }
+}

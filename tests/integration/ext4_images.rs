@@ -228,22 +228,30 @@ fn bad_ext4_images_are_refused_with_their_name_and_left_alone() {
     assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
 }
 
+/// A root holding Debian's amd64 `kernel/drivers/DRIVERS` and the module lists depmod reads;
+/// the kernel's version.
+fn debian_drivers_root(root: &Path, drivers: &str) -> String {
+    let r = crate::util::refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let dir = format!("lib/modules/{version}");
+    std::fs::create_dir_all(root.join(&dir).join("kernel/drivers")).expect("mkdir");
+    let subtree = format!("kernel/drivers/{drivers}");
+    crate::util::copy_all(&cache.join(&dir).join(&subtree), &root.join(&dir).join(&subtree));
+    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        std::fs::copy(cache.join(&dir).join(file), root.join(&dir).join(file)).expect("copy");
+    }
+    version
+}
+
 /// SIGKILL at random points of `depmod -b IMAGE.ext4` on Debian's network drivers: the image
 /// is always the old one or the new one (the edit goes into a copy renamed over it), and a run
 /// to the end leaves nothing behind. With SOURCE_DATE_EPOCH the new image is the same bytes on
 /// every run.
 #[test]
 fn killed_depmod_on_an_ext4_image_leaves_the_old_or_the_new_image() {
-    let r = crate::util::refs();
-    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
     let work = TempDir::new("ext4-kill");
     let root = work.join("root");
-    let dir = format!("lib/modules/{version}");
-    std::fs::create_dir_all(root.join(&dir).join("kernel/drivers")).expect("mkdir");
-    crate::util::copy_all(&cache.join(&dir).join("kernel/drivers/net"), &root.join(&dir).join("kernel/drivers/net"));
-    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
-        std::fs::copy(cache.join(&dir).join(file), root.join(&dir).join(file)).expect("copy");
-    }
+    let version = debian_drivers_root(&root, "net");
     let original_path = work.join("original.ext4");
     make_ext4(&root, &original_path, "160M");
     let original = std::fs::read(&original_path).expect("read");
@@ -297,4 +305,168 @@ fn killed_depmod_on_an_ext4_image_leaves_the_old_or_the_new_image() {
         .filter(|n| n != "tmp")
         .collect();
     assert_eq!(left, Vec::<String>::new(), "left behind");
+}
+
+/// A disk image with a `label` (gpt or dos) partition table: each partition `size_mib` big
+/// and, when a tree is given, an ext4 filesystem made from it. Where each partition starts.
+fn make_disk(label: &str, partitions: &[(u64, Option<&Path>)], image: &Path) -> Vec<(u64, u64)> {
+    const MIB: u64 = 1 << 20;
+    let total: u64 = partitions.iter().map(|(size, _)| size).sum::<u64>() + 2;
+    std::fs::File::create(image).and_then(|f| f.set_len(total * MIB)).expect("create");
+    let mut script = format!("label: {label}\n");
+    let mut placed = Vec::new();
+    let mut start = MIB;
+    for (size, _) in partitions {
+        script.push_str(&format!("start={}, size={}, type=linux\n", start / 512, size * MIB / 512));
+        placed.push((start, size * MIB));
+        start += size * MIB;
+    }
+    let mut child =
+        Command::new("sfdisk").arg("-q").arg(image).stdin(std::process::Stdio::piped()).spawn().expect("sfdisk");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), script.as_bytes()).expect("write");
+    assert!(child.wait().expect("wait").success(), "sfdisk");
+    for ((start, len), (_, tree)) in placed.iter().zip(partitions) {
+        if let Some(tree) = tree {
+            let mut mke2fs = Command::new("mke2fs");
+            mke2fs.args(["-q", "-F", "-t", "ext4", "-E", &format!("offset={start}"), "-d"]).arg(tree).arg(image);
+            run_ok(mke2fs.arg(format!("{}k", len / 1024)).env("E2FSPROGS_FAKE_TIME", "1700000000"));
+        }
+    }
+    placed
+}
+
+/// The bytes of `image` outside `start..start + len`.
+fn outside(image: &[u8], (start, len): (u64, u64)) -> Vec<u8> {
+    let (start, end) = (start as usize, (start + len) as usize);
+    [&image[..start], &image[end..]].concat()
+}
+
+/// depmod -b on a disk image: the root partition is the one holding lib/modules (GPT) or the
+/// one named (MBR, `DISK:2`); it gets what kmod writes, stays clean for e2fsck, and every byte
+/// outside it (partition table, the other partitions, GPT's backup) is as it was.
+#[test]
+fn depmod_on_a_disk_image_edits_the_root_partition_only() {
+    let base = TempDir::new("ext4-disk");
+    let root = base.join("root");
+    make_root(&root, false);
+    let boot = base.join("boot");
+    std::fs::create_dir_all(&boot).expect("mkdir");
+    std::fs::write(boot.join("vmlinuz-fixture"), "not a kernel\n").expect("write");
+    let kmod_root = base.join("kmod");
+    crate::util::copy_all(&root, &kmod_root);
+    run_ok(Command::new("depmod").arg("-b").arg(&kmod_root).arg(VERSION));
+    let rel = format!("lib/modules/{VERSION}");
+    for (label, named) in [("gpt", false), ("dos", true)] {
+        let image = base.join(format!("disk-{label}.img"));
+        let placed = make_disk(label, &[(8, Some(&boot)), (24, Some(&root)), (4, None)], &image);
+        let before = std::fs::read(&image).expect("read");
+        let given = if named { format!("{}:2", image.display()) } else { image.display().to_string() };
+        let on_image = run(xdkms().arg("depmod").arg("-b").arg(&given).arg(VERSION));
+        let on_dir_root = base.join(format!("dir-{label}"));
+        crate::util::copy_all(&root, &on_dir_root);
+        let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
+        assert_eq!(on_image.status.code(), Some(0), "{label}: {}", text(&on_image.stderr));
+        let shown = Path::new(&given);
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, shown), "{label}: stderr");
+        let after = std::fs::read(&image).expect("read");
+        assert!(outside(&after, placed[1]) == outside(&before, placed[1]), "{label}: bytes outside the root changed");
+        let partition = format!("{}?offset={}", image.display(), placed[1].0);
+        e2fsck_clean(Path::new(&partition), label);
+        let dumped = base.join(format!("dumped-{label}"));
+        std::fs::create_dir_all(&dumped).expect("mkdir");
+        run_ok(Command::new("debugfs").arg("-R").arg(format!("rdump /lib {}", dumped.display())).arg(&partition));
+        assert_eq!(differing_files(&kmod_root.join(&rel), &dumped.join(&rel), &KMOD30_FILES), Vec::<String>::new());
+    }
+}
+
+/// Disks xdkms cannot choose a root on: none holds lib/modules, or two do; a partition named
+/// that is not there, or holds no filesystem. Each an error naming the disk (and what to
+/// name instead), nothing changed.
+#[test]
+fn disk_images_without_one_clear_root_are_refused() {
+    let base = TempDir::new("ext4-disk-bad");
+    let root = base.join("root");
+    make_root(&root, true);
+    let data = base.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("notes"), "no modules here\n").expect("write");
+    let depmod = |given: &str| run(xdkms().arg("depmod").arg("-b").arg(given).arg(VERSION));
+
+    let two = base.join("two-roots.img");
+    make_disk("gpt", &[(16, Some(&root)), (16, Some(&root))], &two);
+    let two_bytes = std::fs::read(&two).expect("read");
+    let out = depmod(&two.display().to_string());
+    assert_refused(&out, &two, &two_bytes, "two roots");
+    assert!(text(&out.stderr).contains(&format!("{}:1", two.display())), "names the choices: {}", text(&out.stderr));
+
+    let none = base.join("no-root.img");
+    make_disk("dos", &[(8, Some(&data)), (4, None)], &none);
+    let none_bytes = std::fs::read(&none).expect("read");
+    let out = depmod(&none.display().to_string());
+    assert_refused(&out, &none, &none_bytes, "no root");
+    assert!(text(&out.stderr).contains("no partition holds lib/modules"), "{}", text(&out.stderr));
+
+    for (given, says) in
+        [(format!("{}:7", two.display()), "no partition 7"), (format!("{}:2", none.display()), "holds no filesystem")]
+    {
+        let out = depmod(&given);
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        assert!(text(&out.stderr).contains(says), "{given}: {}", text(&out.stderr));
+    }
+    assert!(std::fs::read(&two).expect("read") == two_bytes && std::fs::read(&none).expect("read") == none_bytes);
+}
+
+/// `initramfs inject --in-root /boot/initrd.img-K` on an ext4 image: the initramfs inside the
+/// image becomes, byte for byte, what the same command makes of it in the directory the image
+/// was made from; every other inode stays; `-o` writes the changed image elsewhere and leaves
+/// the original alone.
+#[test]
+fn inject_in_root_edits_the_initramfs_inside_an_ext4_image() {
+    let work = TempDir::new("ext4-in-root");
+    let root = work.join("root");
+    let version = debian_drivers_root(&root, "nvme");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/init"), "#!/bin/sh\n").expect("write");
+    std::fs::create_dir_all(root.join("boot")).expect("mkdir");
+    let initrd = format!("boot/initrd.img-{version}");
+    run_ok(xdkms().args(["initramfs", "create"]).arg(&tree).args(["--compress", "gzip", "-o"]).arg(root.join(&initrd)));
+    let image = work.join("rootfs.ext4");
+    make_ext4(&root, &image, "64M");
+    let original = std::fs::read(&image).expect("read");
+    let paths = paths_of(&root);
+    let before = inode_listing(&image, &paths, work.path());
+
+    let inject = |root: &Path, output: Option<&Path>| {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").args(["initramfs", "inject", "--root"]).arg(root);
+        cmd.args(["-k", &version, "--in-root", &format!("/{initrd}")]);
+        if let Some(output) = output {
+            cmd.arg("-o").arg(output);
+        }
+        run(cmd.arg("nvme"))
+    };
+    let elsewhere = work.join("changed.ext4");
+    let out = inject(&image, Some(&elsewhere));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(&image).expect("read") == original, "-o changed the original image");
+    let on_image = inject(&image, None);
+    assert_eq!(on_image.status.code(), Some(0), "{}", text(&on_image.stderr));
+    assert!(std::fs::read(&image).expect("read") == std::fs::read(&elsewhere).expect("read"), "-o wrote another image");
+    let on_dir = inject(&root, None);
+    assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &root, &image));
+    e2fsck_clean(&image, "after inject --in-root");
+
+    let dumped = work.join("initrd-from-image");
+    run_ok(Command::new("debugfs").arg("-R").arg(format!("dump /{initrd} {}", dumped.display())).arg(&image));
+    let written = std::fs::read(&dumped).expect("read");
+    assert!(written == std::fs::read(root.join(&initrd)).expect("read"), "the initramfs differs from the directory's");
+    assert!(written.len() > 20_000, "nvme is in it");
+    let after = inode_listing(&image, &paths, work.path());
+    for path in paths.iter().filter(|p| **p != format!("/{initrd}")) {
+        assert_eq!(after.get(path), before.get(path), "{path} changed");
+    }
+    let inode_line =
+        |listing: &BTreeMap<String, String>| listing[&format!("/{initrd}")].lines().next().map(String::from);
+    assert_eq!(inode_line(&after), inode_line(&before), "the initramfs keeps its inode");
 }

@@ -5,6 +5,7 @@ mod boot;
 mod cross;
 mod depmod;
 mod dkms;
+mod dkms_images;
 mod docs;
 mod ext4_images;
 mod hostile;

@@ -1,0 +1,112 @@
+//! The DKMS commands with `--root IMAGE` (issue 12): install, status and remove on an ext4
+//! image and on a tar.zst of a root holding Debian's kernel headers print what they print on
+//! the directory the image was made from and leave the image holding what they leave there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::images::{as_on_image, text};
+use crate::util::{refs, run, run_ok, xdkms, TempDir};
+
+/// A root with Debian's amd64 headers (hard links into the cache), the module lists depmod
+/// reads and os-release: what `xdkms install --root` needs.
+fn headers_root(dir: &Path) -> String {
+    let r = refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let modules = dir.join("lib/modules").join(&version);
+    std::fs::create_dir_all(&modules).expect("mkdir");
+    std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    std::fs::write(dir.join("etc/os-release"), "ID=debian\n").expect("write");
+    run_ok(Command::new("cp").arg("-al").arg(cache.join("usr")).arg(dir.join("usr")));
+    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        std::fs::copy(cache.join("lib/modules").join(&version).join(file), modules.join(file)).expect("copy");
+    }
+    std::os::unix::fs::symlink(format!("/usr/src/linux-headers-{version}"), modules.join("build")).expect("symlink");
+    version
+}
+
+/// The image's tree, extracted with the format's own tool (debugfs's rdump, tar).
+fn unpack(image: &Path, into: &Path) {
+    std::fs::create_dir_all(into).expect("mkdir");
+    if image.extension().is_some_and(|e| e == "ext4") {
+        for top in ["lib", "var", "usr", "etc"] {
+            run(Command::new("debugfs").arg("-R").arg(format!("rdump /{top} {}", into.display())).arg(image));
+        }
+    } else {
+        run_ok(Command::new("tar").arg("-xf").arg(image).arg("-C").arg(into));
+    }
+}
+
+/// Every file under `dir/rel` with its bytes, by path (symlinks as their targets).
+fn tree(dir: &Path, rel: &str) -> Vec<(String, Vec<u8>)> {
+    // Nothing there (removed, or not made yet) lists nothing.
+    let out = run(Command::new("find").arg(rel).arg("-not").arg("-type").arg("d").current_dir(dir));
+    let mut files: Vec<(String, Vec<u8>)> = text(&out.stdout)
+        .lines()
+        .map(|path| {
+            let full = dir.join(path);
+            let bytes = match std::fs::read_link(&full) {
+                Ok(target) => target.to_string_lossy().as_bytes().to_vec(),
+                Err(_) => std::fs::read(&full).expect("read"),
+            };
+            (path.to_string(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs one DKMS command line on the image and on the directory; both outputs must agree.
+fn both(image: &Path, dir: &Path, args: &[&str]) {
+    let with_root = |root: &Path| {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").arg(args[0]).arg("--root").arg(root).args(&args[1..]);
+        run(&mut cmd)
+    };
+    let on_image = with_root(image);
+    let on_dir = with_root(dir);
+    assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}: {}", text(&on_image.stderr));
+    assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, dir, image), "{args:?}: stdout");
+    assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, dir, image), "{args:?}: stderr");
+}
+
+/// install, status, then remove, on an ext4 image and a tar.zst: each step prints what it
+/// prints on the directory, and leaves the image's dkms tree, module directory and sources as
+/// it leaves the directory's (the module byte for byte); ext4 stays clean for e2fsck.
+#[test]
+fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms/xdkms_test-1.0");
+    let fixture = fixture.display().to_string();
+    for kind in ["ext4", "tar.zst"] {
+        let work = TempDir::new(&format!("dkms-image-{kind}"));
+        let root = work.join("root");
+        let version = headers_root(&root);
+        let image = work.join(format!("rootfs.{kind}"));
+        if kind == "ext4" {
+            run_ok(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-d"]).arg(&root).arg(&image).arg("300M"));
+        } else {
+            let script =
+                format!("set -o pipefail; tar -C {} -cf - . | zstd -q -1 > {}", root.display(), image.display());
+            run_ok(Command::new("bash").args(["-c", &script]));
+        }
+        let steps: [&[&str]; 3] =
+            [&["install", "-k", &version, &fixture], &["status"], &["remove", "xdkms_test/1.0", "--all"]];
+        for (step, args) in steps.iter().enumerate() {
+            both(&image, &root, args);
+            if kind == "ext4" {
+                let out = run(Command::new("e2fsck").arg("-fn").arg(&image));
+                assert_eq!(out.status.code(), Some(0), "{args:?}: e2fsck: {}", text(&out.stdout));
+            }
+            let unpacked = work.join(format!("unpacked-{step}"));
+            unpack(&image, &unpacked);
+            for rel in ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_test-1.0"] {
+                let (in_image, in_dir) = (tree(&unpacked, rel), tree(&root, rel));
+                let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+                assert_eq!(names(&in_image), names(&in_dir), "{kind} {args:?}: {rel}");
+                for ((name, a), (_, b)) in in_image.iter().zip(&in_dir) {
+                    assert!(a == b, "{kind} {args:?}: {name} differs");
+                }
+            }
+        }
+    }
+}
