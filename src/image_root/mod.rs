@@ -55,6 +55,9 @@ pub struct ImageRoot {
     /// The image as named, absolute: the file, or `FILE:N` for its partition N.
     shown: PathBuf,
     format: Format,
+    /// Held while the image serves as a root, so that a second run on it waits for the first
+    /// one's image instead of editing the old one beside it (the last rename would win).
+    _lock: std::fs::File,
 }
 
 /// What every "not an image" message lists.
@@ -85,7 +88,8 @@ impl ImageRoot {
             None => detect(&file).map_err(error)?,
         };
         let absolute = |p: &Path| crate::fsio::absolute(p.to_path_buf());
-        Ok(Some(ImageRoot { path: absolute(&file), shown: absolute(path), format }))
+        let lock = lock_image(&file, path).map_err(|e| error(format!("cannot lock it: {e}")))?;
+        Ok(Some(ImageRoot { path: absolute(&file), shown: absolute(path), format, _lock: lock }))
     }
 
     /// A scratch directory holding `wanted` (root-relative paths: each one's entries, the
@@ -197,6 +201,28 @@ fn scratch_parent() -> PathBuf {
         shm.to_path_buf()
     } else {
         std::env::temp_dir()
+    }
+}
+
+/// An exclusive lock (flock) on the image file at `path`; when another run holds it, says so on
+/// stderr and waits. A file renamed over `path` meanwhile (the other run's new image) is
+/// locked in its turn: the lock is always on the image `path` names.
+fn lock_image(path: &Path, shown: &Path) -> io::Result<std::fs::File> {
+    use rustix::fs::FlockOperation;
+    loop {
+        let file = std::fs::File::open(path)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                eprintln!("xdkms: waiting for another run on {} to finish", shown.display());
+                rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (locked, now) = (file.metadata()?, std::fs::metadata(path)?);
+        if locked.ino() == now.ino() && locked.dev() == now.dev() {
+            return Ok(file);
+        }
     }
 }
 

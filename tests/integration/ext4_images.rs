@@ -470,3 +470,28 @@ fn inject_in_root_edits_the_initramfs_inside_an_ext4_image() {
         |listing: &BTreeMap<String, String>| listing[&format!("/{initrd}")].lines().next().map(String::from);
     assert_eq!(inode_line(&after), inode_line(&before), "the initramfs keeps its inode");
 }
+
+/// A second run on an image another one is editing waits for it (saying so) and then edits
+/// the image the first one wrote: nothing the first run changed is lost.
+#[test]
+fn a_run_on_a_locked_image_waits_for_the_other_one() {
+    let base = TempDir::new("ext4-lock");
+    let root = base.join("root");
+    make_root(&root, false);
+    let image = base.join("rootfs.ext4");
+    make_ext4(&root, &image, "16M");
+    // Another run holds the image (flock(1) takes the same lock xdkms takes) for two seconds.
+    let mut holder = Command::new("flock").arg("-x").arg(&image).args(["-c", "sleep 2"]).spawn().expect("flock");
+    let held = || !run(Command::new("flock").arg("-n").arg(&image).arg("true")).status.success();
+    let started = std::time::Instant::now();
+    while !held() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "flock never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(xdkms().arg("depmod").arg("-b").arg(&image).arg(VERSION));
+    assert!(holder.wait().expect("wait").success());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let waited = format!("xdkms: waiting for another run on {} to finish", image.display());
+    assert!(text(&out.stderr).contains(&waited), "{}", text(&out.stderr));
+    e2fsck_clean(&image, "after the wait");
+}
