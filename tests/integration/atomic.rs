@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
-use crate::util::{copy_module_dir, refs, run_ok, temporary_files, xdkms, TempDir, KMOD30_FILES};
+use crate::util::{copy_module_dir, fastest, kill_rounds, refs, run_ok, temporary_files, xdkms, TempDir, KMOD30_FILES};
 
 fn outputs(dir: &Path) -> HashMap<&'static str, Vec<u8>> {
     KMOD30_FILES.iter().map(|&name| (name, std::fs::read(dir.join(name)).expect(name))).collect()
@@ -22,60 +21,46 @@ fn killed_depmod_leaves_each_index_old_or_new() {
     run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
     let old = outputs(&dir);
     std::fs::rename(&saved, &module).expect("move ext4 back");
-    // The kill points are fractions of an uninterrupted run: the fastest of three, as the other
-    // tests running at the same time make single timings vary.
-    let mut full_run = (0..3)
-        .map(|_| {
-            let started = Instant::now();
-            run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
-            started.elapsed()
-        })
-        .min()
-        .expect("three runs");
+    // The kill points are fractions of an uninterrupted run: the fastest of three.
+    let full_run = fastest(3, || drop(run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version))));
     let new = outputs(&dir);
     assert_ne!(old["modules.dep"], new["modules.dep"], "the two states must differ");
 
-    // A fixed-seed LCG: kill points spread over the run, half of them in its last part where the
-    // files are written.
-    let mut seed: u64 = 0x5eed_1234;
-    let mut next = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (seed >> 33) as f64 / (1u64 << 31) as f64
-    };
-    let (mut killed, mut mixed) = (0, 0);
-    for round in 0..24 {
-        for (name, bytes) in &old {
-            let path = dir.join(name);
-            std::fs::remove_file(&path).expect("remove");
-            std::fs::write(&path, bytes).expect("restore old file");
-        }
-        let fraction = if round % 2 == 0 { next() } else { 0.75 + 0.3 * next() };
-        let delay = full_run.mul_f64(fraction);
-        let mut child = xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version).spawn().expect("spawn");
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().expect("wait");
-        if status.success() {
-            // The run was faster than the estimate (the machine got less busy): aim earlier.
-            full_run = full_run.mul_f64(0.8);
-        } else {
-            killed += 1;
-        }
-        let (mut olds, mut news) = (0, 0);
-        for name in KMOD30_FILES {
-            let now = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("round {round}: {name} missing: {e}"));
-            if now == old[name] {
-                olds += 1;
-            } else if now == new[name] {
-                news += 1;
-            } else {
-                panic!("round {round} (killed after {delay:?}): {name} is neither the old nor the new file");
+    // Kill points spread over the run, half of them in its last part where the files are written.
+    let mut mixed = 0;
+    let killed = kill_rounds(
+        24,
+        0x5eed_1234,
+        full_run,
+        |round, r| if round % 2 == 0 { r } else { 0.75 + 0.3 * r },
+        |_| {
+            for (name, bytes) in &old {
+                let path = dir.join(name);
+                std::fs::remove_file(&path).expect("remove");
+                std::fs::write(&path, bytes).expect("restore old file");
             }
-        }
-        if olds > 0 && news > 0 && olds + news == KMOD30_FILES.len() {
-            mixed += 1;
-        }
-    }
+            let mut cmd = xdkms();
+            cmd.arg("depmod").arg("-b").arg(work.path()).arg(&version);
+            cmd
+        },
+        |round, delay| {
+            let (mut olds, mut news) = (0, 0);
+            for name in KMOD30_FILES {
+                let now =
+                    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("round {round}: {name} missing: {e}"));
+                if now == old[name] {
+                    olds += 1;
+                } else if now == new[name] {
+                    news += 1;
+                } else {
+                    panic!("round {round} (killed after {delay:?}): {name} is neither the old nor the new file");
+                }
+            }
+            if olds > 0 && news > 0 && olds + news == KMOD30_FILES.len() {
+                mixed += 1;
+            }
+        },
+    );
     assert!(killed >= 12, "only {killed} of 24 runs were killed before finishing: the test is not testing");
     // The next run removes the temporary files the killed ones left beside the indexes.
     run_ok(xdkms().arg("depmod").arg("-b").arg(work.path()).arg(&version));
@@ -109,49 +94,46 @@ fn killed_inject_leaves_the_image_whole() {
         cmd.args(extra).arg(&image).args(["nvme", "e1000e"]);
         cmd
     };
-    // The kill points are fractions of an uninterrupted run: the fastest of three, as the other
-    // tests running at the same time (qemu boots) make single timings vary.
-    let mut full_run = (0..3)
-        .map(|_| {
-            std::fs::write(&image, &original).expect("write");
-            let started = Instant::now();
-            run_ok(&mut inject(&[]));
-            started.elapsed()
-        })
-        .min()
-        .expect("three runs");
+    // The kill points are fractions of an uninterrupted run: the fastest of three (the other
+    // tests running at the same time, qemu boots, make single timings vary).
+    let full_run = fastest(3, || {
+        std::fs::write(&image, &original).expect("write");
+        run_ok(&mut inject(&[]));
+    });
     let new = std::fs::read(&image).expect("read");
     assert_ne!(new, original);
-
-    let mut seed: u64 = 0xfeed;
-    let (mut killed, mut kept) = (0, 0);
-    for round in 0..16 {
-        std::fs::write(&image, &original).expect("restore");
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
-        let out = work.join("out.img");
-        let _ = std::fs::remove_file(&out);
-        let extra: &[&str] = if round % 2 == 0 { &[] } else { &["-o", out.to_str().expect("utf-8")] };
-        let mut child = inject(extra).stderr(std::process::Stdio::null()).spawn().expect("spawn");
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        if child.wait().expect("wait").success() {
-            // The run was faster than the estimate (the machine got less busy): aim earlier.
-            full_run = full_run.mul_f64(0.8);
-        } else {
-            killed += 1;
-        }
-        let now = std::fs::read(&image).expect("the image is always there");
-        if round % 2 == 0 {
-            assert!(now == original || now == new, "round {round}: the image is neither the original nor the new one");
-            kept += usize::from(now == original);
-        } else {
-            assert!(now == original, "round {round}: -o changed the input image");
-            if let Ok(written) = std::fs::read(&out) {
-                assert!(written == new, "round {round}: a partial output image");
+    let out = work.join("out.img");
+    let out_arg = out.to_str().expect("utf-8");
+    let mut kept = 0;
+    let killed = kill_rounds(
+        16,
+        0xfeed,
+        full_run,
+        |_, r| r,
+        |round| {
+            std::fs::write(&image, &original).expect("restore");
+            let _ = std::fs::remove_file(&out);
+            let extra: &[&str] = if round % 2 == 0 { &[] } else { &["-o", out_arg] };
+            let mut cmd = inject(extra);
+            cmd.stderr(std::process::Stdio::null());
+            cmd
+        },
+        |round, _| {
+            let now = std::fs::read(&image).expect("the image is always there");
+            if round % 2 == 0 {
+                assert!(
+                    now == original || now == new,
+                    "round {round}: the image is neither the original nor the new one"
+                );
+                kept += usize::from(now == original);
+            } else {
+                assert!(now == original, "round {round}: -o changed the input image");
+                if let Ok(written) = std::fs::read(&out) {
+                    assert!(written == new, "round {round}: a partial output image");
+                }
             }
-        }
-    }
+        },
+    );
     assert!(killed >= 6, "only {killed} of 16 runs were killed before finishing");
     // The next run, in place and with -o, removes the temporary files the killed ones left.
     run_ok(&mut inject(&[]));

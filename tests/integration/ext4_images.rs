@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::images::{as_on_image, assert_refused, index_names, make_root, text, VERSION};
-use crate::util::{differing_files, run, run_ok, xdkms, TempDir, KMOD30_FILES};
+use crate::util::{differing_files, fastest, kill_rounds, leftovers, run, run_ok, xdkms, TempDir, KMOD30_FILES};
 
 /// An ext4 image of `root` made by mke2fs -d, `size` big (as mke2fs reads sizes: `64M`).
 fn make_ext4(root: &Path, image: &Path, size: &str) {
@@ -264,46 +264,36 @@ fn killed_depmod_on_an_ext4_image_leaves_the_old_or_the_new_image() {
         cmd
     };
     let mut runs = Vec::new();
-    let mut full_run = std::time::Duration::MAX;
-    for _ in 0..2 {
+    let full_run = fastest(2, || {
         std::fs::write(&image, &original).expect("write");
-        let started = std::time::Instant::now();
         run_ok(&mut depmod());
-        full_run = full_run.min(started.elapsed());
         runs.push(std::fs::read(&image).expect("read"));
-    }
+    });
     let new = runs.pop().expect("two runs");
     assert!(runs[0] == new, "two runs with SOURCE_DATE_EPOCH wrote different images");
     assert!(new != original, "depmod changed nothing");
     e2fsck_clean(&image, "after an uninterrupted run");
-    let mut seed: u64 = 0xe4e4;
-    let mut killed = 0;
-    for round in 0..6 {
-        std::fs::write(&image, &original).expect("restore");
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
-        let mut child = depmod().stderr(std::process::Stdio::null()).spawn().expect("spawn");
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        if child.wait().expect("wait").success() {
-            full_run = full_run.mul_f64(0.8);
-        } else {
-            killed += 1;
-        }
-        let now = std::fs::read(&image).expect("the image is always there");
-        assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
-    }
+    let killed = kill_rounds(
+        6,
+        0xe4e4,
+        full_run,
+        |_, r| r,
+        |_| {
+            std::fs::write(&image, &original).expect("restore");
+            let mut cmd = depmod();
+            cmd.stderr(std::process::Stdio::null());
+            cmd
+        },
+        |round, _| {
+            let now = std::fs::read(&image).expect("the image is always there");
+            assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
+        },
+    );
     assert!(killed >= 3, "only {killed} of 6 runs were killed");
     std::fs::write(&image, &original).expect("restore");
     run_ok(&mut depmod());
     assert!(std::fs::read(&image).expect("read") == new);
-    let left: Vec<String> = [work.path(), scratch.as_path()]
-        .iter()
-        .flat_map(|dir| std::fs::read_dir(dir).expect("read_dir").flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("xdkms") || n.contains("tmp"))
-        .filter(|n| n != "tmp")
-        .collect();
+    let left = leftovers(&[work.path(), &scratch]);
     assert_eq!(left, Vec::<String>::new(), "left behind");
 }
 

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::util::{differing_files, make_fixture, run, run_ok, xdkms, TempDir, KMOD30_FILES};
+use crate::util::{
+    differing_files, fastest, kill_rounds, leftovers, make_fixture, run, run_ok, xdkms, TempDir, KMOD30_FILES,
+};
 
 pub const VERSION: &str = "6.1.0-fixture";
 
@@ -263,45 +265,34 @@ fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
         cmd
     };
     // Kill points are fractions of an uninterrupted run (the fastest of two).
-    let mut full_run = (0..2)
-        .map(|_| {
-            std::fs::write(&image, &original).expect("write");
-            let started = std::time::Instant::now();
-            run_ok(&mut depmod());
-            started.elapsed()
-        })
-        .min()
-        .expect("two runs");
+    let full_run = fastest(2, || {
+        std::fs::write(&image, &original).expect("write");
+        run_ok(&mut depmod());
+    });
     let new = std::fs::read(&image).expect("read");
     assert!(new != original, "depmod changed nothing");
-    let mut seed: u64 = 0x1ead;
-    let mut killed = 0;
-    for round in 0..6 {
-        std::fs::write(&image, &original).expect("restore");
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = full_run.mul_f64((seed >> 33) as f64 / (1u64 << 31) as f64);
-        let mut child = depmod().stderr(std::process::Stdio::null()).spawn().expect("spawn");
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        if child.wait().expect("wait").success() {
-            full_run = full_run.mul_f64(0.8);
-        } else {
-            killed += 1;
-        }
-        let now = std::fs::read(&image).expect("the image is always there");
-        assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
-    }
+    let killed = kill_rounds(
+        6,
+        0x1ead,
+        full_run,
+        |_, r| r,
+        |_| {
+            std::fs::write(&image, &original).expect("restore");
+            let mut cmd = depmod();
+            cmd.stderr(std::process::Stdio::null());
+            cmd
+        },
+        |round, _| {
+            let now = std::fs::read(&image).expect("the image is always there");
+            assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
+        },
+    );
     assert!(killed >= 3, "only {killed} of 6 runs were killed");
     // A run to the end clears what the killed ones left.
     std::fs::write(&image, &original).expect("restore");
     run_ok(&mut depmod());
     assert!(std::fs::read(&image).expect("read") == new);
-    let left: Vec<String> = [work.path(), scratch.as_path()]
-        .iter()
-        .flat_map(|dir| std::fs::read_dir(dir).expect("read_dir").flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("xdkms"))
-        .collect();
+    let left = leftovers(&[work.path(), &scratch]);
     assert_eq!(left, Vec::<String>::new(), "left behind");
 }
 

@@ -189,3 +189,57 @@ pub fn entries_named(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> 
 pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
     entries_named(dir, |name| name.ends_with(".xdkms-tmp"))
 }
+
+/// What a run may have left in `dirs` (not below them): entries named like xdkms's temporary
+/// files and scratch roots, or like any temporary file; `tmp` itself is a test's TMPDIR.
+pub fn leftovers(dirs: &[&Path]) -> Vec<String> {
+    dirs.iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("read_dir").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| (n.contains("xdkms") || n.contains("tmp")) && n != "tmp")
+        .collect()
+}
+
+/// The fastest of `runs` timed calls of `run`: what kill points are fractions of (other tests
+/// running at the same time make single timings vary).
+pub fn fastest(runs: usize, mut run: impl FnMut()) -> std::time::Duration {
+    (0..runs)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            run();
+            started.elapsed()
+        })
+        .min()
+        .expect("at least one run")
+}
+
+/// Kills `rounds` runs at points spread over an uninterrupted run of `full_run`: each run is the
+/// command `start(round)` gives (after restoring its input), killed after `fraction(round, r)`
+/// of `full_run`, where `r` in [0, 1) comes from a fixed-seed generator (a failure replays),
+/// then judged by `check(round, delay)`. A run that finishes before its kill means the machine
+/// got less busy: the estimate shrinks by a fifth, aiming earlier. How many runs were killed.
+pub fn kill_rounds(
+    rounds: usize,
+    mut seed: u64,
+    mut full_run: std::time::Duration,
+    mut fraction: impl FnMut(usize, f64) -> f64,
+    mut start: impl FnMut(usize) -> Command,
+    mut check: impl FnMut(usize, std::time::Duration),
+) -> usize {
+    let mut killed = 0;
+    for round in 0..rounds {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let random = (seed >> 33) as f64 / (1u64 << 31) as f64;
+        let delay = full_run.mul_f64(fraction(round, random));
+        let mut child = start(round).spawn().expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if child.wait().expect("wait").success() {
+            full_run = full_run.mul_f64(0.8);
+        } else {
+            killed += 1;
+        }
+        check(round, delay);
+    }
+    killed
+}
