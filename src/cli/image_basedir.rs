@@ -142,11 +142,16 @@ pub fn depmod_parts(version: &str) -> Vec<String> {
         format!("usr/lib/modules/{version}"),
         format!("boot/System.map-{version}"),
     ];
-    for dir in ["etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "usr/lib/depmod.d", "lib/depmod.d"] {
-        parts.push(dir.to_string());
-    }
-    parts.extend(crate::kmod_release::CANDIDATES.iter().map(|c| c.trim_start_matches('/').to_string()));
+    parts.extend(depmod_settings());
     parts
+}
+
+/// What depmod reads besides a kernel's modules and System.map: the depmod.d directories and
+/// the root's kmod binaries (which tell its release).
+fn depmod_settings() -> Vec<String> {
+    let dirs = ["etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "usr/lib/depmod.d", "lib/depmod.d"];
+    let binaries = crate::kmod_release::CANDIDATES.iter().map(|c| c.trim_start_matches('/'));
+    dirs.into_iter().chain(binaries).map(String::from).collect()
 }
 
 /// What `initramfs inject` reads: what depmod reads (it regenerates the image's indexes with
@@ -159,7 +164,7 @@ pub fn inject_parts(version: &str) -> Vec<String> {
 
 /// What the DKMS commands read in a root: the dkms tree, the module sources and kernel headers
 /// (/usr/src), /etc/dkms, os-release, /boot (System.map), every kernel's modules (status and
-/// depmod read them), and what depmod reads besides.
+/// depmod read them), and depmod's settings.
 pub fn dkms_parts() -> Vec<String> {
     let mut parts: Vec<String> = [
         "var/lib/dkms",
@@ -174,7 +179,7 @@ pub fn dkms_parts() -> Vec<String> {
     .iter()
     .map(|p| p.to_string())
     .collect();
-    parts.extend(depmod_parts("").into_iter().filter(|p| !p.contains("modules/") && !p.contains("System.map")));
+    parts.extend(depmod_settings());
     parts
 }
 
