@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Image editing benchmark (issue 12, acceptance 5, its ext4 half): a 1 GiB ext4 root image
-# holding Debian's amd64 kernel with its whole module tree, its headers, and a DKMS module
-# already built in the image's dkms tree. Timed, in alternating rounds (medians compared):
-#   install: `xdkms install --root IMAGE` of that module: the image's parts extracted, the
-#            module installed, the kernel's indexes regenerated, the image written back;
-#   mke2fs:  `mke2fs -d` making the same 1 GiB image from the extracted tree.
-# The issue's target is install <= 0.10 of mke2fs; the bound enforced here is the one this
-# design meets (every edit copies the image and extracts the module tree depmod reads), so that
-# a regression shows; both are printed.
+# Image editing benchmark (issue 12, acceptance 5): a root holding Debian's amd64 kernel with
+# its whole module tree, its headers, and a DKMS module already built in its dkms tree, as a
+# 1 GiB ext4 image and as an xz squashfs (98 MiB). Timed:
+#   ext4, in alternating rounds (medians compared):
+#     install: `xdkms install --root IMAGE` of that module: the image's parts extracted, the
+#              module installed, the kernel's indexes regenerated, the image written back;
+#     mke2fs:  `mke2fs -d` making the same 1 GiB image from the extracted tree.
+#   squashfs, one round each (mksquashfs takes ~50 s here; 1.2 is far from the ~0.65 measured):
+#     install:    the same install on the squashfs (a new image written, the old files' data
+#                 copied as stored, the fragment blocks packed and compressed again);
+#     mksquashfs: `mksquashfs -comp xz` of the extracted tree (every core).
+# The ext4 target is install <= 0.10 of mke2fs; the bound enforced there is the one this design
+# meets (every edit copies the image and extracts the module tree depmod reads), so that a
+# regression shows; both are printed. The squashfs target, 1.2 of mksquashfs, is enforced.
+# ARM64=1 adds Debian's arm64 sysroot to the squashfs's tree (173 MiB; the issue asks for 256).
 #   bash bench/images.sh [ROUNDS]
 set -euo pipefail
 rounds=${1:-3}
@@ -16,6 +22,7 @@ rounds=${1:-3}
 k=$XDKMS_KVER_AMD64
 bound=1.5
 target=0.10
+squashfs_bound=1.2
 
 tree=$work/tree
 mkdir -p "$tree/etc" "$tree/var/lib/dkms"
@@ -44,3 +51,28 @@ met=$([ "$(echo "$ratio <= $target" | bc)" = 1 ] && echo met || echo "not met")
 printf 'ext4 1 GiB image, one module: mke2fs -d %.2f s, xdkms install --root IMAGE %.2f s, ratio %s (bound %s; issue target %s: %s)\n' \
   "$mke2fs_s" "$install_s" "$ratio" "$bound" "$target" "$met"
 if [ "$(echo "$ratio > $bound" | bc)" = 1 ]; then echo "bench: image install ratio above $bound" >&2; exit 1; fi
+
+# The squashfs half: the tree as an xz squashfs, made once by mksquashfs (timed), edited once.
+squashfs_tree=$tree
+if [ "${ARM64:-0}" = 1 ]; then
+  squashfs_tree=$work/squashfs-tree
+  cp -al "$tree" "$squashfs_tree"
+  cp -al "$XDKMS_ROOT_ARM64" "$squashfs_tree/arm64"
+fi
+seconds mksquashfs "$squashfs_tree" "$work/base.squashfs" -comp xz -noappend -quiet -no-progress > "$work/mksquashfs"
+cp "$work/base.squashfs" "$work/image.squashfs"
+seconds "$xdkms" install --root "$work/image.squashfs" -q -k "$k" xdkms_test/1.0 > "$work/squashfs-install"
+"$xdkms" status --root "$work/image.squashfs" | grep -q ': installed$' || {
+  echo "bench: the module is not installed in the squashfs" >&2
+  exit 1
+}
+size_mib=$(( $(stat -c %s "$work/base.squashfs") / 1048576 ))
+mksquashfs_s=$(cat "$work/mksquashfs")
+squashfs_s=$(cat "$work/squashfs-install")
+squashfs_ratio=$(echo "scale=3; $squashfs_s / $mksquashfs_s" | bc)
+printf 'xz squashfs %s MiB, one module: mksquashfs %.2f s, xdkms install --root IMAGE %.2f s, ratio %s (bound %s)\n' \
+  "$size_mib" "$mksquashfs_s" "$squashfs_s" "$squashfs_ratio" "$squashfs_bound"
+if [ "$(echo "$squashfs_ratio > $squashfs_bound" | bc)" = 1 ]; then
+  echo "bench: squashfs install ratio above $squashfs_bound" >&2
+  exit 1
+fi

@@ -5,14 +5,17 @@
 //! The scratch directory is a plain directory, so every command reaches it through the same root
 //! handle (`cross::Sysroot`) as a root directory: confinement, symlinks resolved inside the root,
 //! writes beside their target. The image format only decides how the wanted parts are read out
-//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), ext2/3/4.
+//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), ext2/3/4,
+//! squashfs.
 
 mod disk;
 mod ext2fs;
 mod ext4_image;
+mod squashfs_codec;
+mod squashfs_image;
 mod tar_image;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -45,6 +48,8 @@ enum Format {
     /// An ext2/3/4 filesystem `len` bytes long, starting `offset` bytes into the file (a
     /// partition's, or 0 and the whole file).
     Ext4 { offset: u64, len: u64 },
+    /// A squashfs 4.0 image.
+    Squashfs,
 }
 
 /// An image file that is to serve as a root.
@@ -61,7 +66,8 @@ pub struct ImageRoot {
 }
 
 /// What every "not an image" message lists.
-const KINDS: &str = "ext2/3/4, alone or in a GPT or MBR partition; tar, plain or gzip, xz, zstd, bzip2 compressed";
+const KINDS: &str =
+    "ext2/3/4, alone or in a GPT or MBR partition; squashfs; tar, plain or gzip, xz, zstd, bzip2 compressed";
 
 impl ImageRoot {
     /// The image at `path`, or None when `path` is a directory (an ordinary root) or nothing
@@ -127,6 +133,7 @@ impl ImageRoot {
         match self.format {
             Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
             Format::Ext4 { offset, len } => ext4_image::extract(&self.path, offset, len, wanted, dir),
+            Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir),
         }
     }
 
@@ -243,6 +250,12 @@ fn detect(path: &Path) -> std::result::Result<Format, String> {
     if ext4_image::is_ext4(&head[..got]) {
         let len = std::fs::metadata(path).map_err(unreadable)?.len();
         return Ok(Format::Ext4 { offset: 0, len });
+    }
+    if squashfs_image::is_squashfs(&head[..got]) {
+        return match squashfs_image::refusal(path).map_err(unreadable)? {
+            Some(why) => Err(why),
+            None => Ok(Format::Squashfs),
+        };
     }
     if let Some(codec) = tar_codec(path).map_err(unreadable)? {
         return Ok(Format::Tar { codec });
@@ -424,6 +437,7 @@ impl View {
         let written = match self.image.format {
             Format::Tar { codec } => tar_image::rewrite(source, &dest, codec, dir, &changes),
             Format::Ext4 { offset, len } => ext4_image::rewrite(source, &dest, offset, len, dir, &changes),
+            Format::Squashfs => squashfs_image::rewrite(source, &dest, dir, &changes),
         };
         written.map_err(|e| self.image.error(format!("writing the changes into {}: {e}", shown_dest(output))))?;
         Ok(changes.len())
@@ -537,6 +551,31 @@ fn resolve(entry: &mut dyn FnMut(&str) -> Option<Entry>, path: &str, keep: &mut 
     Some(at.join("/"))
 }
 
+/// The entries to extract for `wanted` from an image whose entries are `entries` (by
+/// normalized path): each wanted path's entry and everything below it, with the symlinks and
+/// directories leading there.
+fn needed(entries: &HashMap<String, Entry>, wanted: &[String]) -> BTreeSet<String> {
+    let mut keep = BTreeSet::new();
+    let mut places = Vec::new();
+    for path in wanted {
+        if let Some(place) = resolve(&mut |p| entries.get(p).cloned(), path, &mut keep) {
+            places.push(place);
+        }
+    }
+    for name in entries.keys() {
+        if places.iter().any(|p| !p.is_empty() && (name == p || name.starts_with(&format!("{p}/")))) {
+            keep.insert(name.clone());
+        }
+    }
+    let ancestors: Vec<String> = keep
+        .iter()
+        .flat_map(|name| name.match_indices('/').map(|(i, _)| name[..i].to_string()).collect::<Vec<_>>())
+        .filter(|dir| entries.contains_key(dir))
+        .collect();
+    keep.extend(ancestors);
+    keep
+}
+
 /// The mtime a file written into an image gets: SOURCE_DATE_EPOCH when set, else its own.
 fn written_mtime(meta: &std::fs::Metadata) -> i64 {
     crate::dkms::date::source_date_epoch().unwrap_or_else(|| meta.mtime())
@@ -545,6 +584,57 @@ fn written_mtime(meta: &std::fs::Metadata) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn members(list: &[(&str, Entry)]) -> HashMap<String, Entry> {
+        list.iter().map(|(name, entry)| (name.to_string(), entry.clone())).collect()
+    }
+
+    fn link(target: &str) -> Entry {
+        Entry::Symlink(target.to_string())
+    }
+
+    #[test]
+    fn wanted_paths_follow_symlinks_inside_the_image() {
+        use Entry::{Dir, Other};
+        let archive = members(&[
+            ("lib", link("usr/lib")),
+            ("usr", Dir),
+            ("usr/lib", Dir),
+            ("usr/lib/modules", Dir),
+            ("usr/lib/modules/6.1", Dir),
+            ("usr/lib/modules/6.1/kernel.ko", Other),
+            ("usr/lib/modules/6.1/build", link("/usr/src/linux-6.1")),
+            ("usr/lib/modules/5.10/old.ko", Other),
+            ("usr/src/linux-6.1/Makefile", Other),
+            ("etc/hostname", Other),
+            ("sbin", link("/usr/../usr/sbin")),
+            ("usr/sbin/depmod", link("../bin/kmod")),
+            ("usr/bin/kmod", Other),
+        ]);
+        let keep = needed(&archive, &["lib/modules/6.1".to_string(), "sbin/depmod".to_string()]);
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        assert_eq!(
+            keep,
+            [
+                "lib",
+                "sbin",
+                "usr",
+                "usr/bin/kmod",
+                "usr/lib",
+                "usr/lib/modules",
+                "usr/lib/modules/6.1",
+                "usr/lib/modules/6.1/build",
+                "usr/lib/modules/6.1/kernel.ko",
+                "usr/sbin/depmod",
+            ]
+        );
+    }
+
+    #[test]
+    fn symlink_loops_resolve_to_nothing() {
+        let archive = members(&[("a", link("b")), ("b", link("a"))]);
+        assert!(needed(&archive, &["a/x".to_string()]).iter().all(|n| n == "a" || n == "b"));
+    }
 
     #[test]
     fn a_link_target_is_read_from_its_words_inside_the_root() {

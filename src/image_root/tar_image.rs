@@ -2,7 +2,7 @@
 //! extraction, and the archive written again with the command's changes, every other entry
 //! (its extension headers included) copied byte for byte and in its place.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -12,7 +12,7 @@ use initramfs::codec::Encoder;
 use initramfs::stream::{decoder, Input};
 use initramfs::{Codec, Level};
 
-use super::{normalize, resolve, written_mtime, Change, Entry};
+use super::{needed, normalize, written_mtime, Change, Entry};
 
 /// A GNU long name or pax record block larger than this is refused, not held in memory.
 const LARGEST_EXTENSION: u64 = 1 << 20;
@@ -33,13 +33,6 @@ pub fn is_tar_header(block: &[u8]) -> bool {
     block[0] != 0 && stored == Some(sum)
 }
 
-/// One entry of the archive, as far as finding the wanted parts goes.
-struct Member {
-    kind: tar::EntryType,
-    /// A symlink's target as stored.
-    link: Option<String>,
-}
-
 /// Opens the archive at `path` through its codec and hands it to `body`.
 fn with_archive<T>(
     path: &Path,
@@ -53,48 +46,25 @@ fn with_archive<T>(
 }
 
 /// Every entry by normalized path (the last one of a path wins, as tar extracts them).
-fn scan(path: &Path, codec: Codec) -> io::Result<HashMap<String, Member>> {
+fn scan(path: &Path, codec: Codec) -> io::Result<HashMap<String, Entry>> {
     with_archive(path, codec, |archive| {
         let mut members = HashMap::new();
         for entry in archive.entries()? {
             let entry = entry?;
             let Some(name) = normalize(&entry.path_bytes()) else { continue };
-            let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
-            members.insert(name, Member { kind: entry.header().entry_type(), link });
+            let kind = entry.header().entry_type();
+            let member = if kind.is_symlink() {
+                let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
+                Entry::Symlink(link.unwrap_or_default())
+            } else if kind.is_dir() {
+                Entry::Dir
+            } else {
+                Entry::Other
+            };
+            members.insert(name, member);
         }
         Ok(members)
     })
-}
-
-/// The entries to extract for `wanted`: each wanted path's entries and everything below it,
-/// with the symlinks and directories leading there.
-fn needed(members: &HashMap<String, Member>, wanted: &[String]) -> BTreeSet<String> {
-    let mut keep = BTreeSet::new();
-    let mut places = Vec::new();
-    for path in wanted {
-        let mut entry = |p: &str| {
-            members.get(p).map(|m| match (m.kind.is_symlink(), m.kind.is_dir()) {
-                (true, _) => Entry::Symlink(m.link.clone().unwrap_or_default()),
-                (false, true) => Entry::Dir,
-                _ => Entry::Other,
-            })
-        };
-        if let Some(place) = resolve(&mut entry, path, &mut keep) {
-            places.push(place);
-        }
-    }
-    for name in members.keys() {
-        if places.iter().any(|p| !p.is_empty() && (name == p || name.starts_with(&format!("{p}/")))) {
-            keep.insert(name.clone());
-        }
-    }
-    let ancestors: Vec<String> = keep
-        .iter()
-        .flat_map(|name| name.match_indices('/').map(|(i, _)| name[..i].to_string()).collect::<Vec<_>>())
-        .filter(|dir| members.contains_key(dir))
-        .collect();
-    keep.extend(ancestors);
-    keep
 }
 
 /// Extracts the entries `wanted` needs into `dir` (modes and mtimes kept, owners not).
@@ -372,56 +342,6 @@ fn append_new(out: &mut impl Write, dir: &Path, name: &str, dot_prefix: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn members(list: &[(&str, tar::EntryType, Option<&str>)]) -> HashMap<String, Member> {
-        list.iter()
-            .map(|(name, kind, link)| (name.to_string(), Member { kind: *kind, link: link.map(String::from) }))
-            .collect()
-    }
-
-    #[test]
-    fn wanted_paths_follow_symlinks_inside_the_archive() {
-        use tar::EntryType::{Directory, Regular, Symlink};
-        let archive = members(&[
-            ("lib", Symlink, Some("usr/lib")),
-            ("usr", Directory, None),
-            ("usr/lib", Directory, None),
-            ("usr/lib/modules", Directory, None),
-            ("usr/lib/modules/6.1", Directory, None),
-            ("usr/lib/modules/6.1/kernel.ko", Regular, None),
-            ("usr/lib/modules/6.1/build", Symlink, Some("/usr/src/linux-6.1")),
-            ("usr/lib/modules/5.10/old.ko", Regular, None),
-            ("usr/src/linux-6.1/Makefile", Regular, None),
-            ("etc/hostname", Regular, None),
-            ("sbin", Symlink, Some("/usr/../usr/sbin")),
-            ("usr/sbin/depmod", Symlink, Some("../bin/kmod")),
-            ("usr/bin/kmod", Regular, None),
-        ]);
-        let keep = needed(&archive, &["lib/modules/6.1".to_string(), "sbin/depmod".to_string()]);
-        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-        assert_eq!(
-            keep,
-            [
-                "lib",
-                "sbin",
-                "usr",
-                "usr/bin/kmod",
-                "usr/lib",
-                "usr/lib/modules",
-                "usr/lib/modules/6.1",
-                "usr/lib/modules/6.1/build",
-                "usr/lib/modules/6.1/kernel.ko",
-                "usr/sbin/depmod",
-            ]
-        );
-    }
-
-    #[test]
-    fn symlink_loops_resolve_to_nothing() {
-        use tar::EntryType::Symlink;
-        let archive = members(&[("a", Symlink, Some("b")), ("b", Symlink, Some("a"))]);
-        assert!(needed(&archive, &["a/x".to_string()]).iter().all(|n| n == "a" || n == "b"));
-    }
 
     #[test]
     fn pax_records_keep_their_length_prefix_right() {

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use crate::images::{as_on_image, assert_refused, index_names, make_root, text, VERSION};
-use crate::util::{differing_files, fastest, kill_rounds, leftovers, run, run_ok, xdkms, TempDir, KMOD30_FILES};
+use crate::images::{
+    as_on_image, assert_killed_depmod_leaves_the_old_or_the_new_image, assert_modinfo_as_on_directory,
+    assert_no_temporaries_beside, assert_refused, index_names, make_root, text, VERSION,
+};
+use crate::util::{differing_files, run, run_ok, xdkms, TempDir, KMOD30_FILES};
 
 /// An ext4 image of `root` made by mke2fs -d, `size` big (as mke2fs reads sizes: `64M`).
 fn make_ext4(root: &Path, image: &Path, size: &str) {
@@ -143,15 +146,7 @@ fn modinfo_on_an_ext4_image_prints_what_it_prints_on_the_directory() {
     make_root(&root, true);
     let image = base.join("rootfs.ext4");
     make_ext4(&root, &image, "16M");
-    let bytes = std::fs::read(&image).expect("image");
-    for args in [vec!["-k", VERSION, "mod-e"], vec!["-k", VERSION, "-F", "alias", "core_a"], vec!["mod_c"]] {
-        let on_image = run(xdkms().arg("modinfo").arg("-b").arg(&image).args(&args));
-        let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(&root).args(&args));
-        assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
-        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &root, &image), "{args:?}");
-        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &root, &image), "{args:?}");
-    }
-    assert!(std::fs::read(&image).expect("image") == bytes, "modinfo changed the image");
+    assert_modinfo_as_on_directory(&image, &root);
 }
 
 /// A field of the superblock (1024 bytes in) as dumpe2fs prints it.
@@ -220,17 +215,12 @@ fn bad_ext4_images_are_refused_with_their_name_and_left_alone() {
     assert_refused(&out, &unclean, &unclean_bytes, "a journal that needs recovery");
     assert!(text(&out.stderr).contains("e2fsck"), "the message says what to do: {}", text(&out.stderr));
 
-    let names: Vec<String> = std::fs::read_dir(base.path())
-        .expect("base")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
+    assert_no_temporaries_beside(base.path());
 }
 
 /// A root holding Debian's amd64 `kernel/drivers/DRIVERS` and the module lists depmod reads;
 /// the kernel's version.
-fn debian_drivers_root(root: &Path, drivers: &str) -> String {
+pub fn debian_drivers_root(root: &Path, drivers: &str) -> String {
     let r = crate::util::refs();
     let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
     let dir = format!("lib/modules/{version}");
@@ -255,46 +245,8 @@ fn killed_depmod_on_an_ext4_image_leaves_the_old_or_the_new_image() {
     let original_path = work.join("original.ext4");
     make_ext4(&root, &original_path, "160M");
     let original = std::fs::read(&original_path).expect("read");
-    let image = work.join("rootfs.ext4");
-    let scratch = work.join("tmp");
-    std::fs::create_dir_all(&scratch).expect("mkdir");
-    let depmod = || {
-        let mut cmd = xdkms();
-        cmd.env("SOURCE_DATE_EPOCH", "1").env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(&version);
-        cmd
-    };
-    let mut runs = Vec::new();
-    let full_run = fastest(2, || {
-        std::fs::write(&image, &original).expect("write");
-        run_ok(&mut depmod());
-        runs.push(std::fs::read(&image).expect("read"));
-    });
-    let new = runs.pop().expect("two runs");
-    assert!(runs[0] == new, "two runs with SOURCE_DATE_EPOCH wrote different images");
-    assert!(new != original, "depmod changed nothing");
-    e2fsck_clean(&image, "after an uninterrupted run");
-    let killed = kill_rounds(
-        6,
-        0xe4e4,
-        full_run,
-        |_, r| r,
-        |_| {
-            std::fs::write(&image, &original).expect("restore");
-            let mut cmd = depmod();
-            cmd.stderr(std::process::Stdio::null());
-            cmd
-        },
-        |round, _| {
-            let now = std::fs::read(&image).expect("the image is always there");
-            assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
-        },
-    );
-    assert!(killed >= 3, "only {killed} of 6 runs were killed");
-    std::fs::write(&image, &original).expect("restore");
-    run_ok(&mut depmod());
-    assert!(std::fs::read(&image).expect("read") == new);
-    let left = leftovers(&[work.path(), &scratch]);
-    assert_eq!(left, Vec::<String>::new(), "left behind");
+    assert_killed_depmod_leaves_the_old_or_the_new_image(&work, &original, "rootfs.ext4", &version, 0xe4e4);
+    e2fsck_clean(&work.join("rootfs.ext4"), "after an uninterrupted run");
 }
 
 /// A disk image with a `label` (gpt or dos) partition table: each partition `size_mib` big

@@ -84,6 +84,27 @@ fn raw_entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
     entries
 }
 
+/// modinfo -b on `image` (made from the directory `root`) prints what it prints on `root`, for
+/// a name, an alias field and a module of no kernel named, and leaves the image's bytes alone.
+pub fn assert_modinfo_as_on_directory(image: &Path, root: &Path) {
+    let bytes = std::fs::read(image).expect("image");
+    for args in [vec!["-k", VERSION, "mod-e"], vec!["-k", VERSION, "-F", "alias", "core_a"], vec!["mod_c"]] {
+        let on_image = run(xdkms().arg("modinfo").arg("-b").arg(image).args(&args));
+        let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(root).args(&args));
+        assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, root, image), "{args:?}");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, root, image), "{args:?}");
+    }
+    assert!(std::fs::read(image).expect("image") == bytes, "modinfo changed the image");
+}
+
+/// No temporary file is left in `dir` (where the images of a refusal test are).
+pub fn assert_no_temporaries_beside(dir: &Path) {
+    let names: Vec<String> =
+        std::fs::read_dir(dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
+}
+
 /// Extracts an image into `dir`.
 fn extract(image: &Path, dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
@@ -177,15 +198,7 @@ fn modinfo_on_a_tar_image_prints_what_it_prints_on_the_directory() {
     make_root(&root, true);
     let image = base.join("rootfs.tar.zst");
     make_tar(&root, "gnu", "zstd -q", &image);
-    let bytes = std::fs::read(&image).expect("image");
-    for args in [vec!["-k", VERSION, "mod-e"], vec!["-k", VERSION, "-F", "alias", "core_a"], vec!["mod_c"]] {
-        let on_image = run(xdkms().arg("modinfo").arg("-b").arg(&image).args(&args));
-        let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(&root).args(&args));
-        assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
-        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &root, &image), "{args:?}");
-        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &root, &image), "{args:?}");
-    }
-    assert!(std::fs::read(&image).expect("image") == bytes, "modinfo changed the image");
+    assert_modinfo_as_on_directory(&image, &root);
 }
 
 pub fn assert_refused(out: &Output, image: &Path, before: &[u8], what: &str) {
@@ -229,18 +242,12 @@ fn bad_images_are_refused_with_their_name_and_left_alone() {
     let out = run(xdkms().arg("depmod").arg("-n").arg("-b").arg(&read_only).arg(VERSION));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(std::fs::read(&read_only).expect("image") == whole);
-    let names: Vec<String> = std::fs::read_dir(base.path())
-        .expect("base")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.iter().all(|n| !n.contains("tmp")), "temporary files left beside the images: {names:?}");
+    assert_no_temporaries_beside(base.path());
 }
 
 /// SIGKILL at random points of `depmod -b IMAGE` on a tar.zst of Debian's network drivers (the
-/// tree's largest directory, so that each step of a run takes long enough to be hit): the image
-/// is always the old one or the new one, and the next run clears what a killed one left (its
-/// scratch root, a half-written image beside the old one).
+/// tree's largest directory, so that each step of a run takes long enough to be hit): see
+/// [`assert_killed_depmod_leaves_the_old_or_the_new_image`].
 #[test]
 fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
     let r = crate::util::refs();
@@ -256,44 +263,63 @@ fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
     );
     run_ok(Command::new("bash").args(["-c", &script]));
     let original = std::fs::read(&original_path).expect("read");
-    let image = work.join("rootfs.tar.zst");
+    assert_killed_depmod_leaves_the_old_or_the_new_image(&work, &original, "rootfs.tar.zst", &version, 0x1ead);
+}
+
+/// SIGKILL at 6 seeded random points of `depmod -b IMAGE VERSION` on the image `original`,
+/// written at `work/NAME` before each run: the image is always the old one or the new one; two
+/// runs to the end (SOURCE_DATE_EPOCH set) write the same bytes; the next run clears what a
+/// killed one left (its scratch root, a half-written image beside the old one). The new image
+/// (left at `work/NAME`).
+pub fn assert_killed_depmod_leaves_the_old_or_the_new_image(
+    work: &TempDir,
+    original: &[u8],
+    name: &str,
+    version: &str,
+    seed: u64,
+) -> Vec<u8> {
+    let image = work.join(name);
     let scratch = work.join("tmp");
     std::fs::create_dir_all(&scratch).expect("mkdir");
     let depmod = || {
         let mut cmd = xdkms();
-        cmd.env("SOURCE_DATE_EPOCH", "1").env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(&version);
+        cmd.env("SOURCE_DATE_EPOCH", "1").env("TMPDIR", &scratch).arg("depmod").arg("-b").arg(&image).arg(version);
         cmd
     };
     // Kill points are fractions of an uninterrupted run (the fastest of two).
+    let mut runs = Vec::new();
     let full_run = fastest(2, || {
-        std::fs::write(&image, &original).expect("write");
+        std::fs::write(&image, original).expect("write");
         run_ok(&mut depmod());
+        runs.push(std::fs::read(&image).expect("read"));
     });
-    let new = std::fs::read(&image).expect("read");
-    assert!(new != original, "depmod changed nothing");
+    let new = runs.pop().expect("two runs");
+    assert!(runs[0] == new, "{name}: two runs with SOURCE_DATE_EPOCH wrote different images");
+    assert!(new != original, "{name}: depmod changed nothing");
     let killed = kill_rounds(
         6,
-        0x1ead,
+        seed,
         full_run,
         |_, r| r,
         |_| {
-            std::fs::write(&image, &original).expect("restore");
+            std::fs::write(&image, original).expect("restore");
             let mut cmd = depmod();
             cmd.stderr(std::process::Stdio::null());
             cmd
         },
         |round, _| {
             let now = std::fs::read(&image).expect("the image is always there");
-            assert!(now == original || now == new, "round {round}: the image is neither the old nor the new one");
+            assert!(now == original || now == new, "{name}, round {round}: neither the old nor the new image");
         },
     );
-    assert!(killed >= 3, "only {killed} of 6 runs were killed");
+    assert!(killed >= 3, "{name}: only {killed} of 6 runs were killed");
     // A run to the end clears what the killed ones left.
-    std::fs::write(&image, &original).expect("restore");
+    std::fs::write(&image, original).expect("restore");
     run_ok(&mut depmod());
-    assert!(std::fs::read(&image).expect("read") == new);
+    assert!(std::fs::read(&image).expect("read") == new, "{name}");
     let left = leftovers(&[work.path(), &scratch]);
-    assert_eq!(left, Vec::<String>::new(), "left behind");
+    assert_eq!(left, Vec::<String>::new(), "{name}: left behind");
+    new
 }
 
 /// `initramfs inject --root IMAGE`: the modules come out of the image's parts (extracted, never

@@ -18,4 +18,5 @@ mod modinfo;
 mod recipes;
 mod robustness;
 mod signing;
+mod squashfs_images;
 mod util;
