@@ -173,6 +173,37 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Writes a member with every field of `header` as given, its inode number included (a
+    /// member copied from another archive keeps its hard links), and `header.file_size` bytes
+    /// of `data`.
+    pub fn member_as_is(&mut self, header: &crate::stream::Header, data: &mut dyn Read) -> io::Result<()> {
+        let name = std::str::from_utf8(&header.name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("member {} has a name that is not UTF-8", header.name.escape_ascii()),
+            )
+        })?;
+        self.members += 1;
+        let builder = cpio::newc::Builder::new(name)
+            .ino(header.ino)
+            .mode(header.mode)
+            .uid(header.uid)
+            .gid(header.gid)
+            .nlink(header.nlink)
+            .mtime(header.mtime)
+            .dev_major(header.dev_major)
+            .dev_minor(header.dev_minor)
+            .rdev_major(header.rdev_major)
+            .rdev_minor(header.rdev_minor);
+        let mut writer = builder.write(&mut self.out, header.file_size);
+        let copied = io::copy(&mut data.take(u64::from(header.file_size)), &mut writer)?;
+        if copied != u64::from(header.file_size) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{name}: its data ended early")));
+        }
+        writer.finish()?;
+        Ok(())
+    }
+
     /// Writes the trailer and the padding; returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         cpio::newc::trailer(&mut self.out)?;

@@ -107,7 +107,7 @@ pub struct CreateArgs {
 /// firmware from ROOT to an image, and regenerate its module indexes.
 #[argh(subcommand, name = "inject")]
 pub struct InjectArgs {
-    /// the root (a directory, or a tar, ext2/3/4, squashfs or disk image) whose lib/modules/VERSION and
+    /// the root (a directory, or a tar, cpio, ext2/3/4, squashfs or disk image) whose lib/modules/VERSION and
     /// lib/firmware provide the modules
     #[argh(option)]
     pub root: PathBuf,

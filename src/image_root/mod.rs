@@ -5,9 +5,10 @@
 //! The scratch directory is a plain directory, so every command reaches it through the same root
 //! handle (`cross::Sysroot`) as a root directory: confinement, symlinks resolved inside the root,
 //! writes beside their target. The image format only decides how the wanted parts are read out
-//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), ext2/3/4,
-//! squashfs.
+//! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), cpio (any
+//! initramfs codec), ext2/3/4, squashfs.
 
+mod cpio_image;
 mod disk;
 mod ext2fs;
 mod ext4_image;
@@ -50,6 +51,8 @@ enum Format {
     Ext4 { offset: u64, len: u64 },
     /// A squashfs 4.0 image.
     Squashfs,
+    /// One newc (or crc) cpio archive, compressed with `codec`.
+    Cpio { codec: Codec },
 }
 
 /// An image file that is to serve as a root.
@@ -67,7 +70,7 @@ pub struct ImageRoot {
 
 /// What every "not an image" message lists.
 const KINDS: &str =
-    "ext2/3/4, alone or in a GPT or MBR partition; squashfs; tar, plain or gzip, xz, zstd, bzip2 compressed";
+    "ext2/3/4, alone or in a GPT or MBR partition; squashfs; tar, plain or gzip, xz, zstd, bzip2 compressed; cpio (newc), plain or compressed";
 
 impl ImageRoot {
     /// The image at `path`, or None when `path` is a directory (an ordinary root) or nothing
@@ -134,6 +137,7 @@ impl ImageRoot {
             Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
             Format::Ext4 { offset, len } => ext4_image::extract(&self.path, offset, len, wanted, dir),
             Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir),
+            Format::Cpio { .. } => cpio_image::extract(&self.path, wanted, dir),
         }
     }
 
@@ -260,6 +264,9 @@ fn detect(path: &Path) -> std::result::Result<Format, String> {
     if let Some(codec) = tar_codec(path).map_err(unreadable)? {
         return Ok(Format::Tar { codec });
     }
+    if let Some(codec) = cpio_codec(path).map_err(unreadable)? {
+        return Ok(Format::Cpio { codec });
+    }
     match disk::partitions(path).map_err(unreadable)? {
         Some(partitions) => root_partition(path, &partitions),
         None => Err(format!("not a root directory or an image xdkms can open ({KINDS})")),
@@ -268,14 +275,25 @@ fn detect(path: &Path) -> std::result::Result<Format, String> {
 
 /// The codec of a tar archive at `path`, None when it is none.
 fn tar_codec(path: &Path) -> io::Result<Option<Codec>> {
+    archive_codec(path, 512, tar_image::is_tar_header)
+}
+
+/// The codec of a cpio archive at `path`, None when it is none.
+fn cpio_codec(path: &Path) -> io::Result<Option<Codec>> {
+    archive_codec(path, 6, cpio_image::is_cpio_header)
+}
+
+/// The codec of the file at `path` (none, or the one its magic names) when its first `len`
+/// decoded bytes are what `starts` looks for.
+fn archive_codec(path: &Path, len: usize, starts: fn(&[u8]) -> bool) -> io::Result<Option<Codec>> {
     let mut head = [0u8; 6];
     let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
     let codec = Codec::detect(&head[..got]).unwrap_or(Codec::None);
     let mut input = initramfs::stream::Input::new(std::fs::File::open(path)?);
     let Ok(mut decoded) = initramfs::stream::decoder(codec, &mut input) else { return Ok(None) };
-    let mut block = [0u8; 512];
+    let mut block = vec![0u8; len];
     let got = read_up_to(&mut decoded, &mut block).unwrap_or(0);
-    Ok(tar_image::is_tar_header(&block[..got]).then_some(codec))
+    Ok(starts(&block[..got]).then_some(codec))
 }
 
 /// The format of partition `number` of the disk at `path`.
@@ -438,6 +456,7 @@ impl View {
             Format::Tar { codec } => tar_image::rewrite(source, &dest, codec, dir, &changes),
             Format::Ext4 { offset, len } => ext4_image::rewrite(source, &dest, offset, len, dir, &changes),
             Format::Squashfs => squashfs_image::rewrite(source, &dest, dir, &changes),
+            Format::Cpio { codec } => cpio_image::rewrite(source, &dest, codec, dir, &changes),
         };
         written.map_err(|e| self.image.error(format!("writing the changes into {}: {e}", shown_dest(output))))?;
         Ok(changes.len())
@@ -574,6 +593,18 @@ fn needed(entries: &HashMap<String, Entry>, wanted: &[String]) -> BTreeSet<Strin
         .collect();
     keep.extend(ancestors);
     keep
+}
+
+/// The level the compressing tool uses by default (`gzip`, `xz`, `zstd`, `bzip2`): what most
+/// images were made with (the image does not say), where the initramfs codecs' own defaults
+/// are those of small images compressed once and booted many times.
+fn cli_default_level(codec: Codec) -> initramfs::Level {
+    initramfs::Level(match codec {
+        Codec::Gzip | Codec::Xz | Codec::Lzma => Some(6),
+        Codec::Zstd => Some(3),
+        Codec::Bzip2 => Some(9),
+        _ => None,
+    })
 }
 
 /// The mtime a file written into an image gets: SOURCE_DATE_EPOCH when set, else its own.

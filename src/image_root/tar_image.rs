@@ -10,9 +10,9 @@ use std::path::Path;
 
 use initramfs::codec::Encoder;
 use initramfs::stream::{decoder, Input};
-use initramfs::{Codec, Level};
+use initramfs::Codec;
 
-use super::{needed, normalize, written_mtime, Change, Entry};
+use super::{cli_default_level, needed, normalize, written_mtime, Change, Entry};
 
 /// A GNU long name or pax record block larger than this is refused, not held in memory.
 const LARGEST_EXTENSION: u64 = 1 << 20;
@@ -175,18 +175,6 @@ pub fn rewrite(path: &Path, dest: &Path, codec: Codec, dir: &Path, changes: &[Ch
         // The end of the archive: two zero blocks.
         out.write_all(&[0u8; 1024])?;
         out.finish()?.flush()
-    })
-}
-
-/// The level the compressing tool uses by default (`gzip`, `xz`, `zstd`, `bzip2`): what most
-/// images were made with (the image does not say), where the initramfs codecs' own defaults
-/// are those of small images compressed once and booted many times.
-fn cli_default_level(codec: Codec) -> Level {
-    Level(match codec {
-        Codec::Gzip | Codec::Xz | Codec::Lzma => Some(6),
-        Codec::Zstd => Some(3),
-        Codec::Bzip2 => Some(9),
-        _ => None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The DKMS commands with `--root IMAGE` (issue 12): install, status and remove on an ext4
-//! image, a squashfs and a tar.zst of a root holding Debian's kernel headers print what they print on
+//! image, a squashfs, a cpio.zst and a tar.zst of a root holding Debian's kernel headers print what they print on
 //! the directory the image was made from and leave the image holding what they leave there.
 
 use std::path::{Path, PathBuf};
@@ -25,13 +25,19 @@ fn headers_root(dir: &Path) -> String {
     version
 }
 
-/// The image's tree, extracted with the format's own tool (debugfs's rdump, unsquashfs, tar).
+/// The image's tree, extracted with the format's own tool (debugfs's rdump, unsquashfs, cpio,
+/// tar).
 fn unpack(image: &Path, into: &Path) {
     if image.extension().is_some_and(|e| e == "squashfs") {
         run_ok(Command::new("unsquashfs").arg("-q").arg("-n").arg("-d").arg(into).arg(image));
         return;
     }
     std::fs::create_dir_all(into).expect("mkdir");
+    if image.to_string_lossy().ends_with(".cpio.zst") {
+        let script = format!("zstd -dcq {} | cpio -idm --quiet --no-absolute-filenames", image.display());
+        run_ok(Command::new("bash").args(["-c", &script]).current_dir(into));
+        return;
+    }
     if image.extension().is_some_and(|e| e == "ext4") {
         for top in ["lib", "var", "usr", "etc"] {
             run(Command::new("debugfs").arg("-R").arg(format!("rdump /{top} {}", into.display())).arg(image));
@@ -74,14 +80,14 @@ fn both(image: &Path, dir: &Path, args: &[&str]) {
     assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, dir, image), "{args:?}: stderr");
 }
 
-/// install, status, then remove, on an ext4 image, a squashfs and a tar.zst: each step prints what it
+/// install, status, then remove, on an ext4 image, a squashfs, a cpio.zst and a tar.zst: each step prints what it
 /// prints on the directory, and leaves the image's dkms tree, module directory and sources as
 /// it leaves the directory's (the module byte for byte); ext4 stays clean for e2fsck.
 #[test]
 fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms/xdkms_test-1.0");
     let fixture = fixture.display().to_string();
-    for kind in ["ext4", "squashfs", "tar.zst"] {
+    for kind in ["ext4", "squashfs", "cpio.zst", "tar.zst"] {
         let work = TempDir::new(&format!("dkms-image-{kind}"));
         let root = work.join("root");
         let version = headers_root(&root);
@@ -91,6 +97,13 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
         } else if kind == "squashfs" {
             let options = ["-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-Xcompression-level", "1"];
             run_ok(Command::new("mksquashfs").arg(&root).arg(&image).args(options));
+        } else if kind == "cpio.zst" {
+            let script = format!(
+                "set -o pipefail; cd {} && find . | cpio -o -H newc --quiet | zstd -q -1 > {}",
+                root.display(),
+                image.display()
+            );
+            run_ok(Command::new("bash").args(["-c", &script]));
         } else {
             let script =
                 format!("set -o pipefail; tar -C {} -cf - . | zstd -q -1 > {}", root.display(), image.display());

@@ -374,3 +374,126 @@ fn inject_takes_a_tar_image_as_its_root() {
     assert!(written.len() > 100_000, "nvme and e1000e are in it");
     assert!(std::fs::read(&image).expect("image") == image_bytes, "inject changed its root image");
 }
+
+/// A newc archive of `root` made by GNU cpio (`find . | cpio -o -H newc`), through `compressor`.
+fn make_cpio(root: &Path, compressor: &str, image: &Path) {
+    let script = format!(
+        "set -o pipefail; cd {} && find . | LC_ALL=C sort | cpio -o -H newc --quiet | {compressor} > {}",
+        root.display(),
+        image.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]));
+}
+
+/// A cpio image extracted into `dir` by GNU cpio (owners, modes and mtimes kept).
+fn uncpio(image: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let script = format!(
+        "set -o pipefail; {{ zstd -dcq {0} 2>/dev/null || gzip -dc {0} 2>/dev/null || cat {0}; }} | \
+         cpio -idm --quiet --no-absolute-filenames",
+        image.display()
+    );
+    run_ok(Command::new("bash").args(["-c", &script]).current_dir(dir));
+}
+
+/// Each entry under `dir` as find prints it: type and mode, owner, size, mtime, link target
+/// (the mtime of a directory or symlink left out: cpio -idm does not set those).
+fn find_listing(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let out = run_ok(
+        Command::new("find").args([".", "-mindepth", "1", "-printf", "%P %y%m %U:%G %s %T@ %l\\n"]).current_dir(dir),
+    );
+    let without_dir_mtime = |rest: &str| match rest.starts_with('d') || rest.starts_with('l') {
+        true => rest.split(' ').enumerate().filter(|(i, _)| *i != 3).map(|(_, f)| f).collect::<Vec<_>>().join(" "),
+        false => rest.to_string(),
+    };
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(p, rest)| (p.to_string(), without_dir_mtime(rest))))
+        .collect()
+}
+
+/// depmod -b IMAGE on cpio archives (gzip, zstd, plain; flat and merged /usr) made by GNU
+/// cpio: output as on the extracted tree, kmod's indexes, and every other entry extracted by
+/// cpio as it was (type, mode, owner, size, mtime, link target, bytes).
+#[test]
+fn depmod_on_cpio_images_writes_what_kmod_writes_and_keeps_the_rest() {
+    for (compressor, suffix, merged_usr) in
+        [("gzip -n", "cpio.gz", false), ("zstd -q", "cpio.zst", true), ("cat", "cpio", false)]
+    {
+        let base = TempDir::new(&format!("image-{suffix}"));
+        let root = base.join("root");
+        make_root(&root, merged_usr);
+        let image = base.join(format!("rootfs.{suffix}"));
+        make_cpio(&root, compressor, &image);
+        let original = base.join(format!("original.{suffix}"));
+        std::fs::copy(&image, &original).expect("copy");
+
+        let on_image = run(xdkms().arg("depmod").arg("-b").arg(&image).arg(VERSION));
+        let on_dir_root = base.join("dir");
+        uncpio(&original, &on_dir_root);
+        let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
+        assert_eq!(on_image.status.code(), Some(0), "{suffix}: {}", text(&on_image.stderr));
+        assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &on_dir_root, &image), "{suffix}: stdout");
+        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
+        let magic = |p: &Path| std::fs::read(p).expect("read")[..4].to_vec();
+        assert_eq!(magic(&image), magic(&original), "{suffix}: the codec changed");
+
+        let (kmod_root, written, before) = (base.join("kmod"), base.join("written"), base.join("before"));
+        uncpio(&original, &kmod_root);
+        run_ok(Command::new("depmod").arg("-b").arg(&kmod_root).arg(VERSION));
+        uncpio(&image, &written);
+        uncpio(&original, &before);
+        let rel = format!("{}/{VERSION}", if merged_usr { "usr/lib/modules" } else { "lib/modules" });
+        assert_eq!(differing_files(&kmod_root.join(&rel), &written.join(&rel), &KMOD30_FILES), Vec::<String>::new());
+        let (listed_before, listed_after) = (find_listing(&before), find_listing(&written));
+        for (path, line) in &listed_before {
+            if *path != rel {
+                assert_eq!(listed_after.get(path), Some(line), "{suffix}: {path}");
+            }
+            if before.join(path).is_file() && !before.join(path).is_symlink() {
+                let same = std::fs::read(before.join(path)).ok() == std::fs::read(written.join(path)).ok();
+                assert!(same, "{suffix}: {path} differs");
+            }
+        }
+        let added: Vec<&String> = listed_after.keys().filter(|p| !listed_before.contains_key(*p)).collect();
+        assert!(added.iter().all(|p| index_names(&rel).contains(p)), "{suffix}: added {added:?}");
+    }
+}
+
+/// A truncated cpio.gz and an initramfs of two archives are refused, named, unchanged.
+#[test]
+fn bad_cpio_images_are_refused_with_their_name_and_left_alone() {
+    let base = TempDir::new("image-cpio-bad");
+    let root = base.join("root");
+    make_root(&root, false);
+    let image = base.join("rootfs.cpio.gz");
+    make_cpio(&root, "gzip -n", &image);
+    let whole = std::fs::read(&image).expect("image");
+    let depmod = |image: &Path| run(xdkms().arg("depmod").arg("-b").arg(image).arg(VERSION));
+
+    let truncated = base.join("truncated.cpio.gz");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).expect("write");
+    assert_refused(&depmod(&truncated), &truncated, &whole[..whole.len() / 2], "a truncated cpio.gz");
+
+    let two = base.join("two.cpio.gz");
+    let mut bytes = whole.clone();
+    bytes.extend_from_slice(&whole);
+    std::fs::write(&two, &bytes).expect("write");
+    let out = depmod(&two);
+    assert_refused(&out, &two, &bytes, "two archives");
+    assert!(text(&out.stderr).contains("initramfs inject"), "the message says what to do: {}", text(&out.stderr));
+    assert_no_temporaries_beside(base.path());
+}
+
+/// SIGKILL at random points of `depmod -b IMAGE` on a cpio.zst of Debian's network drivers:
+/// see [`assert_killed_depmod_leaves_the_old_or_the_new_image`].
+#[test]
+fn killed_depmod_on_a_cpio_image_leaves_the_old_or_the_new_image() {
+    let work = TempDir::new("image-cpio-kill");
+    let root = work.join("root");
+    let version = crate::ext4_images::debian_drivers_root(&root, "net");
+    let original_path = work.join("original.cpio.zst");
+    make_cpio(&root, "zstd -1 -q -T0", &original_path);
+    let original = std::fs::read(&original_path).expect("read");
+    assert_killed_depmod_leaves_the_old_or_the_new_image(&work, &original, "rootfs.cpio.zst", &version, 0xc910);
+}
