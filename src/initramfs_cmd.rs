@@ -35,8 +35,9 @@ pub fn write_output(output: &Path, write: impl FnOnce(&mut dyn Write) -> std::io
         lock.flush()?;
         return Ok(());
     }
+    // The root handle's error names the path already: said once.
     crate::fsio::replace_file_with(output, |file| write(file))
-        .with_context(|| format!("cannot write {}", output.display()))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", output.display(), cross::without_path(e)))
 }
 
 /// Parses a size as `--max-unpacked` takes it: bytes, or a number with K, M, G or T (powers of

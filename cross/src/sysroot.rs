@@ -650,7 +650,8 @@ fn with_path(error: io::Error, path: &Path) -> io::Error {
 }
 
 /// An error of the root handle naming its path; the OS error stays inside, for callers that
-/// print it as another tool would ([`without_path`]).
+/// print it as another tool would ([`without_path`]). Its message already holds the OS error,
+/// so it names no source: an error chain printed whole (`{:#}`) would say it twice.
 #[derive(Debug)]
 struct PathError {
     path: String,
@@ -663,11 +664,7 @@ impl std::fmt::Display for PathError {
     }
 }
 
-impl std::error::Error for PathError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+impl std::error::Error for PathError {}
 
 /// The OS error under a root handle's error, without the path it names (kmod's messages show
 /// `strerror` alone).

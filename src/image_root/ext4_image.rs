@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::ext2fs::{Access, Attr, Filesystem, TYPE_DIR, TYPE_FILE, TYPE_MASK, TYPE_SYMLINK};
+use super::ext2fs::{Access, Attr, Filesystem, ROOT, TYPE_DIR, TYPE_FILE, TYPE_MASK, TYPE_SYMLINK};
 use super::{resolve, written_mtime, Change, Entry};
 
 /// Where an ext2/3/4 superblock's magic number sits in the filesystem, and its value.
@@ -41,6 +41,29 @@ pub fn holds_modules(path: &Path, offset: u64) -> bool {
         let mut keep = BTreeSet::new();
         resolve(&mut |p| entry(&fs, p), dir, &mut keep).is_some_and(|place| entry(&fs, &place) == Some(Entry::Dir))
     })
+}
+
+/// Names a kernel's files have at the top of a separate /boot filesystem.
+const KERNEL_FILES: [&str; 7] =
+    ["vmlinuz-", "vmlinux-", "initrd.img-", "initramfs-", "System.map-", "config-", "Image"];
+
+/// True when the filesystem `offset` bytes into `path` holds a kernel's files at its top (a
+/// /boot partition).
+pub fn holds_kernel(path: &Path, offset: u64) -> bool {
+    let Ok(fs) = Filesystem::open(path, offset, Access::Read) else { return false };
+    let Ok(names) = fs.list(ROOT) else { return false };
+    names.iter().any(|(name, _)| KERNEL_FILES.iter().any(|start| name.starts_with(start.as_bytes())))
+}
+
+/// True when the filesystem `offset` bytes into `path` has no /boot, or an empty one (a
+/// separate /boot partition is mounted there).
+pub fn boot_is_empty(path: &Path, offset: u64) -> bool {
+    let Ok(fs) = Filesystem::open(path, offset, Access::Read) else { return false };
+    match fs.lookup_path("boot") {
+        Ok(None) => true,
+        Ok(Some(ino)) => fs.list(ino).is_ok_and(|names| names.iter().all(|(name, _)| name == b"lost+found")),
+        Err(_) => false,
+    }
 }
 
 /// The filesystem `offset` bytes into `image`, refused when it spans more than its `len`
@@ -89,8 +112,10 @@ pub fn extract(image: &Path, offset: u64, len: u64, wanted: &[String], dir: &Pat
         }
     }
     let mut copied = HashSet::new();
-    for place in places.iter().filter(|p| !p.is_empty()) {
-        if let Some(ino) = fs.lookup_path(place)? {
+    for place in &places {
+        // The filesystem's root itself: all of it.
+        let found = if place.is_empty() { Some(ROOT) } else { fs.lookup_path(place)? };
+        if let Some(ino) = found {
             // Errors name the path in the image, not in the scratch directory.
             let scratch = format!("{}/", dir.display());
             copy_out(&fs, ino, &dir.join(place), &mut copied)
@@ -148,19 +173,36 @@ fn mtime_of(seconds: i64) -> std::time::SystemTime {
     }
 }
 
-/// Writes `changes` (made in `dir`) into the filesystem `offset` bytes into `image`: into a
-/// copy of it beside `dest` (the image itself, or another file), renamed over `dest`.
-pub fn rewrite(image: &Path, dest: &Path, offset: u64, len: u64, dir: &Path, changes: &[Change]) -> io::Result<()> {
+/// Changes to carry out in one filesystem of an image.
+#[derive(Debug)]
+pub struct Edit {
+    /// Where the filesystem lies in the image file, and how long its partition is.
+    pub offset: u64,
+    pub len: u64,
+    /// The scratch directory holding the filesystem's tree, and what changed in it.
+    pub dir: std::path::PathBuf,
+    pub changes: Vec<Change>,
+}
+
+/// Carries out `edits` (one per filesystem of the image: the root, a separate /boot) in a copy
+/// of `image` beside `dest` (the image itself, or another file), renamed over `dest`.
+pub fn rewrite(image: &Path, dest: &Path, edits: &[Edit]) -> io::Result<()> {
+    let edits: Vec<&Edit> = edits.iter().filter(|e| !e.changes.is_empty()).collect();
     // Refused before anything is copied: a journal to replay, errors recorded.
-    drop(open_in(image, offset, len, Access::CheckWritable)?);
+    for edit in &edits {
+        drop(open_in(image, edit.offset, edit.len, Access::CheckWritable)?);
+    }
     let meta = std::fs::metadata(image)?;
     // The error of the edit itself, told as it is (not under the copy's path).
     let mut failed = None;
     let written = cross::Sysroot::host()?.write_atomic_with(dest, Some(meta.permissions()), |copy| {
         copy_sparse(&mut File::open(image)?, copy, meta.len())?;
         // libext2fs opens by name: the copy's descriptor, by its /proc name.
-        let edited = open_in(Path::new(&format!("/proc/self/fd/{}", copy.as_raw_fd())), offset, len, Access::Write)
-            .and_then(|fs| apply(&fs, dir, changes).and_then(|()| fs.close()));
+        let name = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        let edited = edits.iter().try_for_each(|edit| {
+            open_in(Path::new(&name), edit.offset, edit.len, Access::Write)
+                .and_then(|fs| apply(&fs, &edit.dir, &edit.changes).and_then(|()| fs.close()))
+        });
         match edited {
             Ok(()) => copy.sync_all(),
             Err(e) => {

@@ -48,7 +48,9 @@ enum Format {
     Tar { codec: Codec },
     /// An ext2/3/4 filesystem `len` bytes long, starting `offset` bytes into the file (a
     /// partition's, or 0 and the whole file).
-    Ext4 { offset: u64, len: u64 },
+    /// `boot`: where a separate /boot filesystem lies (offset, length), for a disk whose root
+    /// has an empty /boot.
+    Ext4 { offset: u64, len: u64, boot: Option<(u64, u64)> },
     /// A squashfs 4.0 image.
     Squashfs,
     /// One newc (or crc) cpio archive, compressed with `codec`.
@@ -135,7 +137,15 @@ impl ImageRoot {
     fn extract(&self, wanted: &[String], dir: &Path) -> io::Result<()> {
         match self.format {
             Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
-            Format::Ext4 { offset, len } => ext4_image::extract(&self.path, offset, len, wanted, dir),
+            Format::Ext4 { offset, len, boot } => {
+                ext4_image::extract(&self.path, offset, len, wanted, dir)?;
+                match boot {
+                    Some((offset, len)) => {
+                        ext4_image::extract(&self.path, offset, len, &on_boot(wanted), &dir.join("boot"))
+                    }
+                    None => Ok(()),
+                }
+            }
             Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir),
             Format::Cpio { .. } => cpio_image::extract(&self.path, wanted, dir),
         }
@@ -253,7 +263,7 @@ fn detect(path: &Path) -> std::result::Result<Format, String> {
     let got = read_up_to(&mut std::fs::File::open(path).map_err(unreadable)?, &mut head).map_err(unreadable)?;
     if ext4_image::is_ext4(&head[..got]) {
         let len = std::fs::metadata(path).map_err(unreadable)?.len();
-        return Ok(Format::Ext4 { offset: 0, len });
+        return Ok(Format::Ext4 { offset: 0, len, boot: None });
     }
     if squashfs_image::is_squashfs(&head[..got]) {
         return match squashfs_image::refusal(path).map_err(unreadable)? {
@@ -308,7 +318,40 @@ fn partition_format(path: &Path, number: u32) -> std::result::Result<Format, Str
     if !ext4_image::is_ext4_at(path, partition.start).map_err(|e| format!("cannot read it: {e}"))? {
         return Err(format!("partition {number} holds no filesystem xdkms can open (ext2/3/4)"));
     }
-    Ok(Format::Ext4 { offset: partition.start, len: partition.len })
+    let boot = boot_partition(path, partition, &partitions);
+    Ok(Format::Ext4 { offset: partition.start, len: partition.len, boot })
+}
+
+/// The one other ext2/3/4 partition of the disk at `path` holding a kernel's files at its top,
+/// when `root` has an empty /boot: a separate /boot, where those files are read and written.
+fn boot_partition(path: &Path, root: &disk::Partition, partitions: &[disk::Partition]) -> Option<(u64, u64)> {
+    if !ext4_image::boot_is_empty(path, root.start) {
+        return None;
+    }
+    let boots: Vec<&disk::Partition> = partitions
+        .iter()
+        .filter(|p| p.number != root.number)
+        .filter(|p| ext4_image::is_ext4_at(path, p.start).unwrap_or(false) && ext4_image::holds_kernel(path, p.start))
+        .collect();
+    match boots.as_slice() {
+        [one] => Some((one.start, one.len)),
+        _ => None,
+    }
+}
+
+/// The paths of `wanted` under /boot, relative to a separate /boot filesystem ("" for all of it).
+fn on_boot(wanted: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter_map(|path| {
+            let path = path.trim_start_matches('/');
+            if path == "boot" {
+                Some(String::new())
+            } else {
+                path.strip_prefix("boot/").map(String::from)
+            }
+        })
+        .collect()
 }
 
 /// The one partition of the disk at `path` that holds a root (an ext2/3/4 filesystem with
@@ -324,7 +367,7 @@ fn root_partition(path: &Path, partitions: &[disk::Partition]) -> std::result::R
     }
     let named = |p: &&disk::Partition| format!("{}:{}", path.display(), p.number);
     match roots.as_slice() {
-        [one] => Ok(Format::Ext4 { offset: one.start, len: one.len }),
+        [one] => Ok(Format::Ext4 { offset: one.start, len: one.len, boot: boot_partition(path, one, partitions) }),
         [] => Err(format!(
             "no partition holds lib/modules in an ext2/3/4 filesystem: name the root partition as {}:N",
             path.display()
@@ -454,13 +497,43 @@ impl View {
         let dir = self.dir.path();
         let written = match self.image.format {
             Format::Tar { codec } => tar_image::rewrite(source, &dest, codec, dir, &changes),
-            Format::Ext4 { offset, len } => ext4_image::rewrite(source, &dest, offset, len, dir, &changes),
+            Format::Ext4 { offset, len, boot } => {
+                ext4_image::rewrite(source, &dest, &ext4_edits(offset, len, boot, dir, &changes))
+            }
             Format::Squashfs => squashfs_image::rewrite(source, &dest, dir, &changes),
             Format::Cpio { codec } => cpio_image::rewrite(source, &dest, codec, dir, &changes),
         };
         written.map_err(|e| self.image.error(format!("writing the changes into {}: {e}", shown_dest(output))))?;
         Ok(changes.len())
     }
+}
+
+/// The edits of an ext2/3/4 image: with a separate /boot, what changed under boot/ goes into
+/// that filesystem (paths relative to it), the rest into the root's.
+fn ext4_edits(
+    offset: u64,
+    len: u64,
+    boot: Option<(u64, u64)>,
+    dir: &Path,
+    changes: &[Change],
+) -> Vec<ext4_image::Edit> {
+    let Some((boot_offset, boot_len)) = boot else {
+        return vec![ext4_image::Edit { offset, len, dir: dir.to_path_buf(), changes: changes.to_vec() }];
+    };
+    let (mut on_root, mut on_boot) = (Vec::new(), Vec::new());
+    for change in changes.iter().cloned() {
+        let under_boot = change_path(&change).strip_prefix("boot/").map(String::from);
+        match (change, under_boot) {
+            (Change::Added(_), Some(p)) => on_boot.push(Change::Added(p)),
+            (Change::Modified(_), Some(p)) => on_boot.push(Change::Modified(p)),
+            (Change::Removed(_), Some(p)) => on_boot.push(Change::Removed(p)),
+            (change, None) => on_root.push(change),
+        }
+    }
+    vec![
+        ext4_image::Edit { offset, len, dir: dir.to_path_buf(), changes: on_root },
+        ext4_image::Edit { offset: boot_offset, len: boot_len, dir: dir.join("boot"), changes: on_boot },
+    ]
 }
 
 /// How a commit names where it writes: "it" (the image itself), or the output file.

@@ -437,3 +437,52 @@ fn a_run_on_a_locked_image_waits_for_the_other_one() {
     assert!(text(&out.stderr).contains(&waited), "{}", text(&out.stderr));
     e2fsck_clean(&image, "after the wait");
 }
+
+/// A disk whose root has an empty /boot and whose kernel and initramfs live on a /boot
+/// partition of their own: `inject --in-root /boot/initrd.img-K` edits the initramfs on that
+/// partition, as it edits the one in the directory holding both trees; the root partition and
+/// every byte outside the /boot one stay as they were; e2fsck finds the /boot filesystem clean.
+#[test]
+fn a_separate_boot_partition_is_where_boot_paths_are_read_and_written() {
+    let work = TempDir::new("ext4-boot-partition");
+    let root = work.join("root");
+    let version = debian_drivers_root(&root, "nvme");
+    std::fs::create_dir_all(root.join("boot")).expect("mkdir");
+    let boot = work.join("boot");
+    std::fs::create_dir_all(&boot).expect("mkdir");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/init"), "#!/bin/sh\n").expect("write");
+    let initrd = format!("initrd.img-{version}");
+    run_ok(xdkms().args(["initramfs", "create"]).arg(&tree).args(["--compress", "gzip", "-o"]).arg(boot.join(&initrd)));
+    std::fs::write(boot.join(format!("config-{version}")), "CONFIG_MODULES=y\n").expect("write");
+    let disk = work.join("disk.img");
+    let placed = make_disk("gpt", &[(16, Some(&boot)), (64, Some(&root))], &disk);
+    let original = std::fs::read(&disk).expect("read");
+
+    // The same trees as one directory: the /boot partition mounted on the root's /boot.
+    let together = work.join("together");
+    crate::util::copy_all(&root, &together);
+    run_ok(Command::new("cp").arg("-a").arg(boot.join(".")).arg(together.join("boot")));
+    let inject = |root: &Path| {
+        let mut cmd = xdkms();
+        cmd.env("SOURCE_DATE_EPOCH", "1").args(["initramfs", "inject", "--root"]).arg(root);
+        run(cmd.args(["-k", &version, "--in-root", &format!("/boot/{initrd}"), "nvme"]))
+    };
+    let on_disk = inject(&disk);
+    assert_eq!(on_disk.status.code(), Some(0), "{}", text(&on_disk.stderr));
+    let on_dir = inject(&together);
+    assert_eq!(text(&on_disk.stderr), as_on_image(&on_dir.stderr, &together, &disk));
+
+    let now = std::fs::read(&disk).expect("read");
+    assert!(outside(&now, placed[0]) == outside(&original, placed[0]), "bytes outside the /boot partition changed");
+    let (start, len) = (placed[0].0 as usize, placed[0].1 as usize);
+    let partition = work.join("boot.ext4");
+    std::fs::write(&partition, &now[start..start + len]).expect("write");
+    e2fsck_clean(&partition, "the /boot partition after inject");
+    let dumped = work.join("initrd-from-disk");
+    run_ok(Command::new("debugfs").arg("-R").arg(format!("dump /{initrd} {}", dumped.display())).arg(&partition));
+    let written = std::fs::read(&dumped).expect("read");
+    assert!(written == std::fs::read(together.join("boot").join(&initrd)).expect("read"), "the initramfs differs");
+    assert!(written.len() > 20_000, "nvme is in it");
+}

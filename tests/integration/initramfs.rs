@@ -537,3 +537,20 @@ fn unpacking_past_the_limit_is_refused_and_leaves_nothing() {
     assert!(dest.join("bin/tool").is_file() && std::fs::read(&image).expect("read") != good);
     assert_eq!(std::fs::read_dir(&scratch).expect("tmp").count(), 0, "scratch files were left in TMPDIR");
 }
+
+/// `-o` into a directory that is not there: one message naming the file once (it named it
+/// twice and the OS error twice, a whole error chain printed over a message holding its source).
+#[test]
+fn regression_a_missing_output_directory_is_said_once() {
+    let work = TempDir::new("initramfs-missing-dir");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/init"), "#!/bin/sh\n").expect("write");
+    let output = work.join("no-such-dir/initrd.img");
+    let out = run(xdkms().args(["initramfs", "create"]).arg(&tree).arg("-o").arg(&output));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("xdkms initramfs: error: cannot write {}: No such file or directory (os error 2)\n", output.display())
+    );
+}
