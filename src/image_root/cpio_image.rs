@@ -112,26 +112,28 @@ struct Extractor<'a> {
 }
 
 impl Extractor<'_> {
-    /// A regular file's data written to `name` and, for a hard-linked file (whose data cpio
-    /// puts on its last name, the others empty), to its other names wanted too.
-    fn file(&self, name: &str, header: &Header, data: &mut dyn Read) -> io::Result<()> {
-        let mut names = vec![name.to_string()];
-        if let Some(others) = link_key(header).and_then(|key| self.links.get(&key)) {
-            if header.file_size == 0 && others.len() > 1 {
-                // The data comes with another name; this one is written then.
-                return Ok(());
-            }
-            names.extend(others.iter().filter(|n| *n != name && self.keep.contains(*n)).cloned());
+    /// The names a regular file's data is written to: its own when wanted, and for a
+    /// hard-linked file's data (cpio puts it on the last name, the others empty) every wanted
+    /// name of the file, this one wanted or not.
+    fn targets(&self, name: &str, header: &Header) -> Vec<String> {
+        let group = link_key(header).and_then(|key| self.links.get(&key));
+        match group {
+            Some(names) if header.file_size > 0 => names.iter().filter(|n| self.keep.contains(*n)).cloned().collect(),
+            _ if self.keep.contains(name) => vec![name.to_string()],
+            _ => Vec::new(),
         }
-        let first = self.dir.join(name);
-        let mut out = File::create(&first)?;
-        io::copy(&mut data.take(u64::from(header.file_size)), &mut out)?;
-        for other in &names[1..] {
+    }
+
+    /// A regular file's data written to its `targets`, with its mode and mtime.
+    fn file(&self, targets: &[String], header: &Header, data: &mut dyn Read) -> io::Result<()> {
+        let Some(first) = targets.first().map(|t| self.dir.join(t)) else { return Ok(()) };
+        io::copy(&mut data.take(u64::from(header.file_size)), &mut File::create(&first)?)?;
+        for other in &targets[1..] {
             std::fs::copy(&first, self.dir.join(other))?;
         }
         let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(header.mtime.into());
-        for name in &names {
-            let file = File::options().write(true).open(self.dir.join(name))?;
+        for target in targets {
+            let file = File::options().write(true).open(self.dir.join(target))?;
             file.set_permissions(std::fs::Permissions::from_mode(header.mode & 0o7777))?;
             file.set_modified(mtime)?;
         }
@@ -142,6 +144,9 @@ impl Extractor<'_> {
 impl Visitor for Extractor<'_> {
     fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
         let Some(name) = normalize(&header.name) else { return Ok(()) };
+        if header.file_type() == S_IFREG {
+            return self.file(&self.targets(&name, header), header, data);
+        }
         if !self.keep.contains(&name) {
             return Ok(());
         }
@@ -151,7 +156,6 @@ impl Visitor for Extractor<'_> {
                 std::fs::create_dir_all(&to)?;
                 self.dirs.push((to, header.mode & 0o7777));
             }
-            S_IFREG => self.file(&name, header, data)?,
             S_IFLNK => {
                 let target = link_target(data)?;
                 // Extracted already (links followed from part to part meet): the image's wins.

@@ -413,8 +413,9 @@ fn find_listing(dir: &Path) -> std::collections::BTreeMap<String, String> {
 }
 
 /// depmod -b IMAGE on cpio archives (gzip, zstd, plain; flat and merged /usr) made by GNU
-/// cpio: output as on the extracted tree, kmod's indexes, and every other entry extracted by
-/// cpio as it was (type, mode, owner, size, mtime, link target, bytes).
+/// cpio, one module hard-linked from outside the module tree: output as on the extracted tree,
+/// kmod's indexes, and every other entry extracted by cpio as it was (type, mode, owner, size,
+/// mtime, link target, bytes).
 #[test]
 fn depmod_on_cpio_images_writes_what_kmod_writes_and_keeps_the_rest() {
     for (compressor, suffix, merged_usr) in
@@ -423,6 +424,12 @@ fn depmod_on_cpio_images_writes_what_kmod_writes_and_keeps_the_rest() {
         let base = TempDir::new(&format!("image-{suffix}"));
         let root = base.join("root");
         make_root(&root, merged_usr);
+        // A module hard-linked from outside the module tree: GNU cpio stores the data with the
+        // last name, /opt's, which depmod does not read.
+        let modules = if merged_usr { "usr/lib/modules" } else { "lib/modules" };
+        let found = run_ok(Command::new("find").arg(root.join(modules)).args(["-name", "*.ko", "-print", "-quit"]));
+        let module = text(&found.stdout).trim().to_string();
+        std::fs::hard_link(&module, root.join("opt/linked.ko")).expect("link");
         let image = base.join(format!("rootfs.{suffix}"));
         make_cpio(&root, compressor, &image);
         let original = base.join(format!("original.{suffix}"));
