@@ -14,5 +14,6 @@ pub mod memory;
 pub mod modinfo;
 pub mod module;
 pub mod names;
+pub mod progress;
 pub mod sign_file;
 pub mod signing;

@@ -108,6 +108,7 @@ impl ImageRoot {
     /// with [`Links::Follow`], also what the symlinks in those parts point at elsewhere in the
     /// image (a kernel's headers link their build scripts from another directory).
     pub fn materialize(self, wanted: &[String], links: Links) -> Result<View> {
+        let step = crate::progress::step(format!("extracting from {}", self.shown.display()));
         let dir = crate::fsio::scratch_dir(&scratch_parent(), "xdkms-image-")
             .map_err(|e| self.error(format!("cannot make a scratch directory: {e}")))?;
         let mut requested: Vec<String> = wanted.to_vec();
@@ -130,6 +131,7 @@ impl ImageRoot {
             .into_keys()
             .filter_map(|path| stamp(dir.path(), &path).map(|s| (path, s)))
             .collect();
+        drop(step);
         Ok(View { image: self, dir, baseline })
     }
 
@@ -495,6 +497,8 @@ impl View {
             )));
         }
         let dir = self.dir.path();
+        let shown = output.map_or_else(|| self.image.shown.clone(), Path::to_path_buf);
+        let step = crate::progress::step(format!("writing {}", shown.display()));
         let written = match self.image.format {
             Format::Tar { codec } => tar_image::rewrite(source, &dest, codec, dir, &changes),
             Format::Ext4 { offset, len, boot } => {
@@ -503,6 +507,7 @@ impl View {
             Format::Squashfs => squashfs_image::rewrite(source, &dest, dir, &changes),
             Format::Cpio { codec } => cpio_image::rewrite(source, &dest, codec, dir, &changes),
         };
+        drop(step);
         written.map_err(|e| self.image.error(format!("writing the changes into {}: {e}", shown_dest(output))))?;
         Ok(changes.len())
     }

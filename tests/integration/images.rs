@@ -93,7 +93,7 @@ pub fn assert_modinfo_as_on_directory(image: &Path, root: &Path) {
         let on_dir = run(xdkms().arg("modinfo").arg("-b").arg(root).args(&args));
         assert_eq!(on_image.status.code(), on_dir.status.code(), "{args:?}");
         assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, root, image), "{args:?}");
-        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, root, image), "{args:?}");
+        assert_eq!(image_stderr(&on_image), as_on_image(&on_dir.stderr, root, image), "{args:?}");
     }
     assert!(std::fs::read(image).expect("image") == bytes, "modinfo changed the image");
 }
@@ -109,6 +109,13 @@ pub fn assert_no_temporaries_beside(dir: &Path) {
 fn extract(image: &Path, dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
     run_ok(Command::new("tar").arg("--xattrs").arg("--xattrs-include=*").arg("-xf").arg(image).arg("-C").arg(dir));
+}
+
+/// An image run's stderr without its progress lines: a step that took a second or more says
+/// so (`xdkms: writing IMAGE took 1.2 s`), and the run on the directory has no such steps.
+pub fn image_stderr(out: &Output) -> String {
+    let progress = |l: &&str| l.starts_with("xdkms: ") && l.contains(" took ") && l.ends_with(" s");
+    text(&out.stderr).lines().filter(|l| !progress(l)).map(|l| format!("{l}\n")).collect()
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -152,7 +159,7 @@ fn depmod_on_tar_images_writes_what_kmod_writes_and_keeps_the_rest() {
         let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
         assert_eq!(on_image.status.code(), on_dir.status.code(), "{suffix}: {}", text(&on_image.stderr));
         assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &on_dir_root, &image), "{suffix}: stdout");
-        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
+        assert_eq!(image_stderr(&on_image), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
 
         // The indexes are kmod's, byte for byte.
         let kmod_root = base.join("kmod");
@@ -365,7 +372,7 @@ fn inject_takes_a_tar_image_as_its_root() {
     let (from_dir, from_image) = (work.join("from-dir.img"), work.join("from-image.img"));
     let on_dir = inject(&dir, &from_dir);
     let on_image = inject(&image, &from_image);
-    assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &dir, &image));
+    assert_eq!(image_stderr(&on_image), as_on_image(&on_dir.stderr, &dir, &image));
     let written = std::fs::read(&from_image).expect("out");
     assert!(
         written == std::fs::read(&from_dir).expect("out"),
@@ -441,7 +448,7 @@ fn depmod_on_cpio_images_writes_what_kmod_writes_and_keeps_the_rest() {
         let on_dir = run(xdkms().arg("depmod").arg("-b").arg(&on_dir_root).arg(VERSION));
         assert_eq!(on_image.status.code(), Some(0), "{suffix}: {}", text(&on_image.stderr));
         assert_eq!(text(&on_image.stdout), as_on_image(&on_dir.stdout, &on_dir_root, &image), "{suffix}: stdout");
-        assert_eq!(text(&on_image.stderr), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
+        assert_eq!(image_stderr(&on_image), as_on_image(&on_dir.stderr, &on_dir_root, &image), "{suffix}: stderr");
         let magic = |p: &Path| std::fs::read(p).expect("read")[..4].to_vec();
         assert_eq!(magic(&image), magic(&original), "{suffix}: the codec changed");
 
@@ -503,4 +510,43 @@ fn killed_depmod_on_a_cpio_image_leaves_the_old_or_the_new_image() {
     make_cpio(&root, "zstd -1 -q -T0", &original_path);
     let original = std::fs::read(&original_path).expect("read");
     assert_killed_depmod_leaves_the_old_or_the_new_image(&work, &original, "rootfs.cpio.zst", &version, 0xc910);
+}
+
+/// Progress of image steps: by default a step under a second says nothing; with
+/// XDKMS_PROGRESS_AFTER=0 each step ends with one plain line saying how long it took when
+/// stderr is no terminal, and under a terminal (script(1)) its line is drawn and then erased.
+#[test]
+fn image_steps_report_their_progress_as_lines_or_on_a_terminal() {
+    let base = TempDir::new("image-progress");
+    let root = base.join("root");
+    make_root(&root, false);
+    let image = base.join("rootfs.tar.zst");
+    make_tar(&root, "gnu", "zstd -q", &image);
+    let depmod = |after: Option<&str>| {
+        let mut cmd = xdkms();
+        if let Some(after) = after {
+            cmd.env("XDKMS_PROGRESS_AFTER", after);
+        }
+        run(cmd.arg("depmod").arg("-b").arg(&image).arg(VERSION))
+    };
+    // The fixture's own depmod messages come first; the progress lines are the `xdkms:` ones.
+    let quiet = depmod(None);
+    assert!(!text(&quiet.stderr).contains("xdkms: "), "a step under a second said something");
+    let shown = text(&depmod(Some("0")).stderr);
+    let lines: Vec<&str> = shown.lines().filter(|l| l.starts_with("xdkms: ")).collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].starts_with(&format!("xdkms: extracting from {} took ", image.display())), "{shown}");
+    assert!(lines[1].starts_with(&format!("xdkms: writing {} took ", image.display())), "{shown}");
+
+    let command = format!(
+        "XDKMS_PROGRESS_AFTER=0 {} depmod -b {} {VERSION}",
+        crate::util::xdkms_bin().display(),
+        image.display()
+    );
+    let on_terminal = run_ok(Command::new("script").args(["-qec", &command, "/dev/null"]));
+    let drawn = text(&on_terminal.stdout);
+    assert!(drawn.contains(&format!("\r\x1b[Kxdkms: extracting from {} (0 s)", image.display())), "{drawn:?}");
+    assert!(drawn.contains(&format!("\r\x1b[Kxdkms: writing {} (0 s)", image.display())), "{drawn:?}");
+    assert!(drawn.ends_with("\r\x1b[K"), "the line is erased at the end: {drawn:?}");
+    assert!(!drawn.contains(" took "), "{drawn:?}");
 }
