@@ -181,7 +181,9 @@ pub fn rewrite(path: &Path, dest: &Path, codec: Codec, dir: &Path, changes: &[Ch
         let mut ino = last_ino;
         for change in changes {
             if let Change::Added(name) = change {
-                ino += 1;
+                // An archive numbered up to u32::MAX gets that number again: a member of one
+                // link is never linked to another.
+                ino = ino.saturating_add(1);
                 let shown = if dot_prefix == Some(true) { format!("./{name}") } else { name.clone() };
                 let header = Header { name: shown.into_bytes(), ino, nlink: 1, ..Header::default() };
                 write_from(&mut out, dir, name, header)?;
