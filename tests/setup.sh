@@ -23,7 +23,7 @@ host_pkgs=(kmod cpio zstd xz-utils lz4 gzip bzip2 lzma busybox-static initramfs-
            binutils-arm-linux-gnueabihf
            make gcc bc bison flex libelf-dev libssl-dev file patch dkms openssl strace
            meson ninja-build pkg-config libzstd-dev liblzma-dev zlib1g-dev zsh groff-base attr
-           e2fsprogs libext2fs-dev comerr-dev fdisk squashfs-tools)
+           e2fsprogs libext2fs-dev comerr-dev fdisk squashfs-tools erofs-utils)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -6,10 +6,11 @@
 //! handle (`cross::Sysroot`) as a root directory: confinement, symlinks resolved inside the root,
 //! writes beside their target. The image format only decides how the wanted parts are read out
 //! and how the changes go back in. Formats: tar (plain, gzip, xz, zstd, bzip2), cpio (any
-//! initramfs codec), ext2/3/4, squashfs.
+//! initramfs codec), ext2/3/4, squashfs, erofs.
 
 mod cpio_image;
 mod disk;
+mod erofs_image;
 mod ext2fs;
 mod ext4_image;
 mod squashfs_codec;
@@ -53,6 +54,8 @@ enum Format {
     Ext4 { offset: u64, len: u64, boot: Option<(u64, u64)> },
     /// A squashfs 4.0 image.
     Squashfs,
+    /// An erofs image.
+    Erofs,
     /// One newc (or crc) cpio archive, compressed with `codec`.
     Cpio { codec: Codec },
 }
@@ -72,7 +75,7 @@ pub struct ImageRoot {
 
 /// What every "not an image" message lists.
 const KINDS: &str =
-    "ext2/3/4, alone or in a GPT or MBR partition; squashfs; tar, plain or gzip, xz, zstd, bzip2 compressed; cpio (newc), plain or compressed";
+    "ext2/3/4, alone or in a GPT or MBR partition; squashfs; erofs; tar, plain or gzip, xz, zstd, bzip2 compressed; cpio (newc), plain or compressed";
 
 impl ImageRoot {
     /// The image at `path`, or None when `path` is a directory (an ordinary root) or nothing
@@ -149,6 +152,7 @@ impl ImageRoot {
                 }
             }
             Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir),
+            Format::Erofs => erofs_image::extract(&self.path, wanted, dir),
             Format::Cpio { .. } => cpio_image::extract(&self.path, wanted, dir),
         }
     }
@@ -271,6 +275,12 @@ fn detect(path: &Path) -> std::result::Result<Format, String> {
         return match squashfs_image::refusal(path).map_err(unreadable)? {
             Some(why) => Err(why),
             None => Ok(Format::Squashfs),
+        };
+    }
+    if erofs_image::is_erofs(&head[..got]) {
+        return match erofs_image::refusal(path).map_err(unreadable)? {
+            Some(why) => Err(why),
+            None => Ok(Format::Erofs),
         };
     }
     if let Some(codec) = tar_codec(path).map_err(unreadable)? {
@@ -505,6 +515,7 @@ impl View {
                 ext4_image::rewrite(source, &dest, &ext4_edits(offset, len, boot, dir, &changes))
             }
             Format::Squashfs => squashfs_image::rewrite(source, &dest, dir, &changes),
+            Format::Erofs => erofs_image::rewrite(source, &dest, dir, &changes),
             Format::Cpio { codec } => cpio_image::rewrite(source, &dest, codec, dir, &changes),
         };
         drop(step);

@@ -1,5 +1,5 @@
 //! The DKMS commands with `--root IMAGE` (issue 12): install, status and remove on an ext4
-//! image, a squashfs, a cpio.zst and a tar.zst of a root holding Debian's kernel headers print what they print on
+//! image, a squashfs, an erofs, a cpio.zst and a tar.zst of a root holding Debian's kernel headers print what they print on
 //! the directory the image was made from and leave the image holding what they leave there.
 
 use std::path::{Path, PathBuf};
@@ -26,8 +26,12 @@ fn headers_root(dir: &Path) -> String {
 }
 
 /// The image's tree, extracted with the format's own tool (debugfs's rdump, unsquashfs, cpio,
-/// tar).
+/// tar, fsck.erofs).
 fn unpack(image: &Path, into: &Path) {
+    if image.extension().is_some_and(|e| e == "erofs") {
+        run_ok(Command::new("fsck.erofs").arg(format!("--extract={}", into.display())).arg(image));
+        return;
+    }
     if image.extension().is_some_and(|e| e == "squashfs") {
         run_ok(Command::new("unsquashfs").arg("-q").arg("-n").arg("-d").arg(into).arg(image));
         return;
@@ -80,14 +84,14 @@ fn both(image: &Path, dir: &Path, args: &[&str]) {
     assert_eq!(image_stderr(&on_image), as_on_image(&on_dir.stderr, dir, image), "{args:?}: stderr");
 }
 
-/// install, status, then remove, on an ext4 image, a squashfs, a cpio.zst and a tar.zst: each step prints what it
+/// install, status, then remove, on an ext4 image, a squashfs, an erofs, a cpio.zst and a tar.zst: each step prints what it
 /// prints on the directory, and leaves the image's dkms tree, module directory and sources as
 /// it leaves the directory's (the module byte for byte); ext4 stays clean for e2fsck.
 #[test]
 fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms/xdkms_test-1.0");
     let fixture = fixture.display().to_string();
-    for kind in ["ext4", "squashfs", "cpio.zst", "tar.zst"] {
+    for kind in ["ext4", "squashfs", "erofs", "cpio.zst", "tar.zst"] {
         let work = TempDir::new(&format!("dkms-image-{kind}"));
         let root = work.join("root");
         let version = headers_root(&root);
@@ -97,6 +101,8 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
         } else if kind == "squashfs" {
             let options = ["-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-Xcompression-level", "1"];
             run_ok(Command::new("mksquashfs").arg(&root).arg(&image).args(options));
+        } else if kind == "erofs" {
+            run_ok(Command::new("mkfs.erofs").arg("--quiet").arg(&image).arg(&root));
         } else if kind == "cpio.zst" {
             let script = format!(
                 "set -o pipefail; cd {} && find . | cpio -o -H newc --quiet | zstd -q -1 > {}",
@@ -116,6 +122,10 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
             if kind == "ext4" {
                 let out = run(Command::new("e2fsck").arg("-fn").arg(&image));
                 assert_eq!(out.status.code(), Some(0), "{args:?}: e2fsck: {}", text(&out.stdout));
+            }
+            if kind == "erofs" {
+                let out = run(Command::new("fsck.erofs").arg(&image));
+                assert_eq!(out.status.code(), Some(0), "{args:?}: fsck.erofs: {}", text(&out.stderr));
             }
             let unpacked = work.join(format!("unpacked-{step}"));
             unpack(&image, &unpacked);

@@ -7,6 +7,7 @@ mod depmod;
 mod dkms;
 mod dkms_images;
 mod docs;
+mod erofs_images;
 mod ext4_images;
 mod hostile;
 mod images;
