@@ -268,37 +268,27 @@ impl Image {
         let xattr_len = if xattr_count == 0 { 0 } else { 12 + (xattr_count - 1) * 4 };
         let header_len = if extended { EXTENDED_LEN } else { COMPACT_LEN };
         let xattrs = self.read(at + header_len, xattr_len, &what)?;
-        let inode = if extended {
-            Inode {
-                nid,
-                at,
-                extended,
-                layout: (format >> 1) & 7,
-                mode: u16_at(&raw, 4),
-                nlink: u32_at(&raw, 44),
-                size: u64_at(&raw, 8),
-                data_word: u32_at(&raw, 16),
-                uid: u32_at(&raw, 24),
-                gid: u32_at(&raw, 28),
-                mtime: u64_at(&raw, 32),
-                xattrs,
-            }
+        // What the two inode versions store differently: link count, size, owners, time.
+        let (nlink, size, uid, gid, mtime) = if extended {
+            (u32_at(&raw, 44), u64_at(&raw, 8), u32_at(&raw, 24), u32_at(&raw, 28), u64_at(&raw, 32))
         } else {
-            Inode {
-                nid,
-                at,
-                extended,
-                layout: (format >> 1) & 7,
-                mode: u16_at(&raw, 4),
-                nlink: u32::from(u16_at(&raw, 6)),
-                size: u64::from(u32_at(&raw, 8)),
-                data_word: u32_at(&raw, 16),
-                uid: u32::from(u16_at(&raw, 24)),
-                gid: u32::from(u16_at(&raw, 26)),
-                // Compact inodes have no time of their own: the image's build time.
-                mtime: u64_at(&self.superblock.raw, 24),
-                xattrs,
-            }
+            let (uid, gid) = (u32::from(u16_at(&raw, 24)), u32::from(u16_at(&raw, 26)));
+            // Compact inodes have no time of their own: the image's build time.
+            (u32::from(u16_at(&raw, 6)), u64::from(u32_at(&raw, 8)), uid, gid, u64_at(&self.superblock.raw, 24))
+        };
+        let inode = Inode {
+            nid,
+            at,
+            extended,
+            layout: (format >> 1) & 7,
+            mode: u16_at(&raw, 4),
+            nlink,
+            size,
+            data_word: u32_at(&raw, 16),
+            uid,
+            gid,
+            mtime,
+            xattrs,
         };
         Ok(inode)
     }

@@ -550,3 +550,44 @@ fn image_steps_report_their_progress_as_lines_or_on_a_terminal() {
     assert!(drawn.ends_with("\r\x1b[K"), "the line is erased at the end: {drawn:?}");
     assert!(!drawn.contains(" took "), "{drawn:?}");
 }
+
+/// Bytes of the image `whole` overwritten at 300 seeded places (`place` picks each from the
+/// round and a random number), each written to `corrupt` in turn: every `depmod -n -b` on it
+/// succeeds or is an error naming the image (exit 1), never a crash, and never changes it;
+/// some corruption is noticed.
+pub fn assert_corruptions_are_errors_not_crashes(
+    whole: &[u8],
+    corrupt: &Path,
+    seed: u64,
+    mut place: impl FnMut(usize, usize) -> usize,
+) {
+    let mut seed = seed;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let name = corrupt.file_name().expect("name").to_string_lossy().into_owned();
+    let mut refused = 0;
+    for round in 0..300 {
+        let mut bytes = whole.to_vec();
+        let at = place(round, next());
+        bytes[at] = (next() & 0xff) as u8;
+        bytes[at ^ 1] = (next() & 0xff) as u8;
+        std::fs::write(corrupt, &bytes).expect("write");
+        let out = run(xdkms().arg("depmod").arg("-n").arg("-b").arg(corrupt).arg(VERSION));
+        let code = out.status.code();
+        assert!(
+            code == Some(0) || code == Some(1),
+            "round {round}, byte {at}: {:?}: {}",
+            out.status,
+            text(&out.stderr)
+        );
+        if code == Some(1) {
+            refused += 1;
+            assert!(text(&out.stderr).contains(&name), "round {round}: {}", text(&out.stderr));
+        }
+        assert!(std::fs::read(corrupt).expect("read") == bytes, "round {round}: the image changed");
+    }
+    eprintln!("{refused} of 300 corruptions refused");
+    assert!(refused > 0, "no corruption was noticed");
+}
