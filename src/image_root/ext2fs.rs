@@ -45,6 +45,7 @@ extern "C" {
     fn xd_open(path: *const c_char, offset: u64, access: c_int, now: i64, out: *mut *mut c_void) -> c_long;
     fn xd_close(fs: *mut c_void) -> c_long;
     fn xd_size(fs: *mut c_void) -> u64;
+    fn xd_block_size(fs: *mut c_void) -> u64;
     fn xd_abandon(fs: *mut c_void);
     fn xd_lookup(fs: *mut c_void, dir: u32, name: *const c_char, ino: *mut u32) -> c_long;
     fn xd_stat(fs: *mut c_void, ino: u32, attr: *mut Attr) -> c_long;
@@ -57,6 +58,12 @@ extern "C" {
     fn xd_mkdir(fs: *mut c_void, dir: u32, name: *const c_char, attr: *const Attr, out: *mut u32) -> c_long;
     fn xd_symlink(fs: *mut c_void, dir: u32, name: *const c_char, target: *const c_char, attr: *const Attr) -> c_long;
     fn xd_remove(fs: *mut c_void, dir: u32, name: *const c_char) -> c_long;
+    fn xd_stage_new() -> *mut c_void;
+    fn xd_stage_free(stage: *mut c_void);
+    fn xd_stage_capacity(stage: *const c_void) -> usize;
+    fn xd_stage_slot(stage: *const c_void, index: usize, block: *mut u64, was_free: *mut c_int) -> *const u8;
+    fn xd_open_staged(path: *const c_char, offset: u64, now: i64, stage: *mut c_void, out: *mut *mut c_void) -> c_long;
+    fn xd_journal_map(fs: *mut c_void, out: *mut u64, capacity: usize, len: *mut usize) -> c_long;
     fn xd_code_block_alloc_fail() -> c_long;
     fn xd_code_inode_alloc_fail() -> c_long;
     fn xd_code_not_found() -> c_long;
@@ -131,6 +138,29 @@ impl Filesystem {
         let mut raw = std::ptr::null_mut();
         // SAFETY: a C string and an out-pointer to a local.
         let code = unsafe { xd_open(name.as_ptr(), offset, access as c_int, now, &mut raw) };
+        Filesystem::opened(path, offset, code, raw)
+    }
+
+    /// The clean filesystem in the file at `path`, `offset` bytes in, opened to write through
+    /// a [`Stage`]: blocks the image has free are written to it at once, every other block is
+    /// kept in the stage, for the caller to commit (see [`Staged::close`]).
+    pub fn open_staged(path: &Path, offset: u64) -> io::Result<Staged> {
+        let name = c_string(path.as_os_str().as_bytes())?;
+        let now = crate::dkms::date::source_date_epoch().unwrap_or(0);
+        // SAFETY: allocates a zeroed stage, or returns NULL.
+        let stage = NonNull::new(unsafe { xd_stage_new() })
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "no memory for the staged blocks"))?;
+        let stage = Stage { raw: stage };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: a C string, a live stage the filesystem refers to until it is closed (the
+        // Staged below drops the filesystem before the stage), an out-pointer to a local.
+        let code = unsafe { xd_open_staged(name.as_ptr(), offset, now, stage.raw.as_ptr(), &mut raw) };
+        let fs = Filesystem::opened(path, offset, code, raw)?;
+        Ok(Staged { fs, stage })
+    }
+
+    /// The handle `xd_open` or `xd_open_staged` returned with `code`, checked.
+    fn opened(path: &Path, offset: u64, code: c_long, raw: *mut c_void) -> io::Result<Filesystem> {
         check(code, || "opening its ext2/3/4 filesystem".into())?;
         let raw =
             NonNull::new(raw).ok_or_else(|| io::Error::other("opening its ext2/3/4 filesystem gave no handle"))?;
@@ -150,10 +180,28 @@ impl Filesystem {
         Ok(fs)
     }
 
+    /// The filesystem's block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        // SAFETY: open handle.
+        unsafe { xd_block_size(self.raw.as_ptr()) }
+    }
+
     /// How many bytes the filesystem spans.
     pub fn size(&self) -> u64 {
         // SAFETY: open handle.
         unsafe { xd_size(self.raw.as_ptr()) }
+    }
+
+    /// The filesystem blocks of the journal inode's file, in file order (0 for a hole).
+    pub fn journal_blocks(&self, journal_ino: u32, block_size: u64) -> io::Result<Vec<u64>> {
+        let size = self.stat(journal_ino)?.size;
+        let mut blocks = vec![0u64; usize::try_from(size / block_size.max(1)).unwrap_or(0)];
+        let mut len = 0;
+        // SAFETY: open handle; `blocks` holds `blocks.len()` entries, the shim writes no more.
+        let code = unsafe { xd_journal_map(self.raw.as_ptr(), blocks.as_mut_ptr(), blocks.len(), &mut len) };
+        check(code, || format!("mapping the journal (inode {journal_ino})"))?;
+        blocks.truncate(len);
+        Ok(blocks)
     }
 
     /// Writes the superblock, group descriptors and bitmaps out (when writable) and closes.
@@ -272,6 +320,65 @@ impl Filesystem {
             format!("removing {}", String::from_utf8_lossy(name))
         })
     }
+}
+
+/// The blocks a staged edit kept (`struct xd_stage` of ext4_shim.c).
+struct Stage {
+    raw: NonNull<c_void>,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // SAFETY: no filesystem refers to the stage any more (Staged drops its filesystem
+        // first); this is its last use.
+        unsafe { xd_stage_free(self.raw.as_ptr()) }
+    }
+}
+
+/// A filesystem open for a staged edit, and the blocks it keeps.
+pub struct Staged {
+    /// Declared before `stage`, so dropped before it: the filesystem refers to the stage.
+    fs: Filesystem,
+    stage: Stage,
+}
+
+impl Staged {
+    pub fn fs(&self) -> &Filesystem {
+        &self.fs
+    }
+
+    /// Closes the filesystem (its metadata written through the stage) and hands over every
+    /// block the edit kept, by block number.
+    pub fn close(self) -> io::Result<Kept> {
+        let Staged { fs, stage } = self;
+        let block_size = usize::try_from(fs.block_size()).unwrap_or(0);
+        fs.close()?;
+        // SAFETY: the stage is alive; its capacity is its table's length.
+        let capacity = unsafe { xd_stage_capacity(stage.raw.as_ptr()) };
+        let mut kept = Kept::default();
+        for index in 0..capacity {
+            let (mut block, mut was_free) = (0, 0);
+            // SAFETY: index below capacity, out-pointers to locals; a non-NULL result points
+            // at one block of the filesystem's size, alive as long as the stage.
+            let data = unsafe { xd_stage_slot(stage.raw.as_ptr(), index, &mut block, &mut was_free) };
+            if !data.is_null() {
+                // SAFETY: as above.
+                let bytes = unsafe { std::slice::from_raw_parts(data, block_size) }.to_vec();
+                if was_free != 0 { &mut kept.free } else { &mut kept.used }.push((block, bytes));
+            }
+        }
+        kept.free.sort_unstable_by_key(|(block, _)| *block);
+        kept.used.sort_unstable_by_key(|(block, _)| *block);
+        Ok(kept)
+    }
+}
+
+/// The blocks a staged edit wrote (block number, new bytes): those the image had free, and
+/// the others.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub free: Vec<(u64, Vec<u8>)>,
+    pub used: Vec<(u64, Vec<u8>)>,
 }
 
 impl Drop for Filesystem {

@@ -92,6 +92,8 @@ fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
 
 /// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`.
 pub fn extract(image: &Path, offset: u64, len: u64, wanted: &[String], dir: &Path) -> io::Result<()> {
+    // A journal left holding committed changes (a killed run, a crash) is replayed first.
+    super::ext4_in_place::replay_journal(image, offset)?;
     let fs = open_in(image, offset, len, Access::Read)?;
     let mut keep = BTreeSet::new();
     let mut places = Vec::new();
@@ -192,6 +194,14 @@ pub fn rewrite(image: &Path, dest: &Path, edits: &[Edit]) -> io::Result<()> {
     for edit in &edits {
         drop(open_in(image, edit.offset, edit.len, Access::CheckWritable)?);
     }
+    // One filesystem edited in the image itself: committed through its journal when it has one
+    // xdkms can write (two, a root and a /boot, could not be committed as one).
+    if let ([edit], true) = (&edits[..], same_file(image, dest)) {
+        let apply = |fs: &Filesystem| apply(fs, &edit.dir, &edit.changes);
+        if super::ext4_in_place::edit(image, edit.offset, edit.len, apply)? {
+            return Ok(());
+        }
+    }
     let meta = std::fs::metadata(image)?;
     // The error of the edit itself, told as it is (not under the copy's path).
     let mut failed = None;
@@ -199,7 +209,13 @@ pub fn rewrite(image: &Path, dest: &Path, edits: &[Edit]) -> io::Result<()> {
         copy_sparse(&mut File::open(image)?, copy, meta.len())?;
         // libext2fs opens by name: the copy's descriptor, by its /proc name.
         let name = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        // Through the journal as in place when it can be (the same bytes as an edit in place),
+        // straight into the copy when it cannot.
         let edited = edits.iter().try_for_each(|edit| {
+            let on_copy = |fs: &Filesystem| apply(fs, &edit.dir, &edit.changes);
+            if super::ext4_in_place::edit(Path::new(&name), edit.offset, edit.len, on_copy)? {
+                return Ok(());
+            }
             open_in(Path::new(&name), edit.offset, edit.len, Access::Write)
                 .and_then(|fs| apply(&fs, &edit.dir, &edit.changes).and_then(|()| fs.close()))
         });
@@ -215,6 +231,14 @@ pub fn rewrite(image: &Path, dest: &Path, edits: &[Edit]) -> io::Result<()> {
     match (written, failed) {
         (Err(_), Some(e)) => Err(e),
         (written, _) => written,
+    }
+}
+
+/// True when `a` and `b` name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

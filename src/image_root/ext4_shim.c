@@ -4,6 +4,7 @@
  * an errcode_t (libext2fs's, or an errno value); xd_error_message names it. */
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -89,10 +90,431 @@ long xd_open(const char *path, uint64_t offset, int access, int64_t now, ext2_fi
     return 0;
 }
 
+/* ---- Staged writes: an edit made in place and committed through the filesystem's journal ----
+ *
+ * A filesystem opened with xd_open_staged reads and writes through the staging I/O manager
+ * below, over unix_io: every write is kept in memory, whole filesystem blocks, and read back
+ * from there, so that an edit that fails leaves the image as it was. After the close, the Rust
+ * side writes the blocks the image had free (nothing in the old image refers to them), then
+ * commits the others as one journal transaction and writes them in place (ext4_in_place.rs).
+ * Past XD_STAGE_BUDGET bytes kept, blocks the image had free go to it at once instead (a big
+ * change then leaves bytes in free blocks when it fails, never a changed filesystem). */
+
+#define XD_STAGE_BUDGET (64u << 20)
+
+struct xd_stage {
+    /* Open-addressing table of kept blocks: key block + 1 (0: empty slot), value its bytes. */
+    uint64_t *keys;
+    unsigned char **blocks;
+    size_t capacity;
+    size_t used;
+    /* The block bitmap as the image had it, and the filesystem's block size (0 until
+     * xd_open_staged has read them: writes before that are refused). */
+    ext2fs_block_bitmap was_used;
+    blk64_t first_data_block;
+    blk64_t blocks_count;
+    unsigned int block_size;
+    io_channel real;
+    /* Bytes kept, and whether blocks the image had free now go to it at once (those kept
+     * before then have been written and their copies freed: slot pointers NULL). */
+    size_t kept_bytes;
+    int spilled;
+};
+
+/* The stage the next staging open attaches to (io managers' open takes no context). */
+static _Thread_local struct xd_stage *opening_stage;
+
+static io_manager staging_io_manager(void);
+
+static struct xd_stage *stage_of(io_channel channel)
+{
+    return (struct xd_stage *)channel->private_data;
+}
+
+static size_t slot_of(const struct xd_stage *stage, blk64_t block)
+{
+    return (size_t)((block * 0x9E3779B97F4A7C15ULL) >> 20) & (stage->capacity - 1);
+}
+
+/* The kept copy of `block`, or NULL. */
+static unsigned char *kept(const struct xd_stage *stage, blk64_t block)
+{
+    size_t slot;
+    if (!stage->capacity)
+        return NULL;
+    for (slot = slot_of(stage, block); stage->keys[slot]; slot = (slot + 1) & (stage->capacity - 1))
+        if (stage->keys[slot] == block + 1)
+            return stage->blocks[slot];
+    return NULL;
+}
+
+static errcode_t grow(struct xd_stage *stage)
+{
+    size_t capacity = stage->capacity ? stage->capacity * 2 : 1024, i;
+    uint64_t *keys = calloc(capacity, sizeof(*keys));
+    unsigned char **blocks = calloc(capacity, sizeof(*blocks));
+    if (!keys || !blocks) {
+        free(keys);
+        free(blocks);
+        return EXT2_ET_NO_MEMORY;
+    }
+    for (i = 0; i < stage->capacity; i++) {
+        size_t slot;
+        if (!stage->keys[i])
+            continue;
+        for (slot = (size_t)(((stage->keys[i] - 1) * 0x9E3779B97F4A7C15ULL) >> 20) & (capacity - 1); keys[slot];
+             slot = (slot + 1) & (capacity - 1))
+            ;
+        keys[slot] = stage->keys[i];
+        blocks[slot] = stage->blocks[i];
+    }
+    free(stage->keys);
+    free(stage->blocks);
+    stage->keys = keys;
+    stage->blocks = blocks;
+    stage->capacity = capacity;
+    return 0;
+}
+
+/* The kept copy of `block`, made from the image's bytes when there is none yet. */
+static errcode_t keep(struct xd_stage *stage, blk64_t block, unsigned char **out)
+{
+    size_t slot;
+    unsigned char *copy = kept(stage, block);
+    /* A block written out by spill() is never kept again (it was free: it goes straight out). */
+    int channel_size = stage->real->block_size;
+    errcode_t err;
+    if (copy) {
+        *out = copy;
+        return 0;
+    }
+    if ((stage->used + 1) * 2 > stage->capacity && (err = grow(stage)))
+        return err;
+    copy = malloc(stage->block_size);
+    if (!copy)
+        return EXT2_ET_NO_MEMORY;
+    /* The channel's block size divides the filesystem's (1 KiB for the superblock, or the
+     * block size itself). */
+    err = io_channel_read_blk64(stage->real, block * stage->block_size / (unsigned int)channel_size,
+                                -(int)stage->block_size, copy);
+    if (err) {
+        free(copy);
+        return err;
+    }
+    for (slot = slot_of(stage, block); stage->keys[slot]; slot = (slot + 1) & (stage->capacity - 1))
+        ;
+    stage->keys[slot] = block + 1;
+    stage->blocks[slot] = copy;
+    stage->used++;
+    stage->kept_bytes += stage->block_size;
+    *out = copy;
+    return 0;
+}
+
+/* True when the image had `block` free: nothing in it refers to the block. */
+static int was_free(const struct xd_stage *stage, blk64_t block)
+{
+    return block >= stage->first_data_block && block < stage->blocks_count &&
+           !ext2fs_test_block_bitmap2(stage->was_used, block);
+}
+
+/* Writes every kept block the image had free to it and frees their copies (past the budget). */
+static errcode_t spill(struct xd_stage *stage)
+{
+    size_t i;
+    int channel_size = stage->real->block_size;
+    stage->spilled = 1;
+    for (i = 0; i < stage->capacity; i++) {
+        blk64_t block = stage->keys[i] - 1;
+        errcode_t err;
+        if (!stage->keys[i] || !stage->blocks[i] || !was_free(stage, block))
+            continue;
+        err = io_channel_write_blk64(stage->real, block * stage->block_size / (unsigned int)channel_size,
+                                     -(int)stage->block_size, stage->blocks[i]);
+        if (err)
+            return err;
+        free(stage->blocks[i]);
+        stage->blocks[i] = NULL;
+        stage->kept_bytes -= stage->block_size;
+    }
+    return 0;
+}
+
+static uint64_t byte_count(io_channel channel, int count)
+{
+    return count < 0 ? (uint64_t)-(int64_t)count : (uint64_t)count * (uint64_t)channel->block_size;
+}
+
+static errcode_t staging_open(const char *name, int flags, io_channel *channel)
+{
+    struct xd_stage *stage = opening_stage;
+    io_channel io;
+    errcode_t err;
+    if (!stage)
+        return EXT2_ET_INVALID_ARGUMENT;
+    io = calloc(1, sizeof(*io));
+    if (!io)
+        return EXT2_ET_NO_MEMORY;
+    io->name = strdup(name);
+    err = io->name ? unix_io_manager->open(name, flags & ~IO_FLAG_THREADS, &stage->real) : EXT2_ET_NO_MEMORY;
+    if (err) {
+        free(io->name);
+        free(io);
+        return err;
+    }
+    io->magic = EXT2_ET_MAGIC_IO_CHANNEL;
+    io->manager = staging_io_manager();
+    io->block_size = 1024;
+    io->refcount = 1;
+    io->private_data = stage;
+    *channel = io;
+    return 0;
+}
+
+static errcode_t staging_close(io_channel channel)
+{
+    struct xd_stage *stage = stage_of(channel);
+    errcode_t err = 0;
+    if (--channel->refcount > 0)
+        return 0;
+    if (stage->real)
+        err = io_channel_close(stage->real);
+    stage->real = NULL;
+    free(channel->name);
+    free(channel);
+    return err;
+}
+
+static errcode_t staging_set_blksize(io_channel channel, int blksize)
+{
+    channel->block_size = blksize;
+    return io_channel_set_blksize(stage_of(channel)->real, blksize);
+}
+
+static errcode_t staging_read_blk64(io_channel channel, unsigned long long block, int count, void *data)
+{
+    struct xd_stage *stage = stage_of(channel);
+    uint64_t start = block * (uint64_t)channel->block_size, end = start + byte_count(channel, count), at;
+    errcode_t err = io_channel_read_blk64(stage->real, block, count, data);
+    if (err || !stage->used)
+        return err;
+    for (at = start; at < end;) {
+        blk64_t fs_block = at / stage->block_size;
+        uint64_t block_end = (fs_block + 1) * (uint64_t)stage->block_size, piece_end = end < block_end ? end : block_end;
+        unsigned char *copy = kept(stage, fs_block);
+        if (copy)
+            memcpy((unsigned char *)data + (at - start), copy + (at - fs_block * stage->block_size), piece_end - at);
+        at = piece_end;
+    }
+    return 0;
+}
+
+static errcode_t staging_read_blk(io_channel channel, unsigned long block, int count, void *data)
+{
+    return staging_read_blk64(channel, block, count, data);
+}
+
+static errcode_t staging_write_blk64(io_channel channel, unsigned long long block, int count, const void *data)
+{
+    struct xd_stage *stage = stage_of(channel);
+    uint64_t start = block * (uint64_t)channel->block_size, end = start + byte_count(channel, count), at;
+    if (!stage->block_size)
+        return EXT2_ET_OP_NOT_SUPPORTED;
+    for (at = start; at < end;) {
+        blk64_t fs_block = at / stage->block_size;
+        uint64_t block_end = (fs_block + 1) * (uint64_t)stage->block_size, piece_end = end < block_end ? end : block_end;
+        const unsigned char *piece = (const unsigned char *)data + (at - start);
+        errcode_t err;
+        if (stage->spilled && was_free(stage, fs_block)) {
+            /* The piece starts at a multiple of the channel's block size. */
+            err = io_channel_write_blk64(stage->real, at / (uint64_t)channel->block_size, -(int)(piece_end - at), piece);
+        } else {
+            unsigned char *copy;
+            err = keep(stage, fs_block, &copy);
+            if (!err)
+                memcpy(copy + (at - fs_block * stage->block_size), piece, piece_end - at);
+            if (!err && !stage->spilled && stage->kept_bytes > XD_STAGE_BUDGET)
+                err = spill(stage);
+        }
+        if (err)
+            return err;
+        at = piece_end;
+    }
+    return 0;
+}
+
+static errcode_t staging_write_blk(io_channel channel, unsigned long block, int count, const void *data)
+{
+    return staging_write_blk64(channel, block, count, data);
+}
+
+static errcode_t staging_zeroout(io_channel channel, unsigned long long block, unsigned long long count)
+{
+    static const unsigned char zeros[65536];
+    unsigned long long per_write = sizeof(zeros) / (unsigned long long)channel->block_size;
+    while (count > 0) {
+        unsigned long long now = count < per_write ? count : per_write;
+        errcode_t err = staging_write_blk64(channel, block, (int)now, zeros);
+        if (err)
+            return err;
+        block += now;
+        count -= now;
+    }
+    return 0;
+}
+
+static errcode_t staging_flush(io_channel channel)
+{
+    return io_channel_flush(stage_of(channel)->real);
+}
+
+static errcode_t staging_set_option(io_channel channel, const char *option, const char *arg)
+{
+    return stage_of(channel)->real->manager->set_option(stage_of(channel)->real, option, arg);
+}
+
+static errcode_t staging_get_stats(io_channel channel, io_stats *stats)
+{
+    return stage_of(channel)->real->manager->get_stats(stage_of(channel)->real, stats);
+}
+
+static struct struct_io_manager staging_manager = {
+    .magic = EXT2_ET_MAGIC_IO_MANAGER,
+    .name = "xdkms staging I/O manager",
+    .open = staging_open,
+    .close = staging_close,
+    .set_blksize = staging_set_blksize,
+    .read_blk = staging_read_blk,
+    .write_blk = staging_write_blk,
+    .flush = staging_flush,
+    /* No write_byte: the superblock is then written whole, as a block. */
+    .set_option = staging_set_option,
+    .get_stats = staging_get_stats,
+    .read_blk64 = staging_read_blk64,
+    .write_blk64 = staging_write_blk64,
+    .zeroout = staging_zeroout,
+};
+
+static io_manager staging_io_manager(void)
+{
+    return &staging_manager;
+}
+
+struct xd_stage *xd_stage_new(void)
+{
+    return calloc(1, sizeof(struct xd_stage));
+}
+
+void xd_stage_free(struct xd_stage *stage)
+{
+    size_t i;
+    for (i = 0; i < stage->capacity; i++)
+        free(stage->blocks[i]);
+    free(stage->keys);
+    free(stage->blocks);
+    if (stage->was_used)
+        ext2fs_free_block_bitmap(stage->was_used);
+    free(stage);
+}
+
+/* How many slots `stage`'s table has. */
+size_t xd_stage_capacity(const struct xd_stage *stage)
+{
+    return stage->capacity;
+}
+
+/* The kept copy in table slot `index` (NULL when the slot is empty or its copy was written out)
+ * and its block; `*was_free` tells whether the image had that block free. */
+const unsigned char *xd_stage_slot(const struct xd_stage *stage, size_t index, uint64_t *block, int *was_free_out)
+{
+    if (index >= stage->capacity || !stage->keys[index])
+        return NULL;
+    *block = stage->keys[index] - 1;
+    *was_free_out = was_free(stage, *block);
+    return stage->blocks[index];
+}
+
+/* The clean filesystem in `path`, `offset` bytes in, opened to write through `stage`. */
+long xd_open_staged(const char *path, uint64_t offset, int64_t now, struct xd_stage *stage, ext2_filsys *out)
+{
+    char options[64];
+    ext2_filsys fs = NULL;
+    errcode_t err;
+
+    initialize_ext2_error_table();
+    *out = NULL;
+    snprintf(options, sizeof(options), "offset=%llu", (unsigned long long)offset);
+    opening_stage = stage;
+    err = ext2fs_open2(path, options, EXT2_FLAG_64BITS | EXT2_FLAG_RW, 0, 0, staging_io_manager(), &fs);
+    opening_stage = NULL;
+    if (err)
+        return err;
+    if (now)
+        fs->now = (time_t)now;
+    if (ext2fs_has_feature_journal_needs_recovery(fs->super))
+        err = XD_NEEDS_RECOVERY;
+    else if (!(fs->super->s_state & EXT2_VALID_FS) || (fs->super->s_state & EXT2_ERROR_FS))
+        err = XD_NOT_CLEAN;
+    if (!err)
+        err = ext2fs_read_bitmaps(fs);
+    if (!err)
+        err = ext2fs_copy_bitmap(fs->block_map, &stage->was_used);
+    if (err) {
+        ext2fs_close_free(&fs);
+        return err;
+    }
+    stage->first_data_block = fs->super->s_first_data_block;
+    stage->blocks_count = ext2fs_blocks_count(fs->super);
+    stage->block_size = fs->blocksize;
+    *out = fs;
+    return 0;
+}
+
+/* The filesystem block holding each block of the journal inode's file, in file order, into
+ * `out` (`capacity` entries); `*len` is how many the journal has (0 for a hole). */
+struct journal_map {
+    uint64_t *out;
+    size_t capacity;
+    size_t len;
+};
+
+static int map_journal_block(ext2_filsys fs, blk64_t *block, e2_blkcnt_t index, blk64_t ref_block, int ref_offset,
+                             void *private)
+{
+    struct journal_map *map = private;
+    (void)fs;
+    (void)ref_block;
+    (void)ref_offset;
+    if (index < 0)
+        return 0;
+    if ((size_t)index >= map->capacity)
+        return BLOCK_ABORT;
+    map->out[index] = *block;
+    if ((size_t)index + 1 > map->len)
+        map->len = (size_t)index + 1;
+    return 0;
+}
+
+long xd_journal_map(ext2_filsys fs, uint64_t *out, size_t capacity, size_t *len)
+{
+    struct journal_map map = { out, capacity, 0 };
+    errcode_t err;
+    memset(out, 0, capacity * sizeof(*out));
+    err = ext2fs_block_iterate3(fs, fs->super->s_journal_inum, BLOCK_FLAG_READ_ONLY | BLOCK_FLAG_DATA_ONLY, NULL,
+                                map_journal_block, &map);
+    *len = map.len;
+    return err;
+}
+
 /* How many bytes the filesystem spans (blocks times block size). */
 uint64_t xd_size(ext2_filsys fs)
 {
     return ext2fs_blocks_count(fs->super) * (uint64_t)fs->blocksize;
+}
+
+uint64_t xd_block_size(ext2_filsys fs)
+{
+    return fs->blocksize;
 }
 
 /* Writes everything back (superblock, descriptors, bitmaps) when writable, and frees. */

@@ -13,6 +13,8 @@ mod disk;
 mod erofs_image;
 mod ext2fs;
 mod ext4_image;
+mod ext4_in_place;
+mod jbd2;
 mod squashfs_codec;
 mod squashfs_image;
 mod tar_image;

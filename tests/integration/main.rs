@@ -9,6 +9,7 @@ mod dkms_images;
 mod docs;
 mod erofs_images;
 mod ext4_images;
+mod ext4_journal;
 mod hostile;
 mod images;
 mod initramfs;
