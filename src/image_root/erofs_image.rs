@@ -12,9 +12,8 @@
 //! edit leaves unreachable (a replaced file's old inode and data, a directory's old entries)
 //! stays in the image until it is made again with mkfs.erofs.
 //!
-//! Files of the image stored compressed are read only when a command needs them, and that is
-//! refused for now (xdkms reads plain, inline and chunk-based files); what a command writes is
-//! stored plain.
+//! Files are read plain, inline, chunk-based or lz4 compressed (erofs_compressed.rs); what a
+//! command writes is stored plain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -23,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{needed, written_mtime, Change, Entry};
+use super::{erofs_compressed, needed, written_mtime, Change, Entry};
 
 /// Where the superblock starts, its magic number, and how much of it xdkms reads.
 const SUPER_OFFSET: u64 = 1024;
@@ -45,6 +44,8 @@ const DIRENT_LEN: usize = 12;
 const FT_REG: u8 = 1;
 const FT_DIR: u8 = 2;
 const FT_SYMLINK: u8 = 7;
+/// superblock feature_incompat: lz4 clusters end at their cluster's end, zero padded before.
+const INCOMPAT_ZERO_PADDING: u32 = 0x1;
 /// A chunk index entry that maps no block (a hole).
 const NULL_ADDR: u32 = u32::MAX;
 /// superblock feature_compat: the superblock carries a crc32c.
@@ -297,10 +298,7 @@ impl Image {
     fn data(&self, inode: &Inode, name: &str) -> io::Result<Vec<u8>> {
         let what = || format!("{name} (inode {})", inode.nid);
         if matches!(inode.layout, COMPRESSED_FULL | COMPRESSED_COMPACT) {
-            return Err(invalid(format!(
-                "{name} is stored compressed, which xdkms does not read yet: make the image with mkfs.erofs \
-                 without -z, or customize the tree it was made from"
-            )));
+            return self.compressed(inode, &what);
         }
         // Stored as it is: no bigger than the image.
         if inode.size > self.len {
@@ -320,6 +318,21 @@ impl Image {
             CHUNK_BASED => self.chunked(inode, &what),
             other => Err(invalid(format!("corrupt: {} has data layout {other}", what()))),
         }
+    }
+
+    /// The content of a compressed file.
+    fn compressed(&self, inode: &Inode, what: &dyn Fn() -> String) -> io::Result<Vec<u8>> {
+        let geometry = erofs_compressed::Geometry {
+            block_bits: self.superblock.block_bits,
+            zero_padding: u32_at(&self.superblock.raw, 80) & INCOMPAT_ZERO_PADDING != 0,
+            image_len: self.len,
+        };
+        let file = erofs_compressed::File {
+            body_at: inode.body_at(),
+            size: inode.size,
+            compact: inode.layout == COMPRESSED_COMPACT,
+        };
+        erofs_compressed::read(&geometry, &file, &|at, len| self.read(at, len, what), what)
     }
 
     /// The content of a chunk-based file: its chunk index, then each chunk (or a hole).

@@ -1,6 +1,7 @@
 //! ext2/3/4 images: the entries a command needs read out through libext2fs, and the command's
-//! changes written into a copy of the image (files rewritten in their inodes, new ones
-//! allocated, removed ones freed) that then replaces it.
+//! changes carried out through it (files rewritten in their inodes, new ones allocated, removed
+//! ones freed): in the image itself, committed through its journal (ext4_in_place.rs), or in a
+//! copy that then replaces it when that cannot be done.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;

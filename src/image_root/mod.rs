@@ -10,6 +10,7 @@
 
 mod cpio_image;
 mod disk;
+mod erofs_compressed;
 mod erofs_image;
 mod ext2fs;
 mod ext4_image;

@@ -61,11 +61,33 @@ fn raw_inode(image: &Path, path: &str) -> (u64, Vec<u8>) {
 /// indexes) the same inode number and inode bytes, xattrs included.
 #[test]
 fn depmod_on_erofs_images_writes_what_kmod_writes_and_keeps_the_rest() {
-    let cases: [(&str, &[&str], bool); 2] = [("plain", &[], false), ("chunked", &["--chunksize=4096"], true)];
+    // Compressed images get Debian's modules besides the fixture's small ones, so that files
+    // are stored compressed: in compact and full indexes, big physical clusters, tails packed
+    // inline.
+    let cases: [(&str, &[&str], bool); 6] = [
+        ("plain", &[], false),
+        ("chunked", &["--chunksize=4096"], true),
+        ("lz4", &["-zlz4"], false),
+        ("lz4hc-big-clusters-tail-packed", &["-zlz4hc,9", "-C16384", "-Eztailpacking"], true),
+        ("lz4-tail-packed", &["-zlz4", "-Eztailpacking"], false),
+        ("lz4hc-full-indexes", &["-zlz4hc", "-Elegacy-compress", "-C65536"], false),
+    ];
+    let r = crate::util::refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
     for (name, options, merged_usr) in cases {
         let base = TempDir::new(&format!("erofs-depmod-{name}"));
         let root = base.join("root");
         make_root(&root, merged_usr);
+        let compressed = options.iter().any(|o| o.starts_with("-z"));
+        if compressed {
+            let module_dir = if merged_usr { "usr/lib/modules" } else { "lib/modules" };
+            for module in ["fs/erofs/erofs.ko", "drivers/net/ethernet/intel/e1000e/e1000e.ko"] {
+                let from = cache.join(format!("lib/modules/{version}/kernel/{module}"));
+                let to = root.join(format!("{module_dir}/{VERSION}/kernel/debian/{module}"));
+                std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+                std::fs::copy(from, to).expect("copy");
+            }
+        }
         run_ok(Command::new("touch").args(["-h", "-d", "@1234567890"]).arg(root.join("etc/hostname")));
         run_ok(
             Command::new("setfattr")
@@ -74,6 +96,12 @@ fn depmod_on_erofs_images_writes_what_kmod_writes_and_keeps_the_rest() {
         );
         let image = base.join(format!("rootfs.{name}.erofs"));
         make_erofs(&root, &image, options);
+        if compressed {
+            let module_dir = if merged_usr { "usr/lib/modules" } else { "lib/modules" };
+            let path = format!("{module_dir}/{VERSION}/kernel/debian/fs/erofs/erofs.ko");
+            let layout = (raw_inode(&image, &path).1[0] >> 1) & 7;
+            assert!(layout == 1 || layout == 3, "{name}: erofs.ko is stored compressed (layout {layout})");
+        }
         let original = base.join("original.erofs");
         std::fs::copy(&image, &original).expect("copy");
         let before = base.join("before");
@@ -135,9 +163,9 @@ fn modinfo_on_an_erofs_image_prints_what_it_prints_on_the_directory() {
     assert_modinfo_as_on_directory(&image, &root);
 }
 
-/// A compressed image (whose files xdkms does not read yet), a truncated image, a corrupt
-/// superblock, no lib/modules, a read-only file: each refused with the image named, nothing
-/// changed, nothing left beside it.
+/// lz4 clusters without zero padding (which xdkms does not read), a truncated image, a
+/// corrupt superblock, no lib/modules, a read-only file: each refused with the image named,
+/// nothing changed, nothing left beside it.
 #[test]
 fn bad_erofs_images_are_refused_with_their_name_and_left_alone() {
     let base = TempDir::new("erofs-bad");
@@ -151,24 +179,18 @@ fn bad_erofs_images_are_refused_with_their_name_and_left_alone() {
         (image, bytes)
     };
 
-    // mkfs.erofs stores small files as they are even in a compressed image: those are read,
-    // and the image, its compression settings kept, stays consistent.
-    let (lz4, _) = made("lz4hc.erofs", &["-zlz4hc,9"]);
-    let out = depmod(&lz4);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let fsck = run(Command::new("fsck.erofs").arg(&lz4));
-    assert_eq!(fsck.status.code(), Some(0), "fsck.erofs: {}", text(&fsck.stderr));
-    // A module of Debian's (200 KiB, compressible) is stored compressed: refused, naming it.
+    // A module of Debian's (200 KiB, compressible) is stored in lz4 clusters without zero
+    // padding (mkfs.erofs -E legacy-compress): refused, naming it.
     let r = crate::util::refs();
     let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
     let erofs_ko = format!("lib/modules/{version}/kernel/fs/erofs/erofs.ko");
     let big = root.join(format!("lib/modules/{VERSION}/kernel/erofs.ko"));
     std::fs::copy(cache.join(&erofs_ko), &big).expect("copy");
-    let (lz4, bytes) = made("lz4hc-big.erofs", &["-zlz4hc,9"]);
+    let (lz4, bytes) = made("lz4-unpadded.erofs", &["-zlz4", "-Elegacy-compress"]);
     std::fs::remove_file(&big).expect("rm");
     let out = depmod(&lz4);
-    assert_refused(&out, &lz4, &bytes, "compressed files");
-    assert!(text(&out.stderr).contains("stored compressed"), "{}", text(&out.stderr));
+    assert_refused(&out, &lz4, &bytes, "lz4 clusters without zero padding");
+    assert!(text(&out.stderr).contains("without zero padding"), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("kernel/erofs.ko"), "the message names the file: {}", text(&out.stderr));
 
     let (_, whole) = made("plain.erofs", &[]);
@@ -244,4 +266,23 @@ fn corrupt_erofs_images_are_errors_not_crashes() {
     let place =
         |round: usize, random: usize| if round % 4 == 3 { random % len } else { 1024 + random % (metadata_end - 1024) };
     assert_corruptions_are_errors_not_crashes(&whole, &base.join("corrupt.erofs"), 0xe7f5, place);
+
+    // The same on an lz4 image with big clusters and tails packed inline, whose compressed
+    // files (Debian's erofs.ko) depmod reads: indexes and clusters corrupted too.
+    let r = crate::util::refs();
+    let (cache, version) = (r.path("XDKMS_ROOT_AMD64"), r.get("XDKMS_KVER_AMD64"));
+    let big = root.join(format!("lib/modules/{VERSION}/kernel/erofs.ko"));
+    std::fs::copy(cache.join(format!("lib/modules/{version}/kernel/fs/erofs/erofs.ko")), &big).expect("copy");
+    let compressed = base.join("rootfs.lz4.erofs");
+    make_erofs(&root, &compressed, &["-zlz4hc", "-C16384", "-Eztailpacking"]);
+    let whole = std::fs::read(&compressed).expect("image");
+    let len = whole.len();
+    let place = |round: usize, random: usize| {
+        if round % 2 == 1 {
+            random % len
+        } else {
+            1024 + random % (len.min(64 * 1024) - 1024)
+        }
+    };
+    assert_corruptions_are_errors_not_crashes(&whole, &base.join("corrupt.lz4.erofs"), 0x1245, place);
 }
