@@ -166,8 +166,9 @@ pub fn replay_journal(image: &Path, offset: u64) -> io::Result<()> {
     if journal.sb.start == 0 && !recover {
         return Ok(());
     }
-    if journal.sb.has_fast_commits() && journal.sb.start != 0 {
-        return Err(corrupt("its journal holds fast commits to replay: replay them with e2fsck -fy first"));
+    if journal.sb.start != 0 && (journal.sb.has_fast_commits() || journal.sb.has_v1_checksums()) {
+        let kind = if journal.sb.has_fast_commits() { "fast commits" } else { "transactions with version 1 checksums" };
+        return Err(corrupt(format!("its journal holds {kind} to replay: replay them with e2fsck -fy first")));
     }
     let file = File::options().read(true).write(true).open(image).map_err(|e| {
         io::Error::new(
@@ -177,6 +178,13 @@ pub fn replay_journal(image: &Path, offset: u64) -> io::Result<()> {
     })?;
     let blocks = Blocks { file: &file, offset, size };
     let replay = jbd2::replay(&journal.sb, |index| journal.place(index).and_then(|place| blocks.read(place)))?;
+    // The kernel will not mount such a journal either: e2fsck decides what is left.
+    if replay.bad_checksums > 0 {
+        return Err(corrupt(format!(
+            "its journal holds {} block(s) whose checksum does not match: replay it with e2fsck -fy first",
+            replay.bad_checksums
+        )));
+    }
     for (number, data) in &replay.blocks {
         blocks.write(*number, data)?;
     }

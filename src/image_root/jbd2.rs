@@ -129,6 +129,12 @@ impl Superblock {
         self.incompat & INCOMPAT_FAST_COMMIT != 0
     }
 
+    /// True when the journal carries version 1 checksums (of whole transactions, which xdkms
+    /// does not verify: with asynchronous commits only they tell a torn transaction).
+    pub fn has_v1_checksums(&self) -> bool {
+        self.compat & COMPAT_CHECKSUM != 0
+    }
+
     /// One past the log's last block.
     fn last(&self) -> u32 {
         self.maxlen - self.fast_commit_blocks
@@ -147,7 +153,7 @@ impl Superblock {
     /// Why xdkms cannot write a transaction into this journal, if it cannot (it then edits a
     /// copy of the image instead).
     pub fn refusal_to_write(&self) -> Option<&'static str> {
-        if self.compat & COMPAT_CHECKSUM != 0 {
+        if self.has_v1_checksums() {
             Some("its journal uses version 1 checksums")
         } else if self.has_fast_commits() {
             Some("its journal has fast commits")
@@ -338,8 +344,10 @@ pub struct Replay {
     pub blocks: BTreeMap<u64, Vec<u8>>,
     /// The sequence number after the last committed transaction.
     pub next_sequence: u32,
-    /// Block copies whose checksum did not match (left out, as the kernel leaves them).
-    pub bad_copies: usize,
+    /// Blocks of a committed transaction whose checksum did not match: copies (left out) and
+    /// descriptor or revoke blocks (the log read as ending there). The kernel refuses to mount
+    /// such a journal.
+    pub bad_checksums: usize,
 }
 
 /// One tag of a descriptor block.
@@ -398,7 +406,7 @@ fn revoked(sb: &Superblock, block: &[u8]) -> Vec<u64> {
 /// The blocks the committed transactions of the log hold, read with `read` (log block number to
 /// its bytes), as e2fsck's recovery finds them: transactions from the superblock's start and
 /// sequence on, up to the first that is not whole (a missing or unsound commit block ends the
-/// log), revoked blocks left out, a copy whose checksum fails left out and counted.
+/// log), revoked blocks left out, a block whose checksum fails counted.
 pub fn replay<E>(sb: &Superblock, mut read: impl FnMut(u32) -> Result<Vec<u8>, E>) -> Result<Replay, E> {
     if sb.start == 0 {
         return Ok(Replay { next_sequence: sb.sequence, ..Replay::default() });
@@ -422,7 +430,7 @@ pub fn replay<E>(sb: &Superblock, mut read: impl FnMut(u32) -> Result<Vec<u8>, E
                         let expected = sb.tag_checksum(sequence, &copy);
                         let carried = if sb.incompat & INCOMPAT_CSUM_V3 != 0 { expected } else { expected & 0xffff };
                         if carried != tag.checksum {
-                            done.bad_copies += 1;
+                            done.bad_checksums += 1;
                             continue;
                         }
                     }
@@ -434,6 +442,12 @@ pub fn replay<E>(sb: &Superblock, mut read: impl FnMut(u32) -> Result<Vec<u8>, E
             }
             Some(REVOKE_BLOCK) if sb.tail_is_sound(&block) => {
                 pending_revokes.extend(revoked(sb, &block).into_iter().map(|number| (number, sequence)));
+            }
+            // This transaction's own block, damaged (a commit block that fails only ends the
+            // log: the transaction was not committed).
+            Some(DESCRIPTOR_BLOCK | REVOKE_BLOCK) => {
+                done.bad_checksums += 1;
+                break;
             }
             Some(COMMIT_BLOCK) if sb.commit_is_sound(&block) => {
                 writes.append(&mut pending);
@@ -497,7 +511,7 @@ mod tests {
             let replay = round_trip(incompat, &blocks);
             let expected: BTreeMap<u64, Vec<u8>> = blocks.iter().cloned().collect();
             assert_eq!(replay.blocks, expected, "features {incompat:#x}");
-            assert_eq!((replay.next_sequence, replay.bad_copies), (8, 0));
+            assert_eq!((replay.next_sequence, replay.bad_checksums), (8, 0));
         }
     }
 
@@ -527,7 +541,22 @@ mod tests {
         let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
         let replay = replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay");
         assert_eq!(replay.blocks.keys().copied().collect::<Vec<_>>(), vec![51]);
-        assert_eq!(replay.bad_copies, 1);
+        assert_eq!(replay.bad_checksums, 1);
+    }
+
+    #[test]
+    fn a_damaged_descriptor_of_the_transaction_is_counted_not_skipped() {
+        let sb = journal_superblock(INCOMPAT_CSUM_V3, 1024);
+        let mut log = transaction(&sb, 7, &[(50, vec![1u8; 1024])], 1).expect("tx");
+        log[0][40] ^= 1;
+        let mut journal = vec![vec![0u8; 1024]; 64];
+        for (index, block) in log.iter().enumerate() {
+            journal[1 + index] = block.clone();
+        }
+        let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
+        let replay = replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay");
+        assert!(replay.blocks.is_empty());
+        assert_eq!(replay.bad_checksums, 1);
     }
 
     #[test]

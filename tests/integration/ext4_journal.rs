@@ -170,7 +170,8 @@ fn assert_settles_to(work: &TempDir, name: &str, state: &[u8], expected: &Path, 
 /// `depmod -b IMAGE.ext4` committed through the journal, killed (made from a finished run)
 /// before its commit, right after it, and after marking the filesystem with half its blocks
 /// written in place: e2fsck and xdkms settle each on the old or the new filesystem, for a
-/// journal without checksums on 1 KiB blocks and one with v3 checksums on 4 KiB blocks.
+/// journal without checksums on 1 KiB blocks and one with v3 checksums on 4 KiB blocks. A
+/// journal with version 1 checksums, or a copy whose checksum fails, is refused.
 #[test]
 fn an_ext4_edit_killed_while_committing_settles_on_the_old_or_the_new_image() {
     for (label, block_size, checksums) in [("plain", "1024", false), ("csum-v3", "4096", true)] {
@@ -204,5 +205,33 @@ fn an_ext4_edit_killed_while_committing_settles_on_the_old_or_the_new_image() {
         assert_settles_to(&work, &format!("{label}-committed"), &committed, &new_path, Some(&new));
         let half_written = marked(crash_state(&old, &new, &tx, |i| i % 2 == 0, true));
         assert_settles_to(&work, &format!("{label}-half-written"), &half_written, &new_path, Some(&new));
+
+        // A copy in the journal whose checksum fails: the kernel would not mount it, xdkms
+        // leaves it to e2fsck and the image as it is.
+        if checksums {
+            let mut damaged = committed.clone();
+            let first_copy = journal_blocks(&new_path)[tx.first as usize + 1] as usize * tx.block_size;
+            damaged[first_copy + 100] ^= 1;
+            let image = work.join("damaged.ext4");
+            std::fs::write(&image, &damaged).expect("write");
+            let out = run(xdkms().arg("depmod").arg("-n").arg("-b").arg(&image).arg(VERSION));
+            assert_eq!(out.status.code(), Some(1), "{label}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("checksum does not match"), "{label}: {}", text(&out.stderr));
+            assert!(std::fs::read(&image).expect("read") == damaged, "{label}: the image changed");
+        }
+        // Version 1 checksums (of whole transactions) are not verified: such a journal is
+        // e2fsck's to replay, and the image is left as it is.
+        if !checksums {
+            let mut v1 = committed.clone();
+            let sb = tx.journal_sb;
+            let compat = be32(&v1, sb + 0x24) | 0x1;
+            v1[sb + 0x24..sb + 0x28].copy_from_slice(&compat.to_be_bytes());
+            let image = work.join("v1.ext4");
+            std::fs::write(&image, &v1).expect("write");
+            let out = run(xdkms().arg("depmod").arg("-n").arg("-b").arg(&image).arg(VERSION));
+            assert_eq!(out.status.code(), Some(1), "{label}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("e2fsck -fy"), "{label}: {}", text(&out.stderr));
+            assert!(std::fs::read(&image).expect("read") == v1, "{label}: the image changed");
+        }
     }
 }
