@@ -115,10 +115,9 @@ fn checksummed_len(block_size: u64) -> u64 {
 /// The checksum the kernel verifies: crc32c seeded with ~0 and not inverted at the end, over
 /// the superblock's block with the checksum field zeroed.
 fn checksum(raw: &[u8]) -> u32 {
-    const KERNEL_CRC32C: crc::Algorithm<u32> = crc::Algorithm { xorout: 0, ..crc::CRC_32_ISCSI };
     let mut zeroed = raw.to_vec();
     zeroed[4..8].fill(0);
-    crc::Crc::<u32>::new(&KERNEL_CRC32C).checksum(&zeroed)
+    super::kernel_crc32c(&[&zeroed])
 }
 
 /// The superblock of the image in `file` (`len` bytes long), or why xdkms cannot work on it.

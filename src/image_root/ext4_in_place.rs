@@ -154,12 +154,9 @@ fn block_size_of(sb: &[u8]) -> io::Result<u64> {
 /// anything (a run killed after its commit, a crashed system), as mounting it would; nothing
 /// when the journal is empty or there is none.
 pub fn replay_journal(image: &Path, offset: u64) -> io::Result<()> {
-    let sb = {
-        let file = File::open(image)?;
-        Blocks { file: &file, offset, size: 1024 }.superblock()?
-    };
-    let recover = le32(&sb, SB_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0;
     let file = File::open(image)?;
+    let sb = Blocks { file: &file, offset, size: 1024 }.superblock()?;
+    let recover = le32(&sb, SB_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0;
     let size = block_size_of(&sb)?;
     let reading = Blocks { file: &file, offset, size };
     let Some(journal) = Journal::of(image, offset, &reading, &sb)? else { return Ok(()) };

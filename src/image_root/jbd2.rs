@@ -35,17 +35,7 @@ const SB_LEN: usize = 1024;
 const COMMIT_CHECKSUM_AT: usize = 16;
 const COMMIT_SEC_AT: usize = 48;
 
-/// crc32c as jbd2 and ext4 use it: seeded by the caller, not inverted at the end.
-const RAW_CRC32C: crc::Algorithm<u32> = crc::Algorithm { xorout: 0, ..crc::CRC_32_ISCSI };
-
-fn crc32c(parts: &[&[u8]]) -> u32 {
-    let crc = crc::Crc::<u32>::new(&RAW_CRC32C);
-    let mut digest = crc.digest();
-    for part in parts {
-        digest.update(part);
-    }
-    digest.finalize()
-}
+use super::kernel_crc32c as crc32c;
 
 /// The checksum ext4 keeps in its superblock (`sb` its 1024 bytes), over all but that field.
 pub fn ext4_superblock_checksum(sb: &[u8]) -> u32 {
@@ -488,17 +478,21 @@ mod tests {
         Superblock::parse(&raw).expect("parse")
     }
 
-    /// Writes `blocks` as one transaction into a log held in memory and replays it.
-    fn round_trip(incompat: u32, blocks: &[(u64, Vec<u8>)]) -> Replay {
-        let sb = journal_superblock(incompat, 1024);
-        let log = transaction(&sb, 7, blocks, 1).expect("transaction");
-        let mut journal = vec![vec![0u8; 1024]; 64];
+    /// `log` written into a journal held in memory from block 1 on, the log started there, and
+    /// replayed.
+    fn replay_log(sb: &Superblock, log: &[Vec<u8>]) -> Replay {
+        let mut journal = vec![vec![0u8; sb.block_size as usize]; 64];
         for (index, block) in log.iter().enumerate() {
             journal[1 + index] = block.clone();
         }
-        journal[0] = sb.with_log(1, 7);
-        let started = Superblock::parse(&journal[0]).expect("started");
+        let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
         replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay")
+    }
+
+    /// Writes `blocks` as one transaction into a log held in memory and replays it.
+    fn round_trip(incompat: u32, blocks: &[(u64, Vec<u8>)]) -> Replay {
+        let sb = journal_superblock(incompat, 1024);
+        replay_log(&sb, &transaction(&sb, 7, blocks, 1).expect("transaction"))
     }
 
     #[test]
@@ -519,12 +513,7 @@ mod tests {
     fn a_transaction_without_its_commit_block_is_not_replayed() {
         let sb = journal_superblock(INCOMPAT_CSUM_V3, 1024);
         let log = transaction(&sb, 7, &[(50, vec![1u8; 1024])], 1).expect("transaction");
-        let mut journal = vec![vec![0u8; 1024]; 64];
-        for (index, block) in log.iter().enumerate().take(log.len() - 1) {
-            journal[1 + index] = block.clone();
-        }
-        let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
-        let replay = replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay");
+        let replay = replay_log(&sb, &log[..log.len() - 1]);
         assert!(replay.blocks.is_empty());
         assert_eq!(replay.next_sequence, 7);
     }
@@ -534,12 +523,7 @@ mod tests {
         let sb = journal_superblock(INCOMPAT_CSUM_V3, 1024);
         let mut log = transaction(&sb, 7, &[(50, vec![1u8; 1024]), (51, vec![2u8; 1024])], 1).expect("tx");
         log[1][100] ^= 1;
-        let mut journal = vec![vec![0u8; 1024]; 64];
-        for (index, block) in log.iter().enumerate() {
-            journal[1 + index] = block.clone();
-        }
-        let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
-        let replay = replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay");
+        let replay = replay_log(&sb, &log);
         assert_eq!(replay.blocks.keys().copied().collect::<Vec<_>>(), vec![51]);
         assert_eq!(replay.bad_checksums, 1);
     }
@@ -549,12 +533,7 @@ mod tests {
         let sb = journal_superblock(INCOMPAT_CSUM_V3, 1024);
         let mut log = transaction(&sb, 7, &[(50, vec![1u8; 1024])], 1).expect("tx");
         log[0][40] ^= 1;
-        let mut journal = vec![vec![0u8; 1024]; 64];
-        for (index, block) in log.iter().enumerate() {
-            journal[1 + index] = block.clone();
-        }
-        let started = Superblock::parse(&sb.with_log(1, 7)).expect("started");
-        let replay = replay(&started, |at| Ok::<_, ()>(journal[at as usize].clone())).expect("replay");
+        let replay = replay_log(&sb, &log);
         assert!(replay.blocks.is_empty());
         assert_eq!(replay.bad_checksums, 1);
     }

@@ -76,6 +76,18 @@ pub struct ImageRoot {
     _lock: std::fs::File,
 }
 
+/// crc32c as the kernel computes it for erofs, ext4 and their journal: seeded with ~0 and not
+/// inverted at the end, over `parts` one after another.
+fn kernel_crc32c(parts: &[&[u8]]) -> u32 {
+    const ALGORITHM: crc::Algorithm<u32> = crc::Algorithm { xorout: 0, ..crc::CRC_32_ISCSI };
+    let crc = crc::Crc::<u32>::new(&ALGORITHM);
+    let mut digest = crc.digest();
+    for part in parts {
+        digest.update(part);
+    }
+    digest.finalize()
+}
+
 /// What every "not an image" message lists.
 const KINDS: &str =
     "ext2/3/4, alone or in a GPT or MBR partition; squashfs; erofs; tar, plain or gzip, xz, zstd, bzip2 compressed; cpio (newc), plain or compressed";
