@@ -49,6 +49,24 @@ pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir>
     tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent)
 }
 
+/// The bytes of the regular files below `dir` (symlinks not followed; unreadable parts count
+/// nothing).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// `path` made absolute against the working directory (as given when that cannot be read).
 pub fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {

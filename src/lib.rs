@@ -1,5 +1,6 @@
 //! xdkms: DKMS for image builds. The library behind the `xdkms` binary.
 
+pub mod build_cache;
 pub mod cli;
 pub mod depmod;
 pub mod dkms;

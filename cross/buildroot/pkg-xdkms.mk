@@ -25,8 +25,15 @@ XDKMS_DEPENDENCIES ?=
 # XDKMS_EXTRA_ARGS takes any other option (--compress, --verbose, ...).
 XDKMS_SIGNING_ARGS ?=
 XDKMS_EXTRA_ARGS ?=
+# A build cache directory shared by every build of every configuration on this host (or, on
+# NFS, by several hosts): a module whose inputs (source, dkms.conf, kernel .config and
+# Module.symvers, compiler, signing key, compression) were built before is restored, not
+# rebuilt, so `make clean all` and a second defconfig with the same kernel skip the compiler.
+# Empty: no cache.
+XDKMS_CACHE ?=
 XDKMS_ARGS = --root $(TARGET_DIR) -k $(LINUX_VERSION_PROBED) --kernel-build $(LINUX_DIR) \
-	--cross-compile $(TARGET_CROSS) $(XDKMS_SIGNING_ARGS) $(XDKMS_EXTRA_ARGS)
+	--cross-compile $(TARGET_CROSS) $(if $(XDKMS_CACHE),--cache $(XDKMS_CACHE)) \
+	$(XDKMS_SIGNING_ARGS) $(XDKMS_EXTRA_ARGS)
 
 # inner-xdkms-package -- hooks for the package (pkgname, PKG): the build step adds and builds
 # the module (again on a rebuild: --force), the target-install step installs it.

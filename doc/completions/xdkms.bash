@@ -7,7 +7,8 @@ _xdkms_dkms_options='-m --module -v --module-version -k --kernelver -a --arch --
   --force-version-override -c --conf --kernelsourcedir --kernel-build --config --dkmstree
   --sourcetree --installtree --root -j --jobs -q --quiet --verbose --no-depmod --directive
   --cross-compile --compress --json --templatekernel --archive --source-only --binaries-only
-  --mok-signing-key --mok-certificate --sign-file --sign-command -V --version --help'
+  --mok-signing-key --mok-certificate --sign-file --sign-command --cache --no-cache -V --version
+  --help'
 _xdkms_depmod_options='-a --all -A --quick -b --basedir -C --config -E --symvers -F --filesyms
   -e --errsyms -v --verbose -n --show --dry-run -P --symbol-prefix -w --warn -V --version
   -h --help -o --outdir -m --moduledir --kmod-version --kmod-features'
@@ -18,10 +19,11 @@ _xdkms_initramfs_extract='--max-unpacked --help'
 _xdkms_initramfs_create='-o --output --compress --help'
 _xdkms_initramfs_inject='--root -k --kernel --mode --compress -o --output --kmod-version
   --kmod-features --level --max-unpacked --in-root --help'
+_xdkms_cache_prune='--max-size --cache --help'
 _xdkms_sign_file_options='-s -d -p -k'
 _xdkms_commands='add build install uninstall unbuild remove status autoinstall match mktarball
   ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst depmod modinfo initramfs
-  sign-file'
+  cache sign-file'
 
 _xdkms() {
   local cur prev command
@@ -37,7 +39,7 @@ _xdkms() {
   fi
   case $prev in
     -b|--basedir|--root|--dkmstree|--sourcetree|--installtree|--kernelsourcedir|--kernel-build|\
-    --config|-c|--conf|--archive|--mok-signing-key|--mok-certificate|--sign-file|-o|--output|--outdir|\
+    --config|-c|--conf|--archive|--mok-signing-key|--mok-certificate|--sign-file|--cache|-o|--output|--outdir|\
     -C|-E|--symvers|-F|--filesyms)
       COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --compress)
@@ -60,6 +62,11 @@ _xdkms() {
         create) COMPREPLY=($(compgen -W "$_xdkms_initramfs_create" -f -- "$cur")) ;;
         inject) COMPREPLY=($(compgen -W "$_xdkms_initramfs_inject" -f -- "$cur")) ;;
         *) COMPREPLY=($(compgen -W "list extract create inject" -- "$cur")) ;;
+      esac ;;
+    cache)
+      case ${COMP_WORDS[2]} in
+        prune) COMPREPLY=($(compgen -W "$_xdkms_cache_prune" -- "$cur")) ;;
+        *) COMPREPLY=($(compgen -W "prune" -- "$cur")) ;;
       esac ;;
     *)
       if [[ $cur == -* ]]; then

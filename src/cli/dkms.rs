@@ -143,6 +143,14 @@ pub struct Args {
     /// sign_command)
     #[argh(option)]
     pub sign_command: Option<String>,
+    /// a build cache directory, shared by runs and machines: a build whose inputs (source,
+    /// dkms.conf, kernel .config, Module.symvers, toolchain, signer, compression) were built
+    /// before is restored from it (default: $XDKMS_CACHE)
+    #[argh(option)]
+    pub cache: Option<PathBuf>,
+    /// use no build cache, even with $XDKMS_CACHE set
+    #[argh(switch)]
+    pub no_cache: bool,
     /// print the version
     #[argh(switch, short = 'V', long = "version")]
     pub version_flag: bool,
@@ -833,7 +841,31 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         build_environment_file,
         last_conf_read: Mutex::new(None),
         tree_sandbox: OnceLock::new(),
+        cache: open_cache(args)?,
         root,
+    })
+}
+
+/// The build cache: --cache, else $XDKMS_CACHE; none with --no-cache. A path of the build
+/// host, created when missing.
+fn open_cache(args: &Args) -> Result<Option<crate::build_cache::Store>> {
+    if args.no_cache {
+        return Ok(None);
+    }
+    let Some(dir) =
+        args.cache.clone().or_else(|| std::env::var_os("XDKMS_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from))
+    else {
+        return Ok(None);
+    };
+    let dir = crate::fsio::absolute(dir);
+    crate::build_cache::Store::open(&dir).map(Some).map_err(|e| {
+        Failure::new(
+            Exit::BadArguments,
+            [
+                format!("cannot use {} as the build cache: {e}", dir.display()),
+                "Name a writable directory with --cache or XDKMS_CACHE.".to_string(),
+            ],
+        )
     })
 }
 

@@ -35,6 +35,34 @@ pub struct Xdkms {
 #[argh(subcommand)]
 pub enum Command {
     Initramfs(InitramfsArgs),
+    Cache(CacheArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Look after a build cache (the directory `--cache` and XDKMS_CACHE name).
+#[argh(subcommand, name = "cache")]
+pub struct CacheArgs {
+    #[argh(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum CacheCommand {
+    Prune(PruneArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Remove the least recently used builds until the cache holds at most --max-size, and what
+/// killed runs left half-written.
+#[argh(subcommand, name = "prune")]
+pub struct PruneArgs {
+    /// the most the cache may hold, in bytes or with K, M, G, T
+    #[argh(option)]
+    pub max_size: String,
+    /// the cache directory (default: $XDKMS_CACHE)
+    #[argh(option)]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -469,7 +497,42 @@ pub fn main_with_args(argv: Vec<String>) -> Exit {
                 Exit::Failed
             }
         },
+        Command::Cache(CacheArgs { command: CacheCommand::Prune(args) }) => match run_prune(&args) {
+            Ok(()) => Exit::Success,
+            Err(e) => {
+                eprintln!("xdkms cache prune: error: {e:#}");
+                Exit::Failed
+            }
+        },
     }
+}
+
+/// `cache prune`: the cache cut down to --max-size, what it kept and removed printed.
+fn run_prune(args: &PruneArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let max = crate::initramfs_cmd::parse_size(&args.max_size)?;
+    let dir = match args
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("XDKMS_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from))
+    {
+        Some(dir) => dir,
+        None => anyhow::bail!("no cache named: give --cache DIR or set XDKMS_CACHE"),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("{}: no such cache directory", dir.display());
+    }
+    let store = crate::build_cache::Store::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let pruned = store.prune(max).with_context(|| format!("pruning {}", dir.display()))?;
+    println!(
+        "{}: kept {} builds ({} bytes), removed {} ({} bytes)",
+        dir.display(),
+        pruned.kept_entries,
+        pruned.kept_bytes,
+        pruned.removed_entries,
+        pruned.removed_bytes
+    );
+    Ok(())
 }
 
 fn run_initramfs(args: InitramfsArgs) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use std::process::Command;
 
 use initramfs::codec::{encode, Codec, Level};
 
+use super::cache::{BuildInputs, CacheSlot};
 use super::commands::{log_tail, run_logged, run_script_in, shell_quote};
 use super::conf::Conf;
 use super::sandbox::Sandbox;
@@ -83,6 +84,13 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     // dkms's do_build prepares signing before any of its checks.
     let signer = super::sign::prepare(ctx, target);
     let job = Job::prepare(ctx, module, version, target)?;
+    let slot = job.cache_slot(signer.as_ref())?;
+    // A hit is the build these inputs make (--force included: --no-cache builds afresh).
+    if let Some(slot) = &slot {
+        if job.restore(slot)? {
+            return Ok(());
+        }
+    }
     // On the host the build happens where dkms's does, one kernel at a time per version.
     let host_lock = (!ctx.image_mode()).then(|| ctx.host_build_dir_lock(module, version));
     let _in_use = host_lock.as_ref().map(|lock| lock.lock().unwrap_or_else(|e| e.into_inner()));
@@ -90,7 +98,7 @@ pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<
     let sandbox = ctx.sandbox(&job.build_tree, &job.staging.dir.join("mounts"), Some(&target.kernel));
     // From here on a failure leaves the build directory where dkms leaves it, `<m>/<v>/build`,
     // for inspection (make.log included).
-    let outcome = job.run(sandbox.as_ref(), signer.as_ref());
+    let outcome = job.run(sandbox.as_ref(), signer.as_ref(), slot.as_ref());
     let kept = job.version_dir.join("build");
     if outcome.is_err() && job.build_dir != kept && ctx.root.is_dir(&job.build_dir) {
         let _ = ctx.root.remove_all(&kept);
@@ -117,6 +125,8 @@ struct Job<'a> {
     headers: PathBuf,
     config_text: String,
     build_target: super::target::BuildTarget,
+    /// The conf as the checks evaluated it (the target's paths, not the build's).
+    conf: Conf,
 }
 
 /// An I/O failure while doing `what`.
@@ -172,7 +182,65 @@ impl<'a> Job<'a> {
             headers,
             config_text,
             build_target,
+            conf,
         })
+    }
+
+    /// This build's place in the build cache, when the run has one.
+    fn cache_slot(&self, signer: Option<&super::sign::Signer>) -> Result<Option<CacheSlot>> {
+        if self.ctx.cache.is_none() {
+            return Ok(None);
+        }
+        let codec = choose_compression(self.ctx, &self.target.kernel, &self.config_text)?;
+        let inputs = BuildInputs {
+            module: self.module,
+            version: self.version,
+            target: self.target,
+            conf: &self.conf,
+            source_dir: &self.source_dir,
+            headers: &self.headers,
+            config_text: &self.config_text,
+            compiler: &self.compiler(),
+            strip: &self.build_target.strip(),
+            make_variables: &self.build_target.make_variables(),
+            signer,
+            codec,
+        };
+        super::cache::slot(self.ctx, &inputs)
+    }
+
+    /// The compiler make runs: CC as the build exports it, else kbuild's default for the target.
+    fn compiler(&self) -> String {
+        let exported = match &self.build_target.toolchain {
+            Some(toolchain) => toolchain.cc.clone(),
+            None => compiler_from_config(&self.config_text),
+        };
+        exported.unwrap_or_else(|| {
+            let variables = self.build_target.make_variables();
+            let value = |name: &str| variables.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            match value("LLVM") {
+                Some(_) => "clang".to_string(),
+                None => format!(
+                    "{}gcc",
+                    value("CROSS_COMPILE").or_else(|| std::env::var("CROSS_COMPILE").ok()).unwrap_or_default()
+                ),
+            }
+        })
+    }
+
+    /// The build answered from the cache: its result put back and moved into place, as a
+    /// fresh build's would be. False on a miss.
+    fn restore(&self, slot: &CacheSlot) -> Result<bool> {
+        let result = self.staging.dir.join("result");
+        if !super::cache::restore(self.ctx, slot, &result)? {
+            let _ = self.ctx.root.remove_all(&result);
+            return Ok(false);
+        }
+        self.ctx.say("");
+        self.ctx.say("Building module:");
+        self.ctx.say(format!("Restored from the build cache {} ({})", slot.store.dir().display(), slot.key.as_str()));
+        self.put_in_place(&result)?;
+        Ok(true)
     }
 
     /// Copies the source into the build's own dkms tree, in which the other modules stay
@@ -204,7 +272,12 @@ impl<'a> Job<'a> {
 
     /// Everything after staging: the conf read for the build's own paths, patches, make, the
     /// modules collected, the result moved into place.
-    fn run(&self, sandbox: Option<&Sandbox>, signer: Option<&super::sign::Signer>) -> Result<()> {
+    fn run(
+        &self,
+        sandbox: Option<&Sandbox>,
+        signer: Option<&super::sign::Signer>,
+        slot: Option<&CacheSlot>,
+    ) -> Result<()> {
         let ctx = self.ctx;
         // Without a sandbox, the headers may need a view usable from the host (see
         // cross::kernel::kbuild_dir).
@@ -243,6 +316,9 @@ impl<'a> Job<'a> {
         }
         run_script_in(ctx, sandbox, "post_build", &conf.post_build, &self.build_dir, &environment);
         ctx.say("Cleaning build area...");
+        if let Some(slot) = slot {
+            super::cache::file(ctx, slot, &result);
+        }
         self.put_in_place(&result)
     }
 

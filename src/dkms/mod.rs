@@ -2,6 +2,7 @@
 //! dkms's own tree layout, on the host or, with `--root`, entirely inside a target root.
 
 pub mod build;
+pub mod cache;
 pub mod commands;
 pub mod conf;
 pub mod date;
@@ -146,6 +147,8 @@ pub struct Ctx {
     pub host_build_dirs: Mutex<BTreeMap<(String, String), VersionLock>>,
     /// framework.conf's `build_environment` (dkms 3.4), when that file exists (host path).
     pub build_environment_file: Option<PathBuf>,
+    /// The build cache (--cache, $XDKMS_CACHE), a directory of the build host.
+    pub cache: Option<crate::build_cache::Store>,
 }
 
 impl Ctx {

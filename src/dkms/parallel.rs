@@ -5,7 +5,6 @@
 //! regenerated once at the end of the run.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -61,8 +60,10 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let needs_build = |p: &Pair| !install || !tree::is_built(ctx, p.module, p.version, p.target);
     // Largest sources first, so that the longest build does not start last and run alone.
     let mut queue: Vec<usize> = (0..pairs.len()).filter(|&i| needs_build(&pairs[i])).collect();
-    let sizes: Vec<u64> =
-        pairs.iter().map(|p| ctx.source_dir(p.module, p.version).map_or(0, |dir| tree_size(&dir))).collect();
+    let sizes: Vec<u64> = pairs
+        .iter()
+        .map(|p| ctx.source_dir(p.module, p.version).map_or(0, |dir| crate::fsio::tree_bytes(&dir)))
+        .collect();
     queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
     let count = queue.len();
     let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());
@@ -129,21 +130,4 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
         }
     }
     last
-}
-
-/// The bytes of the files below `dir` (a guess at how long the module takes to build).
-fn tree_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
-                Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
-    }
-    total
 }

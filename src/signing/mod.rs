@@ -152,6 +152,25 @@ impl ModuleSigner {
         Ok(ModuleSigner { key, certificate, hash, signer_id })
     }
 
+    /// What tells this signer's signatures from another's: the certificate's issuer, serial,
+    /// subject key id and public key, the digest and how the signer is named (a build cache
+    /// keys signed modules by it; the private key itself is never read for it).
+    pub fn identity(&self) -> String {
+        use der::Encode;
+        let cert = &self.certificate;
+        let mut parts: Vec<u8> = Vec::new();
+        for part in [
+            cert.issuer.to_der().unwrap_or_default(),
+            cert.serial.as_bytes().to_vec(),
+            cert.subject_key_id.clone().unwrap_or_default(),
+            cert.public_key.to_der().unwrap_or_default(),
+        ] {
+            parts.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            parts.extend_from_slice(&part);
+        }
+        format!("{} {:?} {}", self.hash.name(), self.signer_id, crate::build_cache::sha256_hex(&parts))
+    }
+
     /// The DER CMS SignedData that signs `module` (sign-file's `.p7s`).
     pub fn cms_signature(&self, module: &[u8]) -> Result<Vec<u8>> {
         let digest = self.hash.digest(module);

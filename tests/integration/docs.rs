@@ -46,6 +46,7 @@ fn every_option() -> Vec<(String, Vec<String>)> {
     for sub in ["list", "extract", "create", "inject"] {
         commands.push((format!("initramfs {sub}"), options_in(&help(&["initramfs", sub, "--help"]))));
     }
+    commands.push(("cache prune".to_string(), options_in(&help(&["cache", "prune", "--help"]))));
     // sign-file's usage line: `[-dp]`, `-s <raw sig>`; -k is in its getopt string.
     let usage = help(&["sign-file"]);
     assert!(usage.contains("[-dp]") && usage.contains("-s <raw sig>"), "{usage}");

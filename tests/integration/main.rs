@@ -2,6 +2,7 @@
 
 mod atomic;
 mod boot;
+mod build_cache;
 mod cross;
 mod depmod;
 mod dkms;

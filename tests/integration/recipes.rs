@@ -41,6 +41,7 @@ TARGET_CROSS = aarch64-linux-gnu-
 TARGET_MAKE_ENV = PATH="$(PATH)"
 XDKMS = {xdkms}
 XDKMS_EXTRA_ARGS = --verbose
+XDKMS_CACHE = {cache}
 UPPERCASE = $(shell echo '$(1)' | tr 'a-z-' 'A-Z_')
 define sep
 
@@ -61,12 +62,14 @@ $(eval $(xdkms-package))
         xdkms = xdkms_bin().display(),
         mk = repo("cross/buildroot/pkg-xdkms.mk").display(),
         dir = build_dir.display(),
+        cache = work.join("cache").display(),
     );
     let makefile = work.join("harness.mk");
     std::fs::write(&makefile, harness).expect("harness");
     let installed = build_dir.join(".stamp_target_installed");
-    // The first build, then a rebuild (`make xdkms-pair-rebuild` runs both steps again).
-    for _ in 0..2 {
+    // The first build, then a rebuild (`make xdkms-pair-rebuild` runs both steps again), which
+    // the build cache answers.
+    for round in 0..2 {
         for stamp in [".stamp_built", ".stamp_target_installed"] {
             let _ = std::fs::remove_file(build_dir.join(stamp));
         }
@@ -83,7 +86,15 @@ $(eval $(xdkms-package))
         // makes that ran had no -j of their own (stdout shows dkms's line, -j included).
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(log.contains("builds share the parent make's jobserver"), "{log}");
-        assert!(log.contains("xdkms: running make KERNELRELEASE=") && !log.contains("running make -j"), "{log}");
+        let restored = String::from_utf8_lossy(&out.stdout).matches("Restored from the build cache").count();
+        if round == 0 {
+            assert!(log.contains("xdkms: running make KERNELRELEASE=") && !log.contains("running make -j"), "{log}");
+            assert_eq!(restored, 0);
+        } else {
+            assert!(!log.contains("xdkms: running make"), "the rebuild ran make: {log}");
+            // One package (both modules), one build.
+            assert_eq!(restored, 1, "{}", String::from_utf8_lossy(&out.stdout));
+        }
     }
     assert_pair_installed(&sysroot, 183);
     assert_indexes_match_kmod(&sysroot, &work);
@@ -99,6 +110,7 @@ fn yocto_class_rootfs_step_installs_the_images_dkms_sources() {
     let end = start + class[start..].find("\n}\n").expect("its end") + 3;
     let function = &class[start..end];
     let k = &sysroot.kernel;
+    let work = TempDir::new("yocto-work");
     let script = format!("bbnote() {{ echo \"NOTE: $*\"; }}\nset -e\n{function}xdkms_rootfs_install\n");
     run_ok(
         Command::new("bash")
@@ -113,12 +125,15 @@ fn yocto_class_rootfs_step_installs_the_images_dkms_sources() {
             .env("XDKMS_SIGNING_KEY", "")
             .env("XDKMS_SIGNING_CERT", "")
             .env("XDKMS_EXTRA_ARGS", "")
+            .env("XDKMS_CACHE", work.join("cache"))
             .env_remove("MAKEFLAGS")
             .env_remove("CROSS_COMPILE"),
     );
     assert_pair_installed(&sysroot, 62);
-    let work = TempDir::new("yocto-work");
     assert_indexes_match_kmod(&sysroot, &work);
+    // The package's build (both modules) was filed in the cache the class passed on.
+    let filed = std::fs::read_dir(work.join("cache/v1")).expect("cache").flatten().filter(|e| e.file_name().len() == 2);
+    assert_eq!(filed.flat_map(|shard| std::fs::read_dir(shard.path()).expect("shard").flatten()).count(), 1);
     let status = run_ok(Command::new(xdkms_bin()).arg("status").arg("--root").arg(sysroot.root()));
     assert_eq!(String::from_utf8_lossy(&status.stdout), format!("xdkms_pair/1.0, {k}, x86_64: installed\n"));
 }

@@ -18,6 +18,12 @@ XDKMS_MODULES ?= ""
 XDKMS_SIGNING_KEY ?= ""
 XDKMS_SIGNING_CERT ?= ""
 XDKMS_EXTRA_ARGS ?= ""
+# A build cache directory: a module whose inputs (source, dkms.conf, kernel .config and
+# Module.symvers, compiler, signing key, compression) were built before is restored from it
+# instead of rebuilt. Share it between builds and build hosts like SSTATE_DIR, e.g.
+# XDKMS_CACHE = "${SSTATE_DIR}/xdkms" in local.conf or site.conf (SSTATE_DIR is outside
+# pseudo's view). Empty: no cache.
+XDKMS_CACHE ?= ""
 
 # The kernel's build directory and version, and the cross compiler.
 do_rootfs[depends] += "virtual/kernel:do_shared_workdir virtual/${TARGET_PREFIX}gcc:do_populate_sysroot"
@@ -39,9 +45,13 @@ xdkms_rootfs_install() {
     if [ -n "${XDKMS_SIGNING_KEY}" ]; then
         signing="--mok-signing-key ${XDKMS_SIGNING_KEY} --mok-certificate ${XDKMS_SIGNING_CERT}"
     fi
+    cache=""
+    if [ -n "${XDKMS_CACHE}" ]; then
+        cache="--cache ${XDKMS_CACHE}"
+    fi
     # PARALLEL_MAKE (-j N) bounds the whole run: every build shares one jobserver.
     # The kernel's release comes from its build directory (include/generated/utsrelease.h).
     ${XDKMS} install --root ${IMAGE_ROOTFS} \
         --kernel-build ${STAGING_KERNEL_BUILDDIR} --cross-compile ${TARGET_PREFIX} \
-        ${PARALLEL_MAKE} $signing ${XDKMS_EXTRA_ARGS} $modules
+        ${PARALLEL_MAKE} $signing $cache ${XDKMS_EXTRA_ARGS} $modules
 }
