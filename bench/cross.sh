@@ -14,28 +14,7 @@ rounds=${1:-3}
 jobs=${2:-2}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-packages=(v4l2loopback-dkms ddcci-dkms dm-writeboost-dkms)
-kernels=("$XDKMS_KVER_AMD64" "$XDKMS_KVER_ARM64")
-
-# new_root DIR: the amd64 sysroot plus the arm64 kernel's modules and headers (hard links; the
-# -common headers and the kbuild tools are the same packages in both).
-new_root() {
-  mkdir -p "$1/etc" "$1/var/lib/dkms"
-  echo 'ID=debian' > "$1/etc/os-release"
-  for part in lib usr boot; do cp -al "$XDKMS_ROOT_AMD64/$part" "$1/$part"; done
-  cp -al "$XDKMS_ROOT_ARM64/lib/modules/$XDKMS_KVER_ARM64" "$1/lib/modules/"
-  cp -al "$XDKMS_ROOT_ARM64/usr/src/linux-headers-$XDKMS_KVER_ARM64" "$1/usr/src/"
-  local src
-  for src in "${sources[@]}"; do "$xdkms" add --root "$1" -q "$src"; done
-}
-
-sources=()
-names=()
-for p in "${packages[@]}"; do
-  src=$(ls -d "$XDKMS_DKMS_PACKAGES/$p/usr/src/"*)
-  sources+=("$src")
-  names+=("$(basename "$src" | sed 's/-\([0-9]\)/\/\1/')")  # NAME-VERSION -> NAME/VERSION
-done
+matrix_sources
 
 # check_built ROOT: all six pairs built.
 check_built() {
@@ -46,7 +25,7 @@ check_built() {
 
 round() {
   local mode=$1 root="$work/$1-$2" start end name k
-  new_root "$root"
+  matrix_root "$root"
   start=$(date +%s.%N)
   if [ "$mode" = matrix ]; then
     "$xdkms" build --root "$root" -q -j "$jobs" -k "${kernels[0]}" -k "${kernels[1]}" "${names[@]}"

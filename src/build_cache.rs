@@ -194,7 +194,7 @@ impl Store {
         write: &mut dyn FnMut(RestoredFile<'_>) -> io::Result<()>,
     ) -> io::Result<Option<Manifest>> {
         let dir = self.entry_dir(key);
-        let checked = match read_entry(&dir, key) {
+        let checked = match read_entry(&dir, Some(key)) {
             Ok(Some(checked)) => checked,
             Ok(None) => return Ok(None),
             Err(_) => {
@@ -202,13 +202,7 @@ impl Store {
                 return Ok(None);
             }
         };
-        let (manifest, contents) = checked;
-        for dir in &manifest.dirs {
-            write_dir(dir)?;
-        }
-        for (record, data) in manifest.files.iter().zip(&contents) {
-            write(RestoredFile { path: &record.path, mode: record.mode, data })?;
-        }
+        checked.write_out(write_dir, write)?;
         // Its mtime tells prune when it was last used.
         let _ = rustix::fs::utimensat(
             rustix::fs::CWD,
@@ -216,7 +210,7 @@ impl Store {
             &rustix::fs::Timestamps { last_access: now_timespec(), last_modification: now_timespec() },
             rustix::fs::AtFlags::empty(),
         );
-        Ok(Some(manifest))
+        Ok(Some(checked.manifest))
     }
 
     /// Files the tree at `from` (regular files and directories; anything else is refused) under
@@ -229,13 +223,7 @@ impl Store {
         let staging = tempfile::Builder::new()
             .prefix(&format!("put-{}-", std::process::id()))
             .tempdir_in(self.top.join("tmp"))?;
-        let (dirs, files) = copy_tree(from, &staging.path().join("files"))?;
-        if inputs.iter().any(|(name, value)| name.contains(['=', '\n']) || value.contains('\n')) {
-            return Err(io::Error::other("an input name holds `=` or a line break, or its value a line break"));
-        }
-        let manifest = Manifest { key: key.0.clone(), inputs: inputs.clone(), dirs, files };
-        std::fs::write(staging.path().join("manifest"), manifest.to_text())?;
-        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
+        write_entry(staging.path(), key, inputs, from)?;
         std::fs::create_dir_all(dir.parent().unwrap_or(&self.top))?;
         let staged = staging.keep();
         match std::fs::rename(&staged, &dir) {
@@ -335,10 +323,51 @@ fn now_timespec() -> rustix::fs::Timespec {
     rustix::fs::Timespec { tv_sec: now.as_secs() as i64, tv_nsec: now.subsec_nanos() as _ }
 }
 
-/// The entry at `dir` read and checked: its manifest names `key`, its paths stay inside it,
-/// and every file has the size and hash listed. None when there is no entry; an error when it
-/// fails a check.
-fn read_entry(dir: &Path, key: &Key) -> io::Result<Option<(Manifest, Vec<Vec<u8>>)>> {
+/// Writes an entry into the empty directory `dir`: the tree at `from` (regular files and
+/// directories; anything else is refused) under `files/`, and its manifest naming `key` and
+/// `inputs`. Build outputs handed from machine to machine (`build-one --out`) are entries too.
+pub fn write_entry(dir: &Path, key: &Key, inputs: &BTreeMap<String, String>, from: &Path) -> io::Result<()> {
+    if inputs.iter().any(|(name, value)| name.contains(['=', '\n']) || value.contains('\n')) {
+        return Err(io::Error::other("an input name holds `=` or a line break, or its value a line break"));
+    }
+    let (dirs, files) = copy_tree(from, &dir.join("files"))?;
+    let manifest = Manifest { key: key.0.clone(), inputs: inputs.clone(), dirs, files };
+    std::fs::write(dir.join("manifest"), manifest.to_text())?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
+/// An entry read and checked: its manifest, and the content of each file it lists.
+pub struct CheckedEntry {
+    pub manifest: Manifest,
+    contents: Vec<Vec<u8>>,
+}
+
+impl CheckedEntry {
+    /// The entry at `dir` (see [`Store::get`] for the checks); an error naming what failed.
+    pub fn read(dir: &Path) -> io::Result<CheckedEntry> {
+        read_entry(dir, None)?.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no manifest"))
+    }
+
+    /// Hands the entry to `write_dir` (directories, parents first) and `write` (files).
+    pub fn write_out(
+        &self,
+        write_dir: &mut dyn FnMut(&str) -> io::Result<()>,
+        write: &mut dyn FnMut(RestoredFile<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for dir in &self.manifest.dirs {
+            write_dir(dir)?;
+        }
+        for (record, data) in self.manifest.files.iter().zip(&self.contents) {
+            write(RestoredFile { path: &record.path, mode: record.mode, data })?;
+        }
+        Ok(())
+    }
+}
+
+/// The entry at `dir` read and checked: its manifest's key is that of its inputs (and `key`,
+/// when given), its paths stay inside it, and every file has the size and hash listed. None
+/// when there is no entry; an error when it fails a check.
+fn read_entry(dir: &Path, key: Option<&Key>) -> io::Result<Option<CheckedEntry>> {
     let text = match std::fs::read_to_string(dir.join("manifest")) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => return Ok(None),
@@ -346,8 +375,8 @@ fn read_entry(dir: &Path, key: &Key) -> io::Result<Option<(Manifest, Vec<Vec<u8>
     };
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let manifest = Manifest::parse(&text).ok_or_else(|| bad("not a manifest".into()))?;
-    if manifest.key != key.0 {
-        return Err(bad("manifest of another key".into()));
+    if manifest.key != Key::of(&manifest.inputs).0 || key.is_some_and(|k| k.0 != manifest.key) {
+        return Err(bad("the manifest's key is not that of its inputs, or not the one looked up".into()));
     }
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     let paths = manifest.dirs.iter().chain(manifest.files.iter().map(|f| &f.path));
@@ -368,7 +397,7 @@ fn read_entry(dir: &Path, key: &Key) -> io::Result<Option<(Manifest, Vec<Vec<u8>
         }
         contents.push(data);
     }
-    Ok(Some((manifest, contents)))
+    Ok(Some(CheckedEntry { manifest, contents }))
 }
 
 /// A relative path of plain names (no `.`, `..`, root or empty parts).

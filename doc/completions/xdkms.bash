@@ -7,8 +7,8 @@ _xdkms_dkms_options='-m --module -v --module-version -k --kernelver -a --arch --
   --force-version-override -c --conf --kernelsourcedir --kernel-build --config --dkmstree
   --sourcetree --installtree --root -j --jobs -q --quiet --verbose --no-depmod --directive
   --cross-compile --compress --json --templatekernel --archive --source-only --binaries-only
-  --mok-signing-key --mok-certificate --sign-file --sign-command --cache --no-cache -V --version
-  --help'
+  --mok-signing-key --mok-certificate --sign-file --sign-command --cache --no-cache --format --out
+  -V --version --help'
 _xdkms_depmod_options='-a --all -A --quick -b --basedir -C --config -E --symvers -F --filesyms
   -e --errsyms -v --verbose -n --show --dry-run -P --symbol-prefix -w --warn -V --version
   -h --help -o --outdir -m --moduledir --kmod-version --kmod-features'
@@ -22,8 +22,8 @@ _xdkms_initramfs_inject='--root -k --kernel --mode --compress -o --output --kmod
 _xdkms_cache_prune='--max-size --cache --help'
 _xdkms_sign_file_options='-s -d -p -k'
 _xdkms_commands='add build install uninstall unbuild remove status autoinstall match mktarball
-  ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst depmod modinfo initramfs
-  cache sign-file'
+  ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst plan build-one collect depmod
+  modinfo initramfs cache sign-file'
 
 _xdkms() {
   local cur prev command
@@ -39,13 +39,15 @@ _xdkms() {
   fi
   case $prev in
     -b|--basedir|--root|--dkmstree|--sourcetree|--installtree|--kernelsourcedir|--kernel-build|\
-    --config|-c|--conf|--archive|--mok-signing-key|--mok-certificate|--sign-file|--cache|-o|--output|--outdir|\
+    --config|-c|--conf|--archive|--mok-signing-key|--mok-certificate|--sign-file|--cache|--out|-o|--output|--outdir|\
     -C|-E|--symvers|-F|--filesyms)
       COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --compress)
       COMPREPLY=($(compgen -W "none gz xz zst gzip zstd lz4 bzip2 lzma keep" -- "$cur")); return ;;
     --mode)
       COMPREPLY=($(compgen -W "rewrite append" -- "$cur")); return ;;
+    --format)
+      COMPREPLY=($(compgen -W "json make ninja" -- "$cur")); return ;;
     -k|--kernelver|--templatekernel|--kernel|--set-version)
       COMPREPLY=($(compgen -W "$(ls /lib/modules 2>/dev/null)" -- "$cur")); return ;;
   esac

@@ -11,7 +11,7 @@ use cross::Sysroot;
 
 use crate::dkms::conf::{self, RawConf, Scope};
 use crate::dkms::{
-    add_if_needed, commands, install, matching, module_args, parallel, print_err, print_err_partial, print_out,
+    add_if_needed, commands, fanout, install, matching, module_args, parallel, print_err, print_err_partial, print_out,
     tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
@@ -34,6 +34,9 @@ pub const ACTIONS: &[&str] = &[
     "kernel_postinst",
     "kernel_prerm",
     "kernel_preinst",
+    "plan",
+    "build-one",
+    "collect",
 ];
 
 #[derive(FromArgs, Debug, Default)]
@@ -151,6 +154,12 @@ pub struct Args {
     /// use no build cache, even with $XDKMS_CACHE set
     #[argh(switch)]
     pub no_cache: bool,
+    /// plan: json (default), make or ninja
+    #[argh(option)]
+    pub format: Option<String>,
+    /// build-one: the directory to write the build's output to (what collect takes)
+    #[argh(option)]
+    pub out: Option<PathBuf>,
     /// print the version
     #[argh(switch, short = 'V', long = "version")]
     pub version_flag: bool,
@@ -376,10 +385,19 @@ fn run(action: &str, args: Args) -> Result<()> {
         print_out(format_args!("{}", super::version_line()));
         return Ok(());
     }
-    let requests = classify(&args);
+    // collect's words are build outputs, not modules.
+    let requests = if action == "collect" { Vec::new() } else { classify(&args) };
     check_names(&requests, &args)?;
-    let ctx = make_ctx(&args)?;
+    let mut ctx = make_ctx(&args)?;
     check_target_options(action, &args)?;
+    if action == "plan" {
+        return plan(&ctx, &args, requests);
+    }
+    if action == "build-one" {
+        // Its dependencies are installed for their exports; the indexes are the install job's.
+        ctx.no_depmod = true;
+        ctx.built_keys = args.out.is_some().then(|| Mutex::new(std::collections::BTreeMap::new()));
+    }
     if action == "generate_mok" {
         return crate::dkms::sign::generate_mok(&ctx);
     }
@@ -409,21 +427,7 @@ fn run(action: &str, args: Args) -> Result<()> {
             }
             parallel::build_and_install(&ctx, action == "install", &modules, &targets)
         }
-        "uninstall" | "unbuild" | "remove" => {
-            let (module, version) = module_args(action, single(action, requests)?)?;
-            if !tree::is_added(&ctx, &module, &version) {
-                return Err(Failure::new(
-                    Exit::TreeState,
-                    [format!("The module/version combo: {module}-{version} is not located in the DKMS tree.")],
-                ));
-            }
-            let targets = if args.all || (ctx.image_mode() && args.kernelver.is_empty()) {
-                tree::built_targets(&ctx, &module, &version)
-            } else {
-                default_targets(&ctx, &args, false)?
-            };
-            install::remove_family(&ctx, action, &module, &version, &targets)
-        }
+        "uninstall" | "unbuild" | "remove" => remove_family(&ctx, action, &args, requests),
         "autoinstall" => {
             let targets = default_targets(&ctx, &args, true)?;
             if !ctx.image_mode() && targets.len() != 1 {
@@ -435,6 +439,8 @@ fn run(action: &str, args: Args) -> Result<()> {
             install::autoinstall(&ctx, &targets)
         }
         hook if is_kernel_hook(hook) => run_kernel_hook(&ctx, hook, &args),
+        "build-one" => build_one(&ctx, &args, requests),
+        "collect" => fanout::collect(&ctx, &args.words.iter().map(PathBuf::from).collect::<Vec<_>>()),
         "mktarball" => make_tarball(&ctx, action, requests, &args),
         "ldtarball" => {
             let named_file = args.words.iter().map(PathBuf::from).find(|p| p.is_file());
@@ -464,6 +470,113 @@ fn run(action: &str, args: Args) -> Result<()> {
     // dkms's `$kernelver` after the run: the first kernel asked for.
     let kernel = args.kernelver.first().map(|k| k.split('/').next().unwrap_or(k).to_string());
     finish(&ctx, action, result, kernel)
+}
+
+/// uninstall, unbuild and remove: the kernels named, else (with --all, or in a root) every
+/// kernel the module is built for.
+fn remove_family(ctx: &Ctx, action: &str, args: &Args, requests: Vec<Named>) -> Result<()> {
+    let (module, version) = module_args(action, single(action, requests)?)?;
+    if !tree::is_added(ctx, &module, &version) {
+        return Err(not_added(&module, &version));
+    }
+    let targets = if args.all || (ctx.image_mode() && args.kernelver.is_empty()) {
+        tree::built_targets(ctx, &module, &version)
+    } else {
+        default_targets(ctx, args, false)?
+    };
+    install::remove_family(ctx, action, &module, &version, &targets)
+}
+
+/// `plan`: the job graph of installing the named modules (default: the newest version of
+/// every module added) for the kernels, printed as --format says.
+fn plan(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
+    let targets = default_targets(ctx, args, true)?;
+    let mut modules = Vec::new();
+    for named in requests {
+        let (module, version) = module_args("plan", named)?;
+        if !tree::is_added(ctx, &module, &version) {
+            return Err(not_added(&module, &version));
+        }
+        modules.push((module, version));
+    }
+    if modules.is_empty() {
+        for module in tree::sorted_dirs(&ctx.root, &ctx.dkms_tree) {
+            modules.extend(crate::dkms::depends::newest_version(ctx, &module).map(|version| (module.clone(), version)));
+        }
+    }
+    let plan = crate::dkms::plan::make(ctx, &modules, &targets, job_options(args))?;
+    let xdkms = std::env::current_exe().map_or_else(|_| "xdkms".to_string(), |p| p.display().to_string());
+    let text = match args.format.as_deref().unwrap_or("json") {
+        "json" => crate::dkms::plan::to_json(&plan),
+        "make" => crate::dkms::plan::to_make(&plan, &xdkms),
+        "ninja" => crate::dkms::plan::to_ninja(&plan, &xdkms),
+        other => return Err(Failure::new(Exit::BadArguments, [format!("--format {other}: use json, make or ninja.")])),
+    };
+    print_out(format_args!("{}", text.trim_end()));
+    Ok(())
+}
+
+fn not_added(module: &str, version: &str) -> Failure {
+    Failure::new(
+        Exit::TreeState,
+        [format!("The module/version combo: {module}-{version} is not located in the DKMS tree.")],
+    )
+}
+
+/// The options of a plan run that its jobs get too: the root, trees, kernel, toolchain,
+/// compression, signing and cache. Paths of the build host are made absolute (jobs may run
+/// from elsewhere); paths inside the root are passed as given.
+fn job_options(args: &Args) -> Vec<String> {
+    let host = |path: &Option<PathBuf>| path.as_ref().map(|p| crate::fsio::absolute(p.clone()).display().to_string());
+    let given = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
+    let options = [
+        ("--root", host(&args.root)),
+        ("--kernel-build", host(&args.kernel_build)),
+        ("-c", host(&args.conf)),
+        ("--mok-signing-key", host(&args.mok_signing_key)),
+        ("--mok-certificate", host(&args.mok_certificate)),
+        ("--sign-file", host(&args.sign_file)),
+        ("--cache", host(&args.cache)),
+        ("--dkmstree", given(&args.dkmstree)),
+        ("--sourcetree", given(&args.sourcetree)),
+        ("--installtree", given(&args.installtree)),
+        ("--kernelsourcedir", given(&args.kernelsourcedir)),
+        ("--config", given(&args.config)),
+        ("--cross-compile", args.cross_compile.clone()),
+        ("--compress", args.compress.clone()),
+        ("--sign-command", args.sign_command.clone()),
+        // Under make the jobs share its jobserver; a -j given to the plan bounds each job's make
+        // where there is none (ninja).
+        ("-j", args.jobs.clone()),
+    ];
+    let mut words = Vec::new();
+    for (name, value) in options {
+        if let Some(value) = value {
+            words.extend([name.to_string(), value]);
+        }
+    }
+    for directive in &args.directive {
+        words.extend(["--directive".to_string(), directive.clone()]);
+    }
+    for (flag, on) in [("--no-cache", args.no_cache), ("-q", args.quiet), ("--verbose", args.verbose)] {
+        if on {
+            words.push(flag.to_string());
+        }
+    }
+    words
+}
+
+/// `build-one -k K[/ARCH] MODULE/VERSION [--out DIR]`: one build job of a plan.
+fn build_one(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
+    let (module, version) = module_args("build-one", single("build-one", requests)?)?;
+    if !tree::is_added(ctx, &module, &version) {
+        return Err(not_added(&module, &version));
+    }
+    let targets = default_targets(ctx, args, true)?;
+    let [target] = targets.as_slice() else {
+        return Err(Failure::new(Exit::OneKernel, ["The action build-one builds for one kernel: give one -k."]));
+    };
+    fanout::build_one(ctx, &module, &version, target, args.out.as_deref())
 }
 
 /// After an action: the indexes of each kernel it changed, then framework.conf's
@@ -537,10 +650,7 @@ fn make_tarball(ctx: &Ctx, action: &str, requests: Vec<Named>, args: &Args) -> R
     }
     let (module, version) = module_args(action, single(action, requests)?)?;
     if !tree::is_added(ctx, &module, &version) {
-        return Err(Failure::new(
-            Exit::TreeState,
-            [format!("The module/version combo: {module}-{version} is not located in the DKMS tree.")],
-        ));
+        return Err(not_added(&module, &version));
     }
     let targets = if ctx.image_mode() && args.kernelver.is_empty() {
         tree::built_targets(ctx, &module, &version)
@@ -842,6 +952,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         last_conf_read: Mutex::new(None),
         tree_sandbox: OnceLock::new(),
         cache: open_cache(args)?,
+        built_keys: None,
+        restored: Mutex::new(BTreeSet::new()),
         root,
     })
 }

@@ -423,6 +423,9 @@ DKMS commands (dkms 3.0.10's command line; `xdkms ACTION --help` lists the optio
   add, build, install, uninstall, unbuild, remove, status, autoinstall, match, mktarball,
   ldtarball, generate_mok,
   kernel_postinst, kernel_prerm, kernel_preinst (dkms 3.4's kernel package hooks, one -k each)
+  plan, build-one, collect (a run as a job graph for make, ninja or a CI matrix, its build
+  jobs run anywhere, their outputs installed; README \"Build plans\")
+Build cache: `--cache DIR` on the DKMS commands; `xdkms cache prune --max-size SIZE`.
 kmod commands (kmod's getopt command line; `xdkms depmod --help`):
   depmod            generate modules.dep and the .bin indexes, byte-identical to kmod's
   modinfo           show what kmod's modinfo shows for module files, names or aliases

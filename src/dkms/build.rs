@@ -188,7 +188,7 @@ impl<'a> Job<'a> {
 
     /// This build's place in the build cache, when the run has one.
     fn cache_slot(&self, signer: Option<&super::sign::Signer>) -> Result<Option<CacheSlot>> {
-        if self.ctx.cache.is_none() {
+        if self.ctx.cache.is_none() && self.ctx.built_keys.is_none() {
             return Ok(None);
         }
         let codec = choose_compression(self.ctx, &self.target.kernel, &self.config_text)?;
@@ -238,8 +238,11 @@ impl<'a> Job<'a> {
         }
         self.ctx.say("");
         self.ctx.say("Building module:");
-        self.ctx.say(format!("Restored from the build cache {} ({})", slot.store.dir().display(), slot.key.as_str()));
+        let shown = slot.store.as_ref().map_or_else(String::new, |store| store.dir().display().to_string());
+        self.ctx.say(format!("Restored from the build cache {shown} ({})", slot.key.as_str()));
         self.put_in_place(&result)?;
+        super::cache::note_built(self.ctx, self.module, self.version, self.target, slot);
+        self.ctx.note_restored(self.module, self.version, self.target);
         Ok(true)
     }
 
@@ -319,7 +322,11 @@ impl<'a> Job<'a> {
         if let Some(slot) = slot {
             super::cache::file(ctx, slot, &result);
         }
-        self.put_in_place(&result)
+        self.put_in_place(&result)?;
+        if let Some(slot) = slot {
+            super::cache::note_built(ctx, self.module, self.version, self.target, slot);
+        }
+        Ok(())
     }
 
     /// PATCH[] in order, each `patch -p1` in the build directory (output on the console).

@@ -17,7 +17,7 @@ use initramfs::Codec;
 use super::conf::Conf;
 use super::sign::Signer;
 use super::{Ctx, Failure, Result, Target};
-use crate::build_cache::{sha256_hex, Key, Put, RestoredFile, Store};
+use crate::build_cache::{sha256_hex, CheckedEntry, Key, Put, RestoredFile, Store};
 
 /// Environment variables kbuild reads that change what a module build produces.
 const KBUILD_ENVIRONMENT: &[&str] = &[
@@ -52,18 +52,30 @@ pub struct BuildInputs<'a> {
     pub codec: Codec,
 }
 
-/// A build's place in the cache: the store, its key and what the key was made of.
+/// A build's place in the cache: the store (none when the run has no cache but wants the key:
+/// `build-one`), its key and what the key was made of.
+#[derive(Clone)]
 pub struct CacheSlot {
-    pub store: Store,
+    pub store: Option<Store>,
     pub key: Key,
     pub inputs: BTreeMap<String, String>,
 }
 
-/// The slot of the build `inputs` describes, when the run has a cache.
+/// The slot of the build `inputs` describes, when the run has a cache or records keys.
 pub fn slot(ctx: &Ctx, inputs: &BuildInputs) -> Result<Option<CacheSlot>> {
-    let Some(store) = &ctx.cache else { return Ok(None) };
+    if ctx.cache.is_none() && ctx.built_keys.is_none() {
+        return Ok(None);
+    }
     let inputs = key_inputs(ctx, inputs)?;
-    Ok(Some(CacheSlot { store: store.clone(), key: Key::of(&inputs), inputs }))
+    Ok(Some(CacheSlot { store: ctx.cache.clone(), key: Key::of(&inputs), inputs }))
+}
+
+/// Notes the key of a build that ended in the dkms tree (built or restored), when the run
+/// records them.
+pub fn note_built(ctx: &Ctx, module: &str, version: &str, target: &Target, slot: &CacheSlot) {
+    if let Some(keys) = &ctx.built_keys {
+        keys.lock().unwrap_or_else(|e| e.into_inner()).insert(super::build_id(module, version, target), slot.clone());
+    }
 }
 
 /// The named hashes a build's key is made of.
@@ -214,6 +226,25 @@ fn dependency_exports(ctx: &Ctx, dependency: &str, target: &Target) -> String {
 /// The build filed under `slot` written into `result` (a new directory, through the root
 /// handle); false on a miss.
 pub fn restore(ctx: &Ctx, slot: &CacheSlot, result: &Path) -> Result<bool> {
+    let Some(store) = &slot.store else { return Ok(false) };
+    write_into(ctx, result, |make_dir, write| store.get(&slot.key, make_dir, write)).map(|hit| hit.is_some())
+}
+
+/// A checked entry (a `build-one` output) written into `result` (a new directory).
+pub fn write_entry_into(ctx: &Ctx, entry: &CheckedEntry, result: &Path) -> Result<()> {
+    write_into(ctx, result, |make_dir, write| entry.write_out(make_dir, write))
+}
+
+/// The directory `result` made through the root handle, and filled by `hand_out` with the
+/// directories and files of an entry.
+fn write_into<T>(
+    ctx: &Ctx,
+    result: &Path,
+    hand_out: impl FnOnce(
+        &mut dyn FnMut(&str) -> std::io::Result<()>,
+        &mut dyn FnMut(RestoredFile<'_>) -> std::io::Result<()>,
+    ) -> std::io::Result<T>,
+) -> Result<T> {
     let root = &ctx.root;
     let failed = |path: &Path, e: std::io::Error| Failure::io(format!("writing {}", ctx.shown(path).display()), e);
     root.create_dir_all(result).map_err(|e| failed(result, e))?;
@@ -223,16 +254,16 @@ pub fn restore(ctx: &Ctx, slot: &CacheSlot, result: &Path) -> Result<bool> {
         root.write(&path, file.data)?;
         root.set_permissions(&path, std::fs::Permissions::from_mode(file.mode))
     };
-    let hit = slot.store.get(&slot.key, &mut make_dir, &mut write).map_err(|e| failed(result, e))?;
-    Ok(hit.is_some())
+    hand_out(&mut make_dir, &mut write).map_err(|e| failed(result, e))
 }
 
 /// A fresh build's result filed under `slot`; a cache that cannot take it is a warning (the
 /// build itself succeeded).
 pub fn file(ctx: &Ctx, slot: &CacheSlot, result: &Path) {
-    match slot.store.put(&slot.key, &slot.inputs, result) {
+    let Some(store) = &slot.store else { return };
+    match store.put(&slot.key, &slot.inputs, result) {
         Ok(Put::Filed | Put::AlreadyThere) => {}
-        Err(e) => ctx.warn(format!("the build was not filed in the build cache {}: {e}", slot.store.dir().display())),
+        Err(e) => ctx.warn(format!("the build was not filed in the build cache {}: {e}", store.dir().display())),
     }
 }
 

@@ -47,6 +47,10 @@ pub fn run_logged(
     for name in UNSET_FOR_BUILDS {
         command.env_remove(name);
     }
+    // Under a parent make (a plan's Makefile, a Buildroot recipe) the module's make would say
+    // `make[2]:` where a run of its own says `make:`: the build and its log are the same
+    // whichever engine started xdkms.
+    command.env_remove("MAKELEVEL");
     let mut env = env.to_vec();
     if let Some(jobserver) = jobserver {
         jobserver.configure_make(&mut command);

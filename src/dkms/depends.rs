@@ -19,7 +19,7 @@ fn record_name(dependency: &str) -> String {
 }
 
 /// The newest version of `module` in the dkms tree, as `sort -V | tail -n1` picks it.
-fn newest_version(ctx: &Ctx, module: &str) -> Option<String> {
+pub fn newest_version(ctx: &Ctx, module: &str) -> Option<String> {
     tree::sorted_dirs(&ctx.root, &ctx.dkms_tree.join(module))
         .into_iter()
         .filter(|version| tree::is_added(ctx, module, version))

@@ -7,11 +7,14 @@ pub mod commands;
 pub mod conf;
 pub mod date;
 pub mod depends;
+pub mod fanout;
 pub mod install;
 pub mod matching;
 pub mod parallel;
+pub mod plan;
 pub mod sandbox;
 pub mod sign;
+pub mod tally;
 pub mod tarball;
 pub mod target;
 pub mod tree;
@@ -149,6 +152,18 @@ pub struct Ctx {
     pub build_environment_file: Option<PathBuf>,
     /// The build cache (--cache, $XDKMS_CACHE), a directory of the build host.
     pub cache: Option<crate::build_cache::Store>,
+    /// The key of every build of the run, by (module, version, kernel, arch), when they are
+    /// recorded (`build-one` hands them on with the build).
+    pub built_keys: Option<Mutex<BTreeMap<BuildId, cache::CacheSlot>>>,
+    /// The builds of the run answered from the build cache.
+    pub restored: Mutex<BTreeSet<BuildId>>,
+}
+
+/// A build: (module, version, kernel, arch).
+pub type BuildId = (String, String, String, String);
+
+pub fn build_id(module: &str, version: &str, target: &Target) -> BuildId {
+    (module.to_string(), version.to_string(), target.kernel.clone(), target.arch.clone())
 }
 
 impl Ctx {
@@ -167,6 +182,16 @@ impl Ctx {
             self.warn(format!("{}: {e}; its variables are not set", self.shown(file).display()));
             Vec::new()
         })
+    }
+
+    /// Notes that a build was answered from the build cache.
+    pub fn note_restored(&self, module: &str, version: &str, target: &Target) {
+        self.restored.lock().unwrap_or_else(|e| e.into_inner()).insert(build_id(module, version, target));
+    }
+
+    /// Whether a build of this run was answered from the build cache.
+    pub fn was_restored(&self, module: &str, version: &str, target: &Target) -> bool {
+        self.restored.lock().unwrap_or_else(|e| e.into_inner()).contains(&build_id(module, version, target))
     }
 
     /// True when the run works inside a root other than `/`.

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use super::tally::Tally;
 use super::{build, install, report, tree, Ctx, Failure, Result, Target};
 
 /// The jobserver of the make that started this process (a Yocto or Buildroot recipe run under
@@ -66,6 +67,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
         .collect();
     queue.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
     let count = queue.len();
+    let tally = Tally::new(ctx, count);
     let queue = Mutex::new(queue.into_iter().collect::<VecDeque<usize>>());
     let results: Mutex<Vec<Option<Result<()>>>> = Mutex::new(pairs.iter().map(|_| None).collect());
     // Under a parent make the limit is its jobserver's; the tokens decide how many run.
@@ -94,11 +96,13 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
                 // The token is this build's own job; its make takes more from the jobserver.
                 let implicit = implicit_free.swap(false, Ordering::AcqRel);
                 let token = if implicit { None } else { ctx.jobserver.as_ref().map(|j| j.acquire()) };
+                let started = tally.start(pair.module, pair.version, pair.target);
                 let result = if install {
                     build::build_if_missing(ctx, pair.module, pair.version, pair.target)
                 } else {
                     build::maybe_build(ctx, pair.module, pair.version, pair.target)
                 };
+                tally.finish(ctx, pair.module, pair.version, pair.target, started, &result);
                 drop(token);
                 if implicit {
                     implicit_free.store(true, Ordering::Release);
@@ -111,6 +115,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
         }
     });
     ctx.sole_build.store(true, Ordering::Relaxed);
+    tally.summary();
     let build_results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut last: Result<()> = Ok(());
     for (pair, built) in pairs.iter().zip(build_results) {

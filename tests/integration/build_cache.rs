@@ -79,6 +79,17 @@ impl Setup {
         assert!(!out.status.success() && text(&out).contains(BUILD_FAILED), "{why}: not a miss:\n{}", text(&out));
     }
 
+    /// A copy of the module's source with a comment added to its C file.
+    fn edited_source(&self) -> PathBuf {
+        let edited = self.dir.join("edited/xdkms_test-1.0");
+        std::fs::create_dir_all(edited.parent().expect("parent")).expect("mkdir");
+        run_ok(Command::new("cp").arg("-a").arg(&self.source).arg(&edited));
+        let c_file = edited.join("xdkms_test.c");
+        let code = std::fs::read_to_string(&c_file).expect("source");
+        std::fs::write(&c_file, format!("{code}\n/* edited */\n")).expect("edit");
+        edited
+    }
+
     fn entries(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         for shard in std::fs::read_dir(self.cache.join("v1")).expect("cache").flatten() {
@@ -117,7 +128,14 @@ fn a_hit_restores_the_build_byte_identical_without_running_make() {
     let out = setup.install(&first, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(setup.entries().len(), 1);
-    setup.install_from_cache(&second);
+    let restored = setup.install_from_cache(&second);
+    // With a cache, the run tells each build's outcome and sums them up on stderr.
+    let said = String::from_utf8_lossy(&restored.stderr);
+    assert!(said.contains("restored from the build cache in"), "{said}");
+    assert!(
+        said.contains("1 build in") && said.contains(": 0 built, 1 from the build cache, 0 failed, 0 skipped"),
+        "{said}"
+    );
     assert_same_tree(&first, &second, "var/lib/dkms");
     assert_same_tree(&first, &second, &format!("lib/modules/{}/updates", setup.kernel));
     let status = |root: &Path| run_ok(xdkms().arg("status").arg("--root").arg(root)).stdout;
@@ -132,12 +150,7 @@ fn a_changed_input_is_a_miss_and_the_same_inputs_a_hit() {
     assert!(setup.install(&first, &[]).status.success());
 
     // A source file.
-    let edited = setup.dir.join("edited/xdkms_test-1.0");
-    std::fs::create_dir_all(edited.parent().expect("parent")).expect("mkdir");
-    run_ok(Command::new("cp").arg("-a").arg(&setup.source).arg(&edited));
-    let c_file = edited.join("xdkms_test.c");
-    let code = std::fs::read_to_string(&c_file).expect("source");
-    std::fs::write(&c_file, format!("{code}\n/* edited */\n")).expect("edit");
+    let edited = setup.edited_source();
     setup.assert_misses(&setup.root("source"), &edited, &[], "an edited source file");
 
     // A .config symbol (the file is replaced: the root's files are hard links to the test cache's).
@@ -161,6 +174,30 @@ fn a_changed_input_is_a_miss_and_the_same_inputs_a_hit() {
 
     // Unchanged inputs in a new root still hit.
     setup.install_from_cache(&setup.root("again"));
+}
+
+#[test]
+fn an_edited_source_rebuilds_its_module_only() {
+    let setup = Setup::new("only");
+    let other = crate::dkms::fixture("xdkms_multi-1.0");
+    let install_both = |root: &Path, source: &Path| {
+        let mut command = setup.install_command(root, source, &[]);
+        command.arg(&other);
+        let out = run(&mut command);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    install_both(&setup.root("first"), &setup.source);
+    let edited = setup.edited_source();
+    let said = install_both(&setup.root("second"), &edited);
+    assert!(
+        said.contains("xdkms_test/1.0 for") && said.contains(": 1 built, 1 from the build cache, 0 failed"),
+        "{said}"
+    );
+    assert!(
+        said.lines().any(|l| l.contains("xdkms_multi/1.0 for") && l.contains("restored from the build cache")),
+        "{said}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod kmod34;
 mod kmod_cli;
 mod layers;
 mod modinfo;
+mod plan;
 mod recipes;
 mod robustness;
 mod signing;
