@@ -43,6 +43,11 @@ pub struct Options {
     pub max_unpacked: u64,
 }
 
+/// How much file data extract and inject take from an image unless told otherwise (8 GiB): well
+/// above any initramfs a kernel boots (it holds the whole unpacked tree in memory), well below
+/// what a decompression bomb of a few KiB would fill a disk with.
+pub const DEFAULT_MAX_UNPACKED: u64 = 8 << 30;
+
 /// zstd level for appended segments: they hold what was added (a few MiB), where a fast level
 /// costs little space.
 const APPEND_ZSTD_LEVEL: i32 = 3;

@@ -11,8 +11,8 @@ use cross::Sysroot;
 
 use crate::dkms::conf::{self, RawConf, Scope};
 use crate::dkms::{
-    add_if_needed, commands, fanout, install, matching, module_args, parallel, print_err, print_err_partial, print_out,
-    tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
+    add_if_needed, commands, fanout, initramfs_job, install, matching, module_args, parallel, print_err,
+    print_err_partial, print_out, tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
 use crate::image_root::Links;
@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "plan",
     "build-one",
     "collect",
+    "initramfs-inject",
 ];
 
 #[derive(FromArgs, Debug, Default)]
@@ -157,6 +158,10 @@ pub struct Args {
     /// plan: json (default), make or ninja
     #[argh(option)]
     pub format: Option<String>,
+    /// plan: add each kernel's installed modules to its initramfs at this path inside ROOT
+    /// (`{kernel}` is the kernel: `/boot/initrd.img-{kernel}`); initramfs-inject: that file
+    #[argh(option)]
+    pub initramfs: Option<String>,
     /// build-one: the directory to write the build's output to (what collect takes)
     #[argh(option)]
     pub out: Option<PathBuf>,
@@ -264,7 +269,12 @@ fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
             print_err(format_args!("Error! {message}"));
         }
     };
-    let (view, words) = match image_basedir::open(Some(&root), &words, &image_basedir::dkms_parts(), Links::Follow) {
+    let mut parts = image_basedir::dkms_parts();
+    if action == "initramfs-inject" {
+        // The firmware the added modules name goes into the initramfs too.
+        parts.extend(["lib/firmware".to_string(), "usr/lib/firmware".to_string()]);
+    }
+    let (view, words) = match image_basedir::open(Some(&root), &words, &parts, Links::Follow) {
         Ok(None) => return None,
         Ok(Some(opened)) => opened,
         Err(message) => {
@@ -440,6 +450,7 @@ fn run(action: &str, args: Args) -> Result<()> {
         }
         hook if is_kernel_hook(hook) => run_kernel_hook(&ctx, hook, &args),
         "build-one" => build_one(&ctx, &args, requests),
+        "initramfs-inject" => inject_initramfs(&ctx, &args, requests),
         "collect" => fanout::collect(&ctx, &args.words.iter().map(PathBuf::from).collect::<Vec<_>>()),
         "mktarball" => make_tarball(&ctx, action, requests, &args),
         "ldtarball" => {
@@ -504,7 +515,12 @@ fn plan(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
             modules.extend(crate::dkms::depends::newest_version(ctx, &module).map(|version| (module.clone(), version)));
         }
     }
-    let plan = crate::dkms::plan::make(ctx, &modules, &targets, job_options(args))?;
+    if let Some(template) = &args.initramfs {
+        for target in &targets {
+            initramfs_job::initramfs_in_root(ctx, &initramfs_job::path_for(template, &target.kernel))?;
+        }
+    }
+    let plan = crate::dkms::plan::make(ctx, &modules, &targets, job_options(args), args.initramfs.as_deref())?;
     let xdkms = std::env::current_exe().map_or_else(|_| "xdkms".to_string(), |p| p.display().to_string());
     let text = match args.format.as_deref().unwrap_or("json") {
         "json" => crate::dkms::plan::to_json(&plan),
@@ -577,6 +593,32 @@ fn build_one(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
         return Err(Failure::new(Exit::OneKernel, ["The action build-one builds for one kernel: give one -k."]));
     };
     fanout::build_one(ctx, &module, &version, target, args.out.as_deref())
+}
+
+/// `initramfs-inject -k K[/ARCH] --initramfs PATH MODULE/VERSION...`: a plan's initramfs job.
+fn inject_initramfs(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
+    let Some(inside) = &args.initramfs else {
+        return Err(Failure::new(
+            Exit::BadArguments,
+            ["The action initramfs-inject needs --initramfs PATH, the initramfs inside the root."],
+        ));
+    };
+    let targets = default_targets(ctx, args, true)?;
+    let [target] = targets.as_slice() else {
+        return Err(Failure::new(Exit::OneKernel, ["The action initramfs-inject acts on one kernel: give one -k."]));
+    };
+    let mut modules = Vec::new();
+    for named in requests {
+        let (module, version) = module_args("initramfs-inject", named)?;
+        if !tree::is_added(ctx, &module, &version) {
+            return Err(not_added(&module, &version));
+        }
+        modules.push((module, version));
+    }
+    if modules.is_empty() {
+        return module_args("initramfs-inject", Named::default()).map(|_| ());
+    }
+    initramfs_job::inject(ctx, &modules, target, inside)
 }
 
 /// After an action: the indexes of each kernel it changed, then framework.conf's

@@ -95,11 +95,6 @@ pub struct ListArgs {
     pub image: PathBuf,
 }
 
-/// How much file data extract and inject take from an image unless told otherwise: well above
-/// any initramfs a kernel boots (it holds the whole unpacked tree in memory), well below what a
-/// decompression bomb of a few KiB would fill a disk with.
-const DEFAULT_MAX_UNPACKED: &str = "8G";
-
 #[derive(FromArgs, Debug)]
 /// Extract what the kernel would unpack into a new directory (device nodes are skipped).
 #[argh(subcommand, name = "extract")]
@@ -111,7 +106,7 @@ pub struct ExtractArgs {
     #[argh(positional)]
     pub dir: PathBuf,
     /// the most file data to write, in bytes or with K, M, G, T (default 8G)
-    #[argh(option, default = "String::from(DEFAULT_MAX_UNPACKED)")]
+    #[argh(option, default = "crate::inject::DEFAULT_MAX_UNPACKED.to_string()")]
     pub max_unpacked: String,
 }
 
@@ -166,7 +161,7 @@ pub struct InjectArgs {
     #[argh(option)]
     pub level: Option<i32>,
     /// the most file data the image may unpack to, in bytes or with K, M, G, T (default 8G)
-    #[argh(option, default = "String::from(DEFAULT_MAX_UNPACKED)")]
+    #[argh(option, default = "crate::inject::DEFAULT_MAX_UNPACKED.to_string()")]
     pub max_unpacked: String,
     /// the image, then the modules to add
     #[argh(positional)]
@@ -423,8 +418,9 @@ DKMS commands (dkms 3.0.10's command line; `xdkms ACTION --help` lists the optio
   add, build, install, uninstall, unbuild, remove, status, autoinstall, match, mktarball,
   ldtarball, generate_mok,
   kernel_postinst, kernel_prerm, kernel_preinst (dkms 3.4's kernel package hooks, one -k each)
-  plan, build-one, collect (a run as a job graph for make, ninja or a CI matrix, its build
-  jobs run anywhere, their outputs installed; README \"Build plans\")
+  plan, build-one, collect, initramfs-inject (a run as a job graph for make, ninja or a CI
+  matrix, its build jobs run anywhere, their outputs installed, initramfs images updated;
+  README \"Build plans\")
 Build cache: `--cache DIR` on the DKMS commands; `xdkms cache prune --max-size SIZE`.
 kmod commands (kmod's getopt command line; `xdkms depmod --help`):
   depmod            generate modules.dep and the .bin indexes, byte-identical to kmod's

@@ -13,6 +13,30 @@ use super::conf::Conf;
 use super::version::sort_v;
 use super::{tree, Ctx, Failure, Result, Target};
 
+/// The modules of `run` (the modules of one run or plan) that `module`'s build must come
+/// after: those its BUILD_DEPENDS names, and those whose tree in the dkms tree or the source
+/// tree its MAKE line names (a build that reads another's Module.symvers).
+pub fn builds_after<'a>(
+    ctx: &Ctx,
+    module: &str,
+    conf: &Conf,
+    run: &'a [(String, String)],
+) -> Vec<&'a (String, String)> {
+    let trees = [&ctx.dkms_tree, &ctx.dkms_tree_target, &ctx.source_tree_target];
+    let names_tree = |other: &str| {
+        trees.iter().any(|tree| {
+            let tree = tree.to_string_lossy();
+            let tree = tree.trim_end_matches('/');
+            conf.make_command.contains(&format!("{tree}/{other}/"))
+                || conf.make_command.contains(&format!("{tree}/{other}-"))
+        })
+    };
+    run.iter()
+        .filter(|(other, _)| other != module)
+        .filter(|(other, _)| conf.build_depends.contains(other) || names_tree(other))
+        .collect()
+}
+
 /// The record of the version of `dependency` a build saw.
 fn record_name(dependency: &str) -> String {
     format!(".dep_{dependency}")

@@ -8,6 +8,7 @@ pub mod conf;
 pub mod date;
 pub mod depends;
 pub mod fanout;
+pub mod initramfs_job;
 pub mod install;
 pub mod matching;
 pub mod parallel;

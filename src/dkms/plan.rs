@@ -2,7 +2,8 @@
 //! cores. One build job per (module, version, kernel, arch), after the builds whose exports it
 //! uses (BUILD_DEPENDS, or a MAKE line that names another planned module's tree); then one
 //! install job per kernel, after that kernel's builds, which installs them and regenerates the
-//! indexes. Each job is an xdkms command line; rendered as JSON (schema `xdkms-plan` version
+//! indexes; optionally one initramfs job per kernel after its install, which adds the installed
+//! modules to the initramfs inside the root. Each job is an xdkms command line; rendered as JSON (schema `xdkms-plan` version
 //! 1, for schedulers and CI matrices), a Makefile or a ninja file.
 
 use std::collections::BTreeMap;
@@ -21,9 +22,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// One job of the plan.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Job {
-    /// `build/<module>/<version>/<kernel>/<arch>` or `install/<kernel>/<arch>`.
+    /// `build/<module>/<version>/<kernel>/<arch>`, `install/<kernel>/<arch>` or
+    /// `initramfs/<kernel>/<arch>`.
     pub id: String,
-    /// `build` or `install`.
+    /// `build`, `install` or `initramfs`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
@@ -52,8 +54,15 @@ pub struct Plan {
 }
 
 /// The plan for installing `modules` (added in the root) for `targets`, each job run with
-/// `run_args`.
-pub fn make(ctx: &Ctx, modules: &[(String, String)], targets: &[Target], run_args: Vec<String>) -> Result<Plan> {
+/// `run_args`; with `initramfs` (a path inside the root, `{kernel}` standing for the kernel),
+/// each kernel's installed modules are then added to its initramfs.
+pub fn make(
+    ctx: &Ctx,
+    modules: &[(String, String)],
+    targets: &[Target],
+    run_args: Vec<String>,
+    initramfs: Option<&str>,
+) -> Result<Plan> {
     let mut jobs = Vec::new();
     for target in targets {
         let mut builds = Vec::new();
@@ -70,23 +79,31 @@ pub fn make(ctx: &Ctx, modules: &[(String, String)], targets: &[Target], run_arg
         // Every module excluded for this kernel: nothing to install (`install` with no module
         // would be a usage error).
         let nothing = installed.is_empty();
-        let mut args = vec!["install".to_string(), "-k".to_string(), target_word(target)];
-        args.extend(installed);
-        jobs.push(Job {
-            id: format!("install/{}/{}", target.kernel, target.arch),
-            kind: "install",
+        let kernel_job = |kind: &'static str, after: Vec<String>, args: Vec<String>| Job {
+            id: format!("{kind}/{}/{}", target.kernel, target.arch),
+            kind,
             module: None,
             version: None,
             kernel: target.kernel.clone(),
             arch: target.arch.clone(),
-            after: builds.iter().map(|job| job.id.clone()).collect(),
+            after,
             excluded: nothing,
             args,
+        };
+        let mut args = vec!["install".to_string(), "-k".to_string(), target_word(target)];
+        args.extend(installed.iter().cloned());
+        let install = kernel_job("install", builds.iter().map(|job| job.id.clone()).collect(), args);
+        let inject = initramfs.map(|template| {
+            let inside = super::initramfs_job::path_for(template, &target.kernel);
+            let mut args = vec!["initramfs-inject".to_string(), "-k".to_string(), target_word(target)];
+            args.extend(["--initramfs".to_string(), inside]);
+            args.extend(installed.iter().cloned());
+            kernel_job("initramfs", vec![install.id.clone()], args)
         });
         // Builds first, so that the list runs in order as it stands.
-        let install = jobs.pop();
         jobs.extend(builds);
-        jobs.extend(install);
+        jobs.push(install);
+        jobs.extend(inject);
     }
     Ok(Plan { schema: SCHEMA, version: SCHEMA_VERSION, run_args, jobs })
 }
@@ -99,8 +116,8 @@ fn build_id(module: &str, version: &str, target: &Target) -> String {
     format!("build/{module}/{version}/{}/{}", target.kernel, target.arch)
 }
 
-/// The build job of one module for one target; it waits for the planned modules its conf
-/// depends on or whose tree its MAKE line names.
+/// The build job of one module for one target; it waits for the planned modules it builds
+/// after.
 fn build_job(
     ctx: &Ctx,
     module: &str,
@@ -109,19 +126,8 @@ fn build_job(
     conf: &Conf,
     planned: &[(String, String)],
 ) -> Job {
-    let trees = [ctx.dkms_tree.clone(), ctx.dkms_tree_target.clone(), ctx.source_tree_target.clone()];
-    let names_tree = |other: &str| {
-        trees.iter().any(|tree| {
-            let tree = tree.to_string_lossy();
-            let tree = tree.trim_end_matches('/');
-            conf.make_command.contains(&format!("{tree}/{other}/"))
-                || conf.make_command.contains(&format!("{tree}/{other}-"))
-        })
-    };
-    let after = planned
-        .iter()
-        .filter(|(other, _)| other != module)
-        .filter(|(other, _)| conf.build_depends.contains(other) || names_tree(other))
+    let after = super::depends::builds_after(ctx, module, conf, planned)
+        .into_iter()
         .map(|(other, other_version)| build_id(other, other_version, target))
         .collect();
     Job {
@@ -189,6 +195,13 @@ fn visit(
     Ok(())
 }
 
+/// The jobs no other job waits for: what running the whole plan means.
+fn final_jobs(plan: &Plan) -> impl Iterator<Item = &Job> {
+    let waited: std::collections::BTreeSet<&str> =
+        plan.jobs.iter().flat_map(|job| job.after.iter().map(String::as_str)).collect();
+    plan.jobs.iter().filter(move |job| !waited.contains(job.id.as_str()))
+}
+
 /// The plan as JSON (pretty, one job per object, ending in a newline).
 pub fn to_json(plan: &Plan) -> String {
     serde_json::to_string_pretty(plan).map(|text| text + "\n").unwrap_or_default()
@@ -230,7 +243,7 @@ pub fn to_make(plan: &Plan, xdkms: &str) -> String {
         run.join(" ")
     ));
     let stamp = |id: &str| format!("$(XDKMS_PLAN_STAMPS)/{}", stamp_name(id));
-    let finals: Vec<String> = plan.jobs.iter().filter(|j| j.kind == "install").map(|j| stamp(&j.id)).collect();
+    let finals: Vec<String> = final_jobs(plan).map(|job| stamp(&job.id)).collect();
     text.push_str(&format!("\n.PHONY: all\nall: {}\n", finals.join(" ")));
     for job in &plan.jobs {
         let after: Vec<String> = job.after.iter().map(|id| stamp(id)).collect();
@@ -274,7 +287,7 @@ pub fn to_ninja(plan: &Plan, xdkms: &str) -> String {
             text.push_str(&format!("  job_command = {}\n", command_line(job, "$xdkms", "$run_args", ninja_value)));
         }
     }
-    let finals: Vec<String> = plan.jobs.iter().filter(|j| j.kind == "install").map(|j| stamp(&j.id)).collect();
+    let finals: Vec<String> = final_jobs(plan).map(|job| stamp(&job.id)).collect();
     text.push_str(&format!("\ndefault {}\n", finals.join(" ")));
     text
 }

@@ -1023,6 +1023,27 @@ fn crc_exported(symvers: &Path, symbol: &str) -> String {
     line.and_then(|l| l.split('\t').next()).unwrap_or_else(|| panic!("{symbol} not in {text}")).to_string()
 }
 
+/// Regression: one `install -j 2` of a module and the module it builds against (BUILD_DEPENDS,
+/// whose installed Module.symvers its MAKE line reads) built both at once; the dependant's make
+/// found no installed Module.symvers and the run failed with exit 10. The dependency is now
+/// built and installed first, whatever the order on the command line.
+#[test]
+fn regression_one_install_of_a_module_and_its_build_dependency_builds_the_dependency_first() {
+    let pair = Pair::new("depends-one-run");
+    let k = pair.kernel.clone();
+    let (user, test) = (fixture("xdkms_user-1.0"), fixture("xdkms_test-1.0"));
+    let out = pair.xdkms("install", &["-k", &k, user.to_str().expect("utf-8"), test.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    let status = String::from_utf8_lossy(&pair.xdkms("status", &[]).stdout).into_owned();
+    for module in ["xdkms_test", "xdkms_user"] {
+        assert!(status.contains(&format!("{module}/1.0, {k}, x86_64: installed\n")), "{status}");
+    }
+    let built = |m: &str| pair.xroot().join("var/lib/dkms").join(m).join("1.0").join(&k).join("x86_64/module");
+    let symbol = "xdkms_test_value";
+    let used = crc_used(&built("xdkms_user").join("xdkms_user.ko"), symbol);
+    assert_eq!(used, crc_exported(&built("xdkms_test").join("Module.symvers"), symbol));
+}
+
 /// dkms 3.4's BUILD_DEPENDS_REBUILD (3.0.10 has none; read from 3.4.3's do_build and
 /// check_and_rebuild_dependent_modules): a build records the newest version of each dependency
 /// in `.dep_<dependency>`; an install without --force rebuilds and reinstalls every module built

@@ -2,7 +2,8 @@
 //! by job in two working roots that share nothing but the plan and the cache, then collected,
 //! end in the root one `xdkms install` run makes; a second run is answered from the cache;
 //! BUILD_DEPENDS orders the graph and a cycle is an error naming the modules; a changed input
-//! rebuilds exactly the jobs it feeds.
+//! rebuilds exactly the jobs it feeds; a plan's initramfs jobs leave the initramfs an install
+//! and an `initramfs inject` leave.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -252,6 +253,70 @@ fn collect_refuses_what_is_not_a_build_output_and_changes_nothing() {
     assert!(text(&out).contains(&format!("{}: not a build-one output", output.display())), "{}", text(&out));
     let status = run_ok(xdkms().arg("status").arg("--root").arg(&target));
     assert_eq!(String::from_utf8_lossy(&status.stdout), "xdkms_test/1.0: added\n");
+}
+
+/// A root of [`fixture_root`] whose /boot holds an initramfs for `kernel` (zstd, as Debian makes
+/// them), made from a tree with only /bin.
+fn root_with_initramfs(dir: &Path, names: &[&str], kernel: &str) -> PathBuf {
+    let root = fixture_root(dir, names);
+    let tree = dir.with_extension("initramfs-tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    let image = root.join(format!("boot/initrd.img-{kernel}"));
+    run_ok(xdkms_at(&["initramfs", "create", "--compress", "zstd", "-o"]).arg(&image).arg(&tree));
+    root
+}
+
+#[test]
+fn a_plan_with_initramfs_jobs_ends_as_install_then_inject() {
+    let dir = TempDir::new("plan-initramfs");
+    let kernel = refs().get("XDKMS_KVER_AMD64");
+    let modules = ["xdkms_user-1.0", "xdkms_test-1.0"];
+    let initrd = format!("boot/initrd.img-{kernel}");
+
+    // The reference: install, then inject the installed modules by hand.
+    let reference = root_with_initramfs(&dir.join("reference"), &modules, &kernel);
+    run_ok(xdkms_at(&["install", "-q", "-k", &kernel, "xdkms_test/1.0", "xdkms_user/1.0", "--root"]).arg(&reference));
+    let inside = format!("/{initrd}");
+    run_ok(
+        xdkms_at(&["initramfs", "inject", "-k", &kernel, "--in-root", &inside, "--root"])
+            .arg(&reference)
+            .args(["xdkms_test", "xdkms_user"]),
+    );
+
+    // The plan with an initramfs job per kernel, run by make.
+    let planned = root_with_initramfs(&dir.join("planned"), &modules, &kernel);
+    let out = run_ok(
+        xdkms_at(&["plan", "-k", &kernel, "--format", "json", "--initramfs", "/boot/initrd.img-{kernel}", "--root"])
+            .arg(&planned),
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let last = plan["jobs"].as_array().and_then(|jobs| jobs.last()).expect("jobs");
+    assert_eq!(last["kind"], "initramfs", "{plan:#}");
+    assert_eq!(last["after"][0].as_str(), Some(format!("install/{kernel}/x86_64").as_str()), "{plan:#}");
+    let makefile = dir.join("plan.mk");
+    let out = run_ok(
+        xdkms_at(&["plan", "-k", &kernel, "--format", "make", "--initramfs", "/boot/initrd.img-{kernel}", "--root"])
+            .arg(&planned),
+    );
+    std::fs::write(&makefile, &out.stdout).expect("write");
+    let made = run(Command::new("make")
+        .arg("-j2")
+        .arg("-f")
+        .arg(&makefile)
+        .current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", EPOCH));
+    assert!(made.status.success(), "{}", text(&made));
+    let image = std::fs::read(planned.join(&initrd)).expect("the planned root's initramfs");
+    assert!(image == std::fs::read(reference.join(&initrd)).expect("the reference's"), "the initramfs images differ");
+    let listed = text(&run_ok(xdkms().args(["initramfs", "list"]).arg(planned.join(&initrd))));
+    for module in ["xdkms_test", "xdkms_user"] {
+        assert!(listed.contains(&format!("lib/modules/{kernel}/updates/dkms/{module}.ko")), "{module}:\n{listed}");
+    }
+
+    // An initramfs the root does not have is refused when planning, naming the path.
+    let out = run(xdkms_at(&["plan", "--initramfs", "/boot/initramfs-{kernel}.img", "--root"]).arg(&planned));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("--initramfs /boot/initramfs-{kernel}.img: no such file")), "{}", text(&out));
 }
 
 /// The jobs a cached install of the matrix built (not restored), as `module kernel` pairs.
