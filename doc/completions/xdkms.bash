@@ -8,7 +8,7 @@ _xdkms_dkms_options='-m --module -v --module-version -k --kernelver -a --arch --
   --sourcetree --installtree --root -j --jobs -q --quiet --verbose --no-depmod --directive
   --cross-compile --compress --json --templatekernel --archive --source-only --binaries-only
   --mok-signing-key --mok-certificate --sign-file --sign-command --cache --no-cache --format --out
-  -V --version --help'
+  --initramfs -V --version --help'
 _xdkms_depmod_options='-a --all -A --quick -b --basedir -C --config -E --symvers -F --filesyms
   -e --errsyms -v --verbose -n --show --dry-run -P --symbol-prefix -w --warn -V --version
   -h --help -o --outdir -m --moduledir --kmod-version --kmod-features'
@@ -22,8 +22,8 @@ _xdkms_initramfs_inject='--root -k --kernel --mode --compress -o --output --kmod
 _xdkms_cache_prune='--max-size --cache --help'
 _xdkms_sign_file_options='-s -d -p -k'
 _xdkms_commands='add build install uninstall unbuild remove status autoinstall match mktarball
-  ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst plan build-one collect depmod
-  modinfo initramfs cache sign-file'
+  ldtarball generate_mok kernel_postinst kernel_prerm kernel_preinst plan build-one collect
+  initramfs-inject depmod modinfo initramfs cache sign-file'
 
 _xdkms() {
   local cur prev command
