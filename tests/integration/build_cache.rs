@@ -209,14 +209,7 @@ fn a_changed_signing_key_is_a_miss() {
         let key_dir = setup.dir.join(format!("key-{key_of}"));
         if !key_dir.exists() {
             std::fs::create_dir_all(&key_dir).expect("mkdir");
-            run_ok(
-                Command::new("openssl")
-                    .args(["req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", &format!("/CN=key {key_of}")])
-                    .args(["-newkey", "rsa:2048", "-keyout"])
-                    .arg(key_dir.join("mok.key"))
-                    .args(["-outform", "DER", "-out"])
-                    .arg(key_dir.join("mok.pub")),
-            );
+            crate::util::mok_pair(&key_dir.join("mok.key"), &key_dir.join("mok.pub"), &format!("/CN=key {key_of}"));
         }
         for file in ["mok.key", "mok.pub"] {
             std::fs::copy(key_dir.join(file), dkms.join(file)).expect("copy key");

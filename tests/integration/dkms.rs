@@ -59,14 +59,7 @@ impl Pair {
         // one; xdkms never generates keys inside a root).
         let key = dir.join("x/var/lib/dkms/mok.key");
         let cert = dir.join("x/var/lib/dkms/mok.pub");
-        run_ok(
-            Command::new("openssl")
-                .args(["req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", "/CN=xdkms test key"])
-                .args(["-newkey", "rsa:2048", "-keyout"])
-                .arg(&key)
-                .args(["-outform", "DER", "-out"])
-                .arg(&cert),
-        );
+        crate::util::mok_pair(&key, &cert, "/CN=xdkms test key");
         for file in [&key, &cert] {
             let name = file.file_name().expect("name");
             std::fs::copy(file, dir.join("ref/var/lib/dkms").join(name)).expect("copy key");

@@ -351,14 +351,7 @@ fn other_compiler(dir: &Path, names: &[&str]) -> PathBuf {
 fn signing_key(dir: &Path, name: &str) -> PathBuf {
     let key = dir.join(format!("key-{name}"));
     std::fs::create_dir_all(&key).expect("mkdir");
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", &format!("/CN=key {name}")])
-            .args(["-newkey", "rsa:2048", "-keyout"])
-            .arg(key.join("mok.key"))
-            .args(["-outform", "DER", "-out"])
-            .arg(key.join("mok.pub")),
-    );
+    crate::util::mok_pair(&key.join("mok.key"), &key.join("mok.pub"), &format!("/CN=key {name}"));
     key
 }
 

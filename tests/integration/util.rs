@@ -95,6 +95,19 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
 }
 
+/// A signing key pair as dkms's generate_mok makes it: an RSA-2048 key (PEM) at `key` and its
+/// self-signed certificate (DER) at `cert`, with `subject`.
+pub fn mok_pair(key: &Path, cert: &Path, subject: &str) {
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", subject])
+            .args(["-newkey", "rsa:2048", "-keyout"])
+            .arg(key)
+            .args(["-outform", "DER", "-out"])
+            .arg(cert),
+    );
+}
+
 /// Copies a module directory `ROOT/lib/modules/VERSION` to `dest/lib/modules/VERSION`. Module
 /// files are hard-linked when possible (depmod only replaces its own files, by rename), so a
 /// 400 MiB tree costs nothing; `build`/`source` links are left out.
