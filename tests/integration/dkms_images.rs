@@ -111,8 +111,8 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
             );
             run_ok(Command::new("bash").args(["-c", &script]));
         } else {
-            let script =
-                format!("set -o pipefail; tar -C {} -cf - . | zstd -q -1 > {}", root.display(), image.display());
+            let tar = crate::util::tar_command(&format!("-C {} -cf - .", root.display()));
+            let script = format!("set -o pipefail; {tar} | zstd -q -1 > {}", image.display());
             run_ok(Command::new("bash").args(["-c", &script]));
         }
         let steps: [&[&str]; 3] =

@@ -39,8 +39,8 @@ pub fn make_root(dir: &Path, merged_usr: bool) {
 fn make_tar(root: &Path, format: &str, compressor: &str, image: &Path) {
     let xattrs = if format == "posix" { "--xattrs" } else { "" };
     let script = format!(
-        "set -o pipefail; tar {xattrs} --format={format} --sort=name -C {} -cf - . | {compressor} > {}",
-        root.display(),
+        "set -o pipefail; {} | {compressor} > {}",
+        crate::util::tar_command(&format!("{xattrs} --format={format} --sort=name -C {} -cf - .", root.display())),
         image.display()
     );
     run_ok(Command::new("bash").args(["-c", &script]));
@@ -263,9 +263,12 @@ fn killed_depmod_on_a_tar_image_leaves_the_old_or_the_new_image() {
     let original_path = work.join("original.tar.zst");
     let dir = format!("lib/modules/{version}");
     let script = format!(
-        "set -o pipefail; tar --sort=name -C {} -cf - {dir}/kernel/drivers/net {dir}/modules.order \
-         {dir}/modules.builtin {dir}/modules.builtin.modinfo | zstd -1 -q -T0 > {}",
-        root.display(),
+        "set -o pipefail; {} | zstd -1 -q -T0 > {}",
+        crate::util::tar_command(&format!(
+            "--sort=name -C {} -cf - {dir}/kernel/drivers/net {dir}/modules.order {dir}/modules.builtin \
+             {dir}/modules.builtin.modinfo",
+            root.display()
+        )),
         original_path.display()
     );
     run_ok(Command::new("bash").args(["-c", &script]));
@@ -350,8 +353,8 @@ fn inject_takes_a_tar_image_as_its_root() {
     let work = TempDir::new("image-inject");
     let image = work.join("rootfs.tar.zst");
     let script = format!(
-        "set -o pipefail; tar --sort=name -C {} -cf - lib/modules/{version} | zstd -1 -q -T0 > {}",
-        cache.display(),
+        "set -o pipefail; {} | zstd -1 -q -T0 > {}",
+        crate::util::tar_command(&format!("--sort=name -C {} -cf - lib/modules/{version}", cache.display())),
         image.display()
     );
     run_ok(Command::new("bash").args(["-c", &script]));
