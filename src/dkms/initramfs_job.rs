@@ -33,7 +33,7 @@ pub fn inject(ctx: &Ctx, modules: &[(String, String)], target: &Target, inside: 
     let image = initramfs_in_root(ctx, inside)?;
     let mut names = Vec::new();
     for (module, version) in modules {
-        let conf = ctx.module_conf(module, version, target, false)?;
+        let conf = ctx.module_conf_quietly(module, version, target)?;
         if !conf.excluded {
             names.extend(conf.modules.iter().map(|record| record.dest_name.clone()));
         }

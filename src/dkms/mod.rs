@@ -396,6 +396,15 @@ impl Ctx {
         self.read_conf_in(module, version, target, conf_path, &view, strict)
     }
 
+    /// A module's conf for planning and scheduling (what it builds after, the modules it
+    /// installs): not strict, and without dkms's `DIRECTIVE:` lines, which belong to its build.
+    pub fn module_conf_quietly(&self, module: &str, version: &str, target: &Target) -> Result<Conf> {
+        let conf_path = self.conf_path(module, version)?;
+        let view =
+            View { build_tree: &self.dkms_tree, sandbox: self.tree_sandbox(), headers_view: None, announce: false };
+        self.read_conf_in(module, version, target, &conf_path, &view, false)
+    }
+
     /// [`Ctx::read_conf`] without dkms's `DIRECTIVE:` lines: a build's checks before the read
     /// dkms makes.
     pub fn read_conf_for_checks(&self, module: &str, version: &str, target: &Target, conf_path: &Path) -> Result<Conf> {

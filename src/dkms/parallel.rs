@@ -65,7 +65,7 @@ fn dependencies(ctx: &Ctx, pairs: &[Pair], modules: &[(String, String)]) -> Vec<
     pairs
         .iter()
         .map(|pair| {
-            let Ok(conf) = ctx.module_conf(pair.module, pair.version, pair.target, false) else {
+            let Ok(conf) = ctx.module_conf_quietly(pair.module, pair.version, pair.target) else {
                 // Its build reports the conf's error.
                 return Vec::new();
             };
@@ -155,15 +155,7 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     let limit = if ctx.jobserver_inherited { MAX_WORKERS } else { ctx.jobs.parse::<usize>().unwrap_or(1) };
     let workers = limit.clamp(1, pairs.len().max(1));
     if ctx.verbose {
-        match (&ctx.jobserver, ctx.jobserver_inherited) {
-            (Some(_), true) => {
-                super::print_err(format_args!("xdkms: {count} builds share the parent make's jobserver"))
-            }
-            (Some(_), false) => {
-                super::print_err(format_args!("xdkms: {count} builds share a jobserver of -j {}", ctx.jobs))
-            }
-            (None, _) => super::print_err(format_args!("xdkms: {count} builds, one at a time")),
-        }
+        say_how_builds_share_jobs(ctx, count);
     }
     // A process started by make holds one job slot without a token: one build uses it.
     let implicit_free = AtomicBool::new(ctx.jobserver_inherited);
@@ -201,9 +193,32 @@ pub fn build_and_install(ctx: &Ctx, install: bool, modules: &[(String, String)],
     ctx.sole_build.store(true, Ordering::Relaxed);
     tally.summary();
     let build_results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let installed_early = installed.into_iter().map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner()));
+    install_in_order(ctx, install, &pairs, build_results, installed_early)
+}
+
+/// --verbose: how the run's builds share make jobs.
+fn say_how_builds_share_jobs(ctx: &Ctx, count: usize) {
+    match (&ctx.jobserver, ctx.jobserver_inherited) {
+        (Some(_), true) => super::print_err(format_args!("xdkms: {count} builds share the parent make's jobserver")),
+        (Some(_), false) => {
+            super::print_err(format_args!("xdkms: {count} builds share a jobserver of -j {}", ctx.jobs))
+        }
+        (None, _) => super::print_err(format_args!("xdkms: {count} builds, one at a time")),
+    }
+}
+
+/// After the builds: each pair built and not installed yet is installed, in the run's order.
+/// The status is that of the last pair that failed (its lines were printed when it did).
+fn install_in_order(
+    ctx: &Ctx,
+    install: bool,
+    pairs: &[Pair],
+    build_results: Vec<Option<Result<()>>>,
+    installed_early: impl Iterator<Item = Option<Result<()>>>,
+) -> Result<()> {
     let mut last: Result<()> = Ok(());
-    for (index, (pair, built)) in pairs.iter().zip(build_results).enumerate() {
-        let done_early = installed[index].lock().unwrap_or_else(|e| e.into_inner()).take();
+    for ((pair, built), done_early) in pairs.iter().zip(build_results).zip(installed_early) {
         let result = match (built, done_early) {
             (Some(Err(failure)), _) => Err(failure),
             // Reported when it ran.

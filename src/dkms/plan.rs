@@ -67,7 +67,7 @@ pub fn make(
     for target in targets {
         let mut builds = Vec::new();
         for (module, version) in modules {
-            let conf = ctx.module_conf(module, version, target, false)?;
+            let conf = ctx.module_conf_quietly(module, version, target)?;
             builds.push(build_job(ctx, module, version, target, &conf, modules));
         }
         let builds = ordered(builds)?;

@@ -285,8 +285,12 @@ fn a_plan_with_initramfs_jobs_ends_as_install_then_inject() {
 
     // The plan with an initramfs job per kernel, run by make.
     let planned = root_with_initramfs(&dir.join("planned"), &modules, &kernel);
+    // A directive too: reading the confs to plan prints none of dkms's `DIRECTIVE:` lines into
+    // the JSON (a build prints them).
     let out = run_ok(
-        xdkms_at(&["plan", "-k", &kernel, "--format", "json", "--initramfs", "/boot/initrd.img-{kernel}", "--root"])
+        xdkms_at(&["plan", "-k", &kernel, "--format", "json", "--directive", "STRIP=no", "--initramfs"])
+            .arg("/boot/initrd.img-{kernel}")
+            .arg("--root")
             .arg(&planned),
     );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
