@@ -992,6 +992,7 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         host_build_dirs: Mutex::new(std::collections::BTreeMap::new()),
         build_environment_file,
         last_conf_read: Mutex::new(None),
+        evaluated_confs: Mutex::new(Default::default()),
         tree_sandbox: OnceLock::new(),
         cache: open_cache(args)?,
         built_keys: None,

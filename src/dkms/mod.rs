@@ -144,6 +144,10 @@ pub struct Ctx {
     pub original_found: std::sync::atomic::AtomicBool,
     /// The last conf read that printed the DIRECTIVE lines.
     pub last_conf_read: Mutex<Option<ConfRead>>,
+    /// Every conf evaluated in this run, by its files and scope: sourcing one with bash (in the
+    /// sandbox) costs tens of milliseconds, and a run reads each conf several times (checks,
+    /// build, install, the version sanity check) with the same result.
+    pub evaluated_confs: Mutex<BTreeMap<String, RawConf>>,
     /// No other build runs beside the current one (console lines may be left open).
     pub sole_build: std::sync::atomic::AtomicBool,
     /// On the host, builds happen in dkms's own `<m>/<v>/build`: one per module version at a
@@ -482,8 +486,7 @@ impl Ctx {
             running_distribution: self.distro.clone(),
         };
         let files = self.conf_files(conf_path, module, version, target)?;
-        let mut raw: RawConf = conf::evaluate(&files, &scope, conf::WHITELIST, view.sandbox)
-            .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
+        let mut raw = self.evaluate_conf(&files, &scope, view.sandbox)?;
         for (name, file) in &raw.deprecated {
             if !self.quiet {
                 print_err(format_args!("Deprecated feature: {name} ({})", file.display()));
@@ -534,6 +537,19 @@ impl Ctx {
                 ],
             )
         })
+    }
+
+    /// `files` sourced in `scope` ([`conf::evaluate`]), once per run.
+    fn evaluate_conf(&self, files: &[PathBuf], scope: &conf::Scope, sandbox: Option<&Sandbox>) -> Result<RawConf> {
+        let key = format!("{files:?} {scope:?} {}", sandbox.is_some());
+        if let Some(raw) = self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(raw.clone());
+        }
+        let conf_path = files.first().map_or_else(PathBuf::new, Clone::clone);
+        let raw = conf::evaluate(files, scope, conf::WHITELIST, sandbox)
+            .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
+        self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).insert(key, raw.clone());
+        Ok(raw)
     }
 
     /// Reads the module's conf for one kernel with the real dkms tree in scope.
