@@ -436,6 +436,12 @@ impl Sysroot {
         Ok(File::from(self.open_at(host, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644))?))
     }
 
+    /// A directory opened read-only (to lock it: flock works on a directory's descriptor, so
+    /// runs can take turns on a tree without a lock file in it).
+    pub fn open_dir(&self, host: &Path) -> io::Result<File> {
+        Ok(File::from(self.open_at(host, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?))
+    }
+
     /// `std::fs::write`.
     pub fn write(&self, host: &Path, data: &[u8]) -> io::Result<()> {
         self.create_file(host)?.write_all(data).map_err(|e| with_path(e, host))

@@ -415,7 +415,7 @@ fn run(action: &str, args: Args) -> Result<()> {
         let targets = explicit_targets(&args);
         return tree::status(&ctx, &single(action, requests)?, &targets, args.json);
     }
-    let _lock = tree::lock(&ctx)?;
+    let lock = tree::lock(&ctx)?;
     tree::clean_leftovers(&ctx);
     let result = match action {
         "add" => {
@@ -480,7 +480,7 @@ fn run(action: &str, args: Args) -> Result<()> {
     };
     // dkms's `$kernelver` after the run: the first kernel asked for.
     let kernel = args.kernelver.first().map(|k| k.split('/').next().unwrap_or(k).to_string());
-    finish(&ctx, action, result, kernel)
+    finish(&ctx, action, result, kernel, lock)
 }
 
 /// uninstall, unbuild and remove: the kernels named, else (with --all, or in a root) every
@@ -626,7 +626,10 @@ fn inject_initramfs(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> 
 /// remove, and after an autoinstall that installed something.
 /// `kernel` is the first kernel named (else the first one the run changed): post_transaction
 /// may use `$kernelver`.
-fn finish(ctx: &Ctx, action: &str, result: Result<()>, kernel: Option<String>) -> Result<()> {
+/// The dkms tree's lock goes first: the indexes are the kernels' module directories' own
+/// business, so a run for another kernel need not wait for them.
+fn finish(ctx: &Ctx, action: &str, result: Result<()>, kernel: Option<String>, lock: tree::Lock) -> Result<()> {
+    drop(lock);
     let changed_kernels = ctx.pending_kernels();
     let result = result.and(install::run_pending_depmods(ctx));
     let transaction = match action {
@@ -637,6 +640,8 @@ fn finish(ctx: &Ctx, action: &str, result: Result<()>, kernel: Option<String>) -
     let kernel = kernel.or_else(|| changed_kernels.into_iter().next()).unwrap_or_default();
     if result.is_ok() && transaction {
         if let Some(command) = commands::post_transaction_command(ctx, &kernel) {
+            // It writes its log into the dkms tree: under the tree's lock again.
+            let _lock = tree::lock(ctx)?;
             commands::post_transaction(ctx, &command, &kernel)?;
         }
     }

@@ -629,6 +629,12 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
         if !ctx.root.is_dir(&ctx.install_tree.join(&kernel)) {
             continue;
         }
+        // Runs for other kernels index theirs meanwhile; runs for this one take turns (each run's
+        // indexes are written after its own installs, and scan what every earlier one left).
+        let module_dir = ctx.install_tree.join(&kernel);
+        let turn =
+            ctx.root.open_dir(&module_dir).map_err(|e| Failure::io(format!("opening {}", module_dir.display()), e))?;
+        turn.lock().map_err(|e| Failure::io(format!("locking {}", module_dir.display()), e))?;
         let system_map = ctx.in_root(&basedir.join("boot").join(format!("System.map-{kernel}")))?;
         let options = crate::depmod::Options {
             basedir: Some(basedir.clone()),
