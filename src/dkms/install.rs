@@ -8,6 +8,7 @@
 //! natively inside the root, once per kernel per run.
 
 use crate::exit::Exit;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cross::Sysroot;
@@ -16,24 +17,58 @@ use super::tree::{self, module_file};
 use super::version::ver_key;
 use super::{build, commands, depends, Ctx, Failure, Result, Target};
 
-/// Every file named `<name>.ko` or `<name>.ko.<ext>` below `dir` (inside the root; links to
-/// directories are not followed, as find does not), sorted.
-fn find_module(root: &Sysroot, dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = root.read_dir(&dir) else { continue };
-        for entry in entries {
-            let file_name = entry.name.to_string_lossy().into_owned();
-            if entry.kind == cross::sysroot::EntryKind::Dir {
-                pending.push(dir.join(&entry.name));
-            } else if tree::MODULE_SUFFIXES.iter().any(|s| file_name == format!("{name}{s}")) {
-                found.push(dir.join(&entry.name));
+/// The kernel's module files by name: every file named `<name>.ko` or `<name>.ko.<ext>` below the
+/// kernel's module directory (inside the root; links to directories are not followed, as find
+/// does not). dkms runs find for each question; one install asks two or three per module, and a
+/// walk of a distribution kernel's 4000-module tree costs tens of milliseconds, so an install
+/// walks once and keeps the answers in step with its own moves and writes.
+struct KernelModules {
+    by_name: HashMap<String, Vec<PathBuf>>,
+}
+
+impl KernelModules {
+    fn walk(root: &Sysroot, dir: &Path) -> KernelModules {
+        let mut by_name: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = root.read_dir(&dir) else { continue };
+            for entry in entries {
+                if entry.kind == cross::sysroot::EntryKind::Dir {
+                    pending.push(dir.join(&entry.name));
+                } else if let Some(name) = module_name_of(&entry.name) {
+                    by_name.entry(name.to_string()).or_default().push(dir.join(&entry.name));
+                }
             }
         }
+        by_name.values_mut().for_each(|paths| paths.sort());
+        KernelModules { by_name }
     }
-    found.sort();
-    found
+
+    /// The files of module `name`, sorted.
+    fn named(&self, name: &str) -> &[PathBuf] {
+        self.by_name.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    fn added(&mut self, name: &str, path: PathBuf) {
+        let paths = self.by_name.entry(name.to_string()).or_default();
+        if !paths.contains(&path) {
+            paths.push(path);
+            paths.sort();
+        }
+    }
+
+    fn removed(&mut self, name: &str, path: &Path) {
+        if let Some(paths) = self.by_name.get_mut(name) {
+            paths.retain(|p| p != path);
+        }
+    }
+}
+
+/// `name` of a file named `<name>.ko[.<ext>]` (the suffixes cannot end one another, so there is
+/// at most one way to split a name).
+fn module_name_of(file_name: &std::ffi::OsStr) -> Option<&str> {
+    let file_name = file_name.to_str()?;
+    tree::MODULE_SUFFIXES.iter().find_map(|s| file_name.strip_suffix(s))
 }
 
 fn is_debian_like(ctx: &Ctx) -> bool {
@@ -79,6 +114,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
     let archive_dir = ctx.dkms_tree.join(module).join("original_module").join(&target.kernel).join(&target.arch);
     let mut installed_any = false;
+    let mut kernel_modules = KernelModules::walk(&ctx.root, &kernel_dir);
     for (index, record) in conf.modules.iter().enumerate() {
         let Some(built) = module_file(&ctx.root, &built_dir, &record.dest_name) else {
             return Err(Failure::new(
@@ -89,7 +125,8 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         let file_name = built.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         ctx.say("");
         ctx.say(format!("{}:", file_name.to_string_lossy()));
-        if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built)? {
+        let existing = kernel_modules.named(&record.dest_name);
+        if !version_sanity(ctx, target, &conf.obsolete_by, &record.dest_name, &built, existing)? {
             // Debian's and Ubuntu's dkms count a refused module as installed (their archives
             // install a dkms package beside the kernel's own newer copy): the install goes on,
             // marks the version active and exits 0. Upstream aborts when nothing was installed.
@@ -105,8 +142,13 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
                 ["pre_install failed, aborting install.", "You may override by specifying --force."],
             ));
         }
+        if index == 0 && !conf.pre_install.is_empty() {
+            // The script may have changed the kernel's tree.
+            kernel_modules = KernelModules::walk(&ctx.root, &kernel_dir);
+        }
         let place = Placement { kernel_dir: &kernel_dir, archive: &archive_dir, suffix: &suffix_of(&file_name) };
-        original_module(ctx, &place, &record.dest_name, &record.dest_location, ctx.root.is_symlink(&link))?;
+        let active = ctx.root.is_symlink(&link);
+        original_module(ctx, &place, &mut kernel_modules, &record.dest_name, &record.dest_location, active)?;
         // Symlinks on the way (an `updates` linked elsewhere) resolve inside the root.
         let dest_dir = ctx.in_root(&kernel_dir.join(record.dest_location.trim_start_matches('/')))?;
         let dest = dest_dir.join(&file_name);
@@ -120,13 +162,14 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         // A module of the same name with another suffix would shadow or duplicate this one.
         for other in tree::MODULE_SUFFIXES {
             let stale = dest_dir.join(format!("{}{other}", record.dest_name));
-            if stale != dest && ctx.root.exists(&stale) {
-                let _ = ctx.root.remove_file(&stale);
+            if stale != dest && ctx.root.exists(&stale) && ctx.root.remove_file(&stale).is_ok() {
+                kernel_modules.removed(&record.dest_name, &stale);
             }
         }
         ctx.root
             .write_atomic(&dest, &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
             .map_err(|e| Failure::io(format!("writing {}", dest.display()), e))?;
+        kernel_modules.added(&record.dest_name, dest);
         installed_any = true;
     }
     if !installed_any && !conf.modules.is_empty() {
@@ -167,7 +210,14 @@ fn rebuild_dependants(ctx: &Ctx, target: &Target) -> Result<()> {
 }
 
 /// dkms's check_version_sanity: false (after saying why) when the module must not be installed.
-fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, built: &Path) -> Result<bool> {
+fn version_sanity(
+    ctx: &Ctx,
+    target: &Target,
+    obsolete_by: &str,
+    name: &str,
+    built: &Path,
+    existing: &[PathBuf],
+) -> Result<bool> {
     let kernel = &target.kernel;
     ctx.say("Running module version sanity check.");
     if !obsolete_by.is_empty() && !ctx.force && is_obsoleted(obsolete_by, kernel) {
@@ -178,7 +228,6 @@ fn version_sanity(ctx: &Ctx, target: &Target, obsolete_by: &str, name: &str, bui
         super::print_err(format_args!("You may override by specifying --force."));
         return Ok(false);
     }
-    let existing = find_module(&ctx.root, &ctx.install_tree.join(kernel), name);
     if existing.is_empty() || ctx.force_version_override {
         return Ok(true);
     }
@@ -246,9 +295,16 @@ struct Placement<'p> {
 /// dkms does on distributions other than Debian and Ubuntu (there the module stays and
 /// `updates/` wins): the first of extra/, updates/, the destination, or a single match
 /// anywhere; every same-named module when there are several.
-fn original_module(ctx: &Ctx, place: &Placement<'_>, name: &str, dest_location: &str, active: bool) -> Result<()> {
+fn original_module(
+    ctx: &Ctx,
+    place: &Placement<'_>,
+    kernel_modules: &mut KernelModules,
+    name: &str,
+    dest_location: &str,
+    active: bool,
+) -> Result<()> {
     let (root, kernel_dir, archive) = (&ctx.root, place.kernel_dir, place.archive);
-    let everywhere = find_module(root, kernel_dir, name);
+    let everywhere = kernel_modules.named(name).to_vec();
     let io = |p: &Path| {
         let what = format!("archiving {}", p.display());
         move |e| Failure::io(what, e)
@@ -277,6 +333,7 @@ fn original_module(ctx: &Ctx, place: &Placement<'_>, name: &str, dest_location: 
                 root.create_dir_all(archive).map_err(io(archive))?;
                 let file_name = original.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                 root.rename(original, &archive.join(&file_name)).map_err(io(original))?;
+                kernel_modules.removed(name, original);
                 let origin = format!("{}\n", original.strip_prefix(kernel_dir).unwrap_or(original).display());
                 let _ = root.write(&archive.join(format!("{}.origin", file_name.to_string_lossy())), origin.as_bytes());
             }
@@ -307,7 +364,7 @@ fn original_module(ctx: &Ctx, place: &Placement<'_>, name: &str, dest_location: 
             let collisions = archive.join("collisions");
             ctx.say("   - All instances of this module will now be stored for reference purposes ONLY");
             ctx.say(format!("   - Storing in {}/", ctx.shown(&collisions).display()));
-            for duplicate in find_module(root, kernel_dir, name) {
+            for duplicate in kernel_modules.named(name).to_vec() {
                 let relative = duplicate.strip_prefix(kernel_dir).unwrap_or(&duplicate).to_path_buf();
                 let stored = collisions.join(&relative);
                 if let Some(parent) = stored.parent() {
@@ -315,6 +372,7 @@ fn original_module(ctx: &Ctx, place: &Placement<'_>, name: &str, dest_location: 
                 }
                 ctx.say(format!("     - Stored {}", ctx.shown(&duplicate).display()));
                 root.rename(&duplicate, &stored).map_err(io(&duplicate))?;
+                kernel_modules.removed(name, &duplicate);
             }
         }
     }
