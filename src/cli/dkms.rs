@@ -415,6 +415,9 @@ fn run(action: &str, args: Args) -> Result<()> {
         let targets = explicit_targets(&args);
         return tree::status(&ctx, &single(action, requests)?, &targets, args.json);
     }
+    if matches!(action, "build-one" | "build" | "install") {
+        evaluate_confs_unlocked(&ctx, &args, &requests);
+    }
     let lock = tree::lock(&ctx)?;
     tree::clean_leftovers(&ctx);
     let result = match action {
@@ -583,6 +586,24 @@ fn job_options(args: &Args) -> Vec<String> {
 }
 
 /// `build-one -k K[/ARCH] MODULE/VERSION [--out DIR]`: one build job of a plan.
+/// A plan's jobs run side by side and take the tree's lock in turn. On a cache hit, the bash
+/// evaluations of the modules' confs are most of a job's work: done before the lock (they only
+/// read; the run's memo knows each file's size and times), one job's evaluations overlap
+/// another's locked work. The locked run takes them from the memo; failures are its to report.
+fn evaluate_confs_unlocked(ctx: &Ctx, args: &Args, requests: &[Named]) {
+    let modules: Vec<(String, String)> = requests
+        .iter()
+        .filter_map(|named| Some((named.module.clone()?, named.version.clone()?)))
+        .filter(|(module, version)| tree::is_added(ctx, module, version))
+        .collect();
+    if modules.is_empty() {
+        return;
+    }
+    if let Ok(targets) = default_targets(ctx, args, true) {
+        let _ = ctx.module_confs_quietly(&modules, &targets);
+    }
+}
+
 fn build_one(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
     let (module, version) = module_args("build-one", single("build-one", requests)?)?;
     if !tree::is_added(ctx, &module, &version) {

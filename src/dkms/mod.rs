@@ -25,6 +25,7 @@ use crate::exit::Exit;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -147,7 +148,9 @@ pub struct Ctx {
     /// Every conf evaluated in this run, by its files and scope: sourcing one with bash (in the
     /// sandbox) costs tens of milliseconds, and a run reads each conf several times (checks,
     /// build, install, the version sanity check) with the same result.
-    pub evaluated_confs: Mutex<BTreeMap<String, RawConf>>,
+    /// Keyed by the files' sizes and times too: a run may evaluate a conf before it takes the
+    /// tree's lock. Failures are kept as well (bash's own messages are printed once).
+    pub evaluated_confs: Mutex<BTreeMap<String, Evaluated>>,
     /// No other build runs beside the current one (console lines may be left open).
     pub sole_build: std::sync::atomic::AtomicBool,
     /// On the host, builds happen in dkms's own `<m>/<v>/build`: one per module version at a
@@ -163,6 +166,9 @@ pub struct Ctx {
     /// The builds of the run answered from the build cache.
     pub restored: Mutex<BTreeSet<BuildId>>,
 }
+
+/// A conf as bash left it, or how its evaluation failed (kind and message of the error).
+pub type Evaluated = std::result::Result<RawConf, (std::io::ErrorKind, String)>;
 
 /// A build: (module, version, kernel, arch).
 pub type BuildId = (String, String, String, String);
@@ -409,6 +415,18 @@ impl Ctx {
         self.read_conf_in(module, version, target, &conf_path, &view, false)
     }
 
+    /// [`Ctx::module_conf_quietly`] of each module for each target (target-major), evaluated in
+    /// parallel: each evaluation is a bash run of tens of milliseconds.
+    pub fn module_confs_quietly(&self, modules: &[(String, String)], targets: &[Target]) -> Vec<Result<Conf>> {
+        use rayon::prelude::*;
+        let pairs: Vec<(&Target, &(String, String))> =
+            targets.iter().flat_map(|target| modules.iter().map(move |module| (target, module))).collect();
+        pairs
+            .into_par_iter()
+            .map(|(target, (module, version))| self.module_conf_quietly(module, version, target))
+            .collect()
+    }
+
     /// [`Ctx::read_conf`] without dkms's `DIRECTIVE:` lines: a build's checks before the read
     /// dkms makes.
     pub fn read_conf_for_checks(&self, module: &str, version: &str, target: &Target, conf_path: &Path) -> Result<Conf> {
@@ -541,15 +559,21 @@ impl Ctx {
 
     /// `files` sourced in `scope` ([`conf::evaluate`]), once per run.
     fn evaluate_conf(&self, files: &[PathBuf], scope: &conf::Scope, sandbox: Option<&Sandbox>) -> Result<RawConf> {
-        let key = format!("{files:?} {scope:?} {}", sandbox.is_some());
-        if let Some(raw) = self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(raw.clone());
-        }
+        let stamps: Vec<_> = files
+            .iter()
+            .map(|file| std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ctime_nsec())))
+            .collect();
+        let key = format!("{files:?} {stamps:?} {scope:?} {}", sandbox.is_some());
         let conf_path = files.first().map_or_else(PathBuf::new, Clone::clone);
-        let raw = conf::evaluate(files, scope, conf::WHITELIST, sandbox)
-            .map_err(|e| Failure::io(format!("reading {}", conf_path.display()), e))?;
-        self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).insert(key, raw.clone());
-        Ok(raw)
+        let failed = |(kind, message): (std::io::ErrorKind, String)| {
+            Failure::io(format!("reading {}", conf_path.display()), std::io::Error::new(kind, message))
+        };
+        if let Some(evaluated) = self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return evaluated.clone().map_err(failed);
+        }
+        let evaluated = conf::evaluate(files, scope, conf::WHITELIST, sandbox).map_err(|e| (e.kind(), e.to_string()));
+        self.evaluated_confs.lock().unwrap_or_else(|e| e.into_inner()).insert(key, evaluated.clone());
+        evaluated.map_err(failed)
     }
 
     /// Reads the module's conf for one kernel with the real dkms tree in scope.

@@ -63,12 +63,13 @@ pub fn make(
     run_args: Vec<String>,
     initramfs: Option<&str>,
 ) -> Result<Plan> {
+    // The first failure in plan order, whichever thread met it first.
+    let confs = ctx.module_confs_quietly(modules, targets).into_iter().collect::<Result<Vec<Conf>>>()?;
     let mut jobs = Vec::new();
-    for target in targets {
+    for (target, confs) in targets.iter().zip(confs.chunks(modules.len().max(1))) {
         let mut builds = Vec::new();
-        for (module, version) in modules {
-            let conf = ctx.module_conf_quietly(module, version, target)?;
-            builds.push(build_job(ctx, module, version, target, &conf, modules));
+        for ((module, version), conf) in modules.iter().zip(confs) {
+            builds.push(build_job(ctx, module, version, target, conf, modules));
         }
         let builds = ordered(builds)?;
         let installed: Vec<String> = builds
