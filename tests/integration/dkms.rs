@@ -1507,3 +1507,44 @@ fn version_and_help_name_every_command() {
         assert!(help.contains(command), "--help does not list {command}:\n{help}");
     }
 }
+
+/// Two installs for one kernel at once (a plan's install jobs, or two recipes sharing a root):
+/// each releases the tree's lock before its indexes and takes the kernel's module directory's
+/// own lock for them, so the second depmod runs after the first install's files are in place.
+/// Whichever order they end in, the kernel's indexes list both packages' modules and equal what
+/// kmod's depmod writes for the final tree.
+#[test]
+fn two_installs_for_one_kernel_at_once_leave_indexes_listing_both() {
+    let pair = Pair::new("concurrent-installs");
+    let k = pair.kernel.clone();
+    let sources = [fixture("xdkms_test-1.0"), fixture("xdkms_multi-1.0")];
+    let sources: Vec<&str> = sources.iter().map(|p| p.to_str().expect("utf-8")).collect();
+    let out = pair.xdkms("build", &[&["-k", k.as_str()], sources.as_slice()].concat());
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    let installs: Vec<_> = ["xdkms_test/1.0", "xdkms_multi/1.0"]
+        .into_iter()
+        .map(|module| {
+            let child = pair
+                .xdkms_command("install", &["-k", &k, module])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn xdkms install");
+            (module, child)
+        })
+        .collect();
+    for (module, child) in installs {
+        let out = child.wait_with_output().expect("wait for xdkms install");
+        assert!(out.status.success(), "install {module}: {}", stderr(&out));
+    }
+    let dep =
+        std::fs::read_to_string(pair.xroot().join("lib/modules").join(&k).join("modules.dep")).expect("modules.dep");
+    for module in ["/xdkms_test.ko:", "/xdkms_multi_a.ko:", "/xdkms_multi_renamed.ko:"] {
+        assert!(dep.lines().any(|line| line.contains(module)), "{module} not in modules.dep:\n{dep}");
+    }
+    let work = TempDir::new("concurrent-installs-kmod");
+    let kmod_dir = crate::util::copy_module_dir(&pair.xroot(), &k, &work.join("kmod"));
+    run_ok(Command::new("depmod").arg("-b").arg(work.join("kmod")).arg(&k));
+    let ours = pair.xroot().join("lib/modules").join(&k);
+    assert_eq!(crate::util::differing_files(&kmod_dir, &ours, &crate::util::KMOD30_FILES), Vec::<String>::new());
+}
