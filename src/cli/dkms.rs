@@ -585,7 +585,6 @@ fn job_options(args: &Args) -> Vec<String> {
     words
 }
 
-/// `build-one -k K[/ARCH] MODULE/VERSION [--out DIR]`: one build job of a plan.
 /// A plan's jobs run side by side and take the tree's lock in turn. On a cache hit, the bash
 /// evaluations of the modules' confs are most of a job's work: done before the lock (they only
 /// read; the run's memo knows each file's size and times), one job's evaluations overlap
@@ -604,6 +603,7 @@ fn evaluate_confs_unlocked(ctx: &Ctx, args: &Args, requests: &[Named]) {
     }
 }
 
+/// `build-one -k K[/ARCH] MODULE/VERSION [--out DIR]`: one build job of a plan.
 fn build_one(ctx: &Ctx, args: &Args, requests: Vec<Named>) -> Result<()> {
     let (module, version) = module_args("build-one", single("build-one", requests)?)?;
     if !tree::is_added(ctx, &module, &version) {

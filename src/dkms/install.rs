@@ -169,7 +169,11 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
         ctx.root
             .write_atomic(&dest, &bytes, Some(std::os::unix::fs::PermissionsExt::from_mode(0o644)))
             .map_err(|e| Failure::io(format!("writing {}", dest.display()), e))?;
-        kernel_modules.added(&record.dest_name, dest);
+        // A destination reached through a link out of the kernel's directory is not below it
+        // for find either.
+        if dest.starts_with(&kernel_dir) {
+            kernel_modules.added(&record.dest_name, dest);
+        }
         installed_any = true;
     }
     if !installed_any && !conf.modules.is_empty() {

@@ -66,7 +66,8 @@ pub fn make(
     // The first failure in plan order, whichever thread met it first.
     let confs = ctx.module_confs_quietly(modules, targets).into_iter().collect::<Result<Vec<Conf>>>()?;
     let mut jobs = Vec::new();
-    for (target, confs) in targets.iter().zip(confs.chunks(modules.len().max(1))) {
+    for (index, target) in targets.iter().enumerate() {
+        let confs = &confs[index * modules.len()..(index + 1) * modules.len()];
         let mut builds = Vec::new();
         for ((module, version), conf) in modules.iter().zip(confs) {
             builds.push(build_job(ctx, module, version, target, conf, modules));
