@@ -1,6 +1,6 @@
 //! Symbol ownership, module dependencies, kmod's topological order and its cycle report.
 
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 
 use crate::module::ModuleElf;
 
@@ -14,13 +14,13 @@ pub struct Symbol {
 /// depmod's symbol table. Adding an existing name replaces it: the last exporter owns a symbol.
 #[derive(Debug, Default)]
 pub struct Symbols {
-    pub table: FxHashMap<Vec<u8>, Symbol>,
+    pub table: HashMap<Vec<u8>, Symbol>,
     prefix: Option<u8>,
 }
 
 impl Symbols {
     pub fn new(prefix: Option<u8>) -> Symbols {
-        Symbols { table: FxHashMap::default(), prefix }
+        Symbols { table: HashMap::new(), prefix }
     }
 
     /// Adds `name`, first stripping one `-P` prefix character unless the caller already did.

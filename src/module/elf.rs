@@ -4,7 +4,7 @@
 //! sections named below are read: `.modinfo`, `__ksymtab_strings`, `.symtab`, `.strtab` and
 //! `__versions` (about a sixth of a typical module). Malformed input is an error, never a panic.
 
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 use std::io;
 
 use goblin::container::{Container, Ctx, Endian};
@@ -323,7 +323,7 @@ fn imports(
 ) -> Option<Vec<Import>> {
     let versions = modversions(versions, sections.ctx);
     // First record of each name, as libkmod's linear scan finds it.
-    let mut by_name: FxHashMap<&[u8], usize> = FxHashMap::with_capacity_and_hasher(versions.len(), Default::default());
+    let mut by_name: HashMap<&[u8], usize> = HashMap::with_capacity(versions.len());
     for (index, (name, _)) in versions.iter().enumerate() {
         by_name.entry(name).or_insert(index);
     }
