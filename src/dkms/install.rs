@@ -696,16 +696,7 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
         let module_dir = ctx.install_tree.join(&kernel);
         let turn =
             ctx.root.open_dir(&module_dir).map_err(|e| Failure::io(format!("opening {}", module_dir.display()), e))?;
-        if turn.try_lock().is_err() {
-            // As for the tree's lock: a wait is never silent.
-            if !ctx.quiet {
-                super::print_err(format_args!(
-                    "xdkms: waiting for another xdkms run indexing {}",
-                    ctx.shown(&module_dir).display()
-                ));
-            }
-            turn.lock().map_err(|e| Failure::io(format!("locking {}", module_dir.display()), e))?;
-        }
+        tree::take_turn(ctx, &turn, &module_dir, format!("indexing {}", ctx.shown(&module_dir).display()))?;
         let system_map = ctx.in_root(&basedir.join("boot").join(format!("System.map-{kernel}")))?;
         let options = crate::depmod::Options {
             basedir: Some(basedir.clone()),

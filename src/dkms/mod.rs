@@ -561,7 +561,9 @@ impl Ctx {
     fn evaluate_conf(&self, files: &[PathBuf], scope: &conf::Scope, sandbox: Option<&Sandbox>) -> Result<RawConf> {
         let stamps: Vec<_> = files
             .iter()
-            .map(|file| std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ctime_nsec())))
+            .map(|file| {
+                std::fs::metadata(file).ok().map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+            })
             .collect();
         let key = format!("{files:?} {stamps:?} {scope:?} {}", sandbox.is_some());
         let conf_path = files.first().map_or_else(PathBuf::new, Clone::clone);

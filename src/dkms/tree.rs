@@ -37,14 +37,21 @@ pub fn lock(ctx: &Ctx) -> Result<Lock> {
         .root
         .open_lock_file(&path)
         .map_err(|e| Failure::io(format!("No write access to DKMS tree at {}", ctx.dkms_tree.display()), e))?;
+    take_turn(ctx, &file, &path, format!("holding {}", path.display()))?;
+    Ok(Lock { _file: file })
+}
+
+/// An exclusive flock on `file` (opened from `path`), waited for when another run holds it.
+/// Not a dkms line (dkms takes no lock), but a wait must never be silent: stderr says what the
+/// other run is doing (`holding ...`, `indexing ...`).
+pub fn take_turn(ctx: &Ctx, file: &File, path: &Path, other_run: String) -> Result<()> {
     if file.try_lock().is_err() {
-        // Not a dkms line (dkms takes no lock), but a wait must never be silent: stderr.
         if !ctx.quiet {
-            super::print_err(format_args!("xdkms: waiting for another xdkms run holding {}", path.display()));
+            super::print_err(format_args!("xdkms: waiting for another xdkms run {other_run}"));
         }
         file.lock().map_err(|e| Failure::io(format!("locking {}", path.display()), e))?;
     }
-    Ok(Lock { _file: file })
+    Ok(())
 }
 
 /// Removes what killed runs left behind: work directories (`<dkms_tree>/.xdkms-work-*`), build
