@@ -76,6 +76,10 @@ pub enum Exit {
     NotATarball,
     /// mktarball: the tarball's directory cannot be written.
     TarballUnwritable,
+    /// xdkms, between its own processes: a run on an image's parts extracted without the
+    /// kernels' headers must build; the run that extracted them starts it again with them.
+    /// Never the status of a command.
+    HeadersWanted,
 }
 
 impl Exit {
@@ -105,6 +109,7 @@ impl Exit {
             Exit::HostTools => 23,
             Exit::Excluded => 77,
             Exit::PreInstallFailed => 101,
+            Exit::HeadersWanted => 199,
             Exit::Relayed(code) => i32::from(code),
         }
     }

@@ -49,6 +49,62 @@ pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir>
     tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent)
 }
 
+/// A scratch directory emptied on every core when dropped, then removed: unlinking a module
+/// tree's thousands of files from a tmpfs is page work in the kernel, which spreads.
+#[derive(Debug)]
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    /// [`scratch_dir`], emptied in parallel when dropped.
+    pub fn new(parent: &Path, prefix: &str) -> io::Result<Scratch> {
+        scratch_dir(parent, prefix).map(Scratch)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // What is left (an error) goes with the directory itself, as TempDir removes it.
+        let _ = remove_contents_in_parallel(self.0.path());
+    }
+}
+
+/// Removes what `dir` holds: its files on every core, then its directories, deepest first.
+fn remove_contents_in_parallel(dir: &Path) -> io::Result<()> {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().div_ceil(64)).max(1);
+    std::thread::scope(|scope| {
+        for first in 0..threads {
+            let files = &files;
+            scope.spawn(move || {
+                for file in files.iter().skip(first).step_by(threads) {
+                    let _ = std::fs::remove_file(file);
+                }
+            });
+        }
+    });
+    // A directory was listed before the ones it holds.
+    for dir in dirs.iter().rev() {
+        std::fs::remove_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// The bytes of the regular files below `dir` (symlinks not followed; unreadable parts count
 /// nothing).
 pub fn tree_bytes(dir: &Path) -> u64 {

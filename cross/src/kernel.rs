@@ -30,6 +30,11 @@ pub fn headers_release(headers: &Path) -> Option<String> {
     Some(text.trim().to_string()).filter(|r| !r.is_empty())
 }
 
+/// The files of a kernel's headers that tell its release and configuration: all that is read
+/// there by anything but a build.
+pub const RELEASE_AND_CONFIG_FILES: [&str; 3] =
+    [".config", "include/generated/utsrelease.h", "include/config/kernel.release"];
+
 /// Why kbuild's host programs cannot run here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostToolError {

@@ -15,7 +15,6 @@ use crate::dkms::{
     print_err_partial, print_out, tarball, tree, Ctx, Failure, Named, Result, SigningArgs, Target,
 };
 use crate::exit::Exit;
-use crate::image_root::Links;
 
 /// The actions, as dkms spells them.
 pub const ACTIONS: &[&str] = &[
@@ -217,6 +216,7 @@ const USAGE: &str = "Usage: xdkms [action] [options]
 /// Runs a dkms action; returns the exit status.
 pub fn main(action: &str, args: &[&str]) -> Exit {
     super::image_basedir::follow_parent();
+    let headers_left_out = super::image_basedir::take_headers_left_out();
     let parsed = match Args::from_args(&["xdkms", action], &normalize(args)) {
         Ok(parsed) => parsed,
         Err(early) => {
@@ -243,7 +243,7 @@ pub fn main(action: &str, args: &[&str]) -> Exit {
         return exit;
     }
     let quiet = parsed.quiet;
-    match run(action, parsed) {
+    match run(action, parsed, headers_left_out) {
         Ok(()) => Exit::Success,
         Err(failure) => {
             if !quiet && !failure.lines.is_empty() {
@@ -274,16 +274,22 @@ fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
         // The firmware the added modules name goes into the initramfs too.
         parts.extend(["lib/firmware".to_string(), "usr/lib/firmware".to_string()]);
     }
-    let (view, words) = match image_basedir::open(Some(&root), &words, &parts, Links::Follow) {
+    let image = match image_basedir::open_image(&root) {
         Ok(None) => return None,
-        Ok(Some(opened)) => opened,
+        Ok(Some(image)) => image,
         Err(message) => {
             report(message);
             return Some(Exit::BadArguments);
         }
     };
     let child_args: Vec<String> = std::iter::once(action.to_string()).chain(words).collect();
-    let exit = image_basedir::run_on_view("xdkms", &view, &child_args);
+    let (view, exit) = match image_basedir::run_dkms(image, &root, &child_args, &parts) {
+        Ok(ran) => ran,
+        Err(message) => {
+            report(message);
+            return Some(Exit::BadArguments);
+        }
+    };
     if exit == Exit::Failed {
         // Killed, or never started: what it left is not to be trusted.
         return Some(exit);
@@ -390,7 +396,9 @@ fn single(action: &str, mut requests: Vec<Named>) -> Result<Named> {
     Ok(requests.pop().unwrap_or_default())
 }
 
-fn run(action: &str, args: Args) -> Result<()> {
+/// Runs `action`; `headers_left_out`: in a run on an image's parts extracted without the
+/// kernels' headers, which a build wants.
+fn run(action: &str, args: Args, headers_left_out: bool) -> Result<()> {
     if args.version_flag {
         print_out(format_args!("{}", super::version_line()));
         return Ok(());
@@ -399,6 +407,9 @@ fn run(action: &str, args: Args) -> Result<()> {
     let requests = if action == "collect" { Vec::new() } else { classify(&args) };
     check_names(&requests, &args)?;
     let mut ctx = make_ctx(&args)?;
+    if headers_left_out {
+        ctx.headers_left_out = Some(super::image_basedir::want_headers);
+    }
     check_target_options(action, &args)?;
     if action == "plan" {
         return plan(&ctx, &args, requests);
@@ -1023,6 +1034,7 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         cache: open_cache(args)?,
         built_keys: None,
         restored: Mutex::new(BTreeSet::new()),
+        headers_left_out: None,
         root,
     })
 }

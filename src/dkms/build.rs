@@ -81,6 +81,10 @@ impl Drop for Staging<'_> {
 /// dkms's do_build for one kernel: checks, sources staged in an isolated dkms tree, patches,
 /// make, the modules stripped, signed and compressed, the result renamed into place.
 pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
+    // A run on an image's parts without the kernels' headers starts again with them.
+    if let Some(start_again) = ctx.headers_left_out {
+        start_again();
+    }
     // dkms's do_build prepares signing before any of its checks.
     let signer = super::sign::prepare(ctx, target);
     let job = Job::prepare(ctx, module, version, target)?;

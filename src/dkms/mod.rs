@@ -165,6 +165,10 @@ pub struct Ctx {
     pub built_keys: Option<Mutex<BTreeMap<BuildId, cache::CacheSlot>>>,
     /// The builds of the run answered from the build cache.
     pub restored: Mutex<BTreeSet<BuildId>>,
+    /// Set in a run on an image's parts extracted with only the kernels' release and
+    /// configuration files of their headers (what every command but a build reads there): a
+    /// build calls it first, and it ends the run so that it starts again with the headers.
+    pub headers_left_out: Option<fn() -> !>,
 }
 
 /// A conf as bash left it, or how its evaluation failed (kind and message of the error).

@@ -15,7 +15,7 @@ use initramfs::newc::{Writer, NAME_MAX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use initramfs::stream::{scan, Header, ScanError, SegmentInfo, Visitor};
 use initramfs::Codec;
 
-use super::{cli_default_level, needed, normalize, written_mtime, Change, Entry};
+use super::{cli_default_level, needed, normalize, written_mtime, Change, Entry, Selection};
 
 /// True when `head` (an image's first decoded bytes) starts a newc or crc archive.
 pub fn is_cpio_header(head: &[u8]) -> bool {
@@ -91,7 +91,7 @@ fn link_target(data: &mut dyn Read) -> io::Result<Vec<u8>> {
 
 /// Extracts the members `wanted` needs from the archive at `path` into `dir` (modes and file
 /// mtimes kept, owners not; device nodes, fifos and sockets left out).
-pub fn extract(path: &Path, wanted: &[String], dir: &Path) -> io::Result<()> {
+pub fn extract(path: &Path, wanted: Selection, dir: &Path) -> io::Result<()> {
     let mut members = Members::default();
     visit(path, &mut members)?;
     let keep = needed(&members.entries, wanted);

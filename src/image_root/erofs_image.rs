@@ -22,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{erofs_compressed, needed, written_mtime, Change, Entry};
+use super::{erofs_compressed, needed, written_mtime, Change, Entry, Selection};
 
 /// Where the superblock starts, its magic number, and how much of it xdkms reads.
 const SUPER_OFFSET: u64 = 1024;
@@ -436,7 +436,7 @@ impl Image {
 
 /// Extracts what `wanted` needs from the image at `path` into `dir` (modes and file mtimes
 /// kept, owners not; device nodes, fifos and sockets left out: no command reads them).
-pub fn extract(path: &Path, wanted: &[String], dir: &Path) -> io::Result<()> {
+pub fn extract(path: &Path, wanted: Selection, dir: &Path) -> io::Result<()> {
     let image = Image::open(path)?;
     let tree = image.tree()?;
     let entries: HashMap<String, Entry> = tree.iter().map(|(p, (_, e))| (p.clone(), e.clone())).collect();

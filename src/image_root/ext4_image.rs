@@ -9,10 +9,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::ext2fs::{Access, Attr, Filesystem, ROOT, TYPE_DIR, TYPE_FILE, TYPE_MASK, TYPE_SYMLINK};
-use super::{resolve, written_mtime, Change, Entry};
+use super::{resolve, written_mtime, Change, Entry, Selection};
 
 /// Where an ext2/3/4 superblock's magic number sits in the filesystem, and its value.
 const MAGIC_OFFSET: usize = 1024 + 56;
@@ -92,13 +92,13 @@ fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
 }
 
 /// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`.
-pub fn extract(image: &Path, offset: u64, len: u64, wanted: &[String], dir: &Path) -> io::Result<()> {
+pub fn extract(image: &Path, offset: u64, len: u64, wanted: Selection, dir: &Path) -> io::Result<()> {
     // A journal left holding committed changes (a killed run, a crash) is replayed first.
     super::ext4_in_place::replay_journal(image, offset)?;
     let fs = open_in(image, offset, len, Access::Read)?;
     let mut keep = BTreeSet::new();
     let mut places = Vec::new();
-    for path in wanted {
+    for path in wanted.paths {
         if let Some(place) = resolve(&mut |p| entry(&fs, p), path, &mut keep) {
             places.push(place);
         }
@@ -115,56 +115,114 @@ pub fn extract(image: &Path, offset: u64, len: u64, wanted: &[String], dir: &Pat
         }
     }
     let mut copied = HashSet::new();
+    let mut out = Out { fs: &fs, copied: &mut copied, files: Vec::new(), dirs: Vec::new() };
+    // Errors name the path in the image, not in the scratch directory.
+    let scratch = format!("{}/", dir.display());
+    let in_image = |e: io::Error| io::Error::new(e.kind(), e.to_string().replace(&scratch, ""));
     for place in &places {
         // The filesystem's root itself: all of it.
         let found = if place.is_empty() { Some(ROOT) } else { fs.lookup_path(place)? };
         if let Some(ino) = found {
-            // Errors name the path in the image, not in the scratch directory.
-            let scratch = format!("{}/", dir.display());
-            copy_out(&fs, ino, &dir.join(place), &mut copied)
-                .map_err(|e| io::Error::new(e.kind(), e.to_string().replace(&scratch, "")))?;
+            out.visit(ino, &dir.join(place), place, &|path: &str| wanted.keeps(place, path)).map_err(in_image)?;
         }
+    }
+    let Out { mut files, dirs, .. } = out;
+    drop(fs);
+    // A file two wanted paths reach is copied once (two threads must not write one file).
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    files.dedup_by(|a, b| a.1 == b.1);
+    copy_files(image, offset, len, &files).map_err(in_image)?;
+    // Modes last: a read-only directory is filled first.
+    for (to, mode) in dirs {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
 
-/// Copies inode `ino` and, for a directory, everything below it, to `to`; special files are
-/// left out (no command reads them). `copied` holds the directories copied so far: a
-/// directory reached twice (a damaged filesystem) is not copied again.
-fn copy_out(fs: &Filesystem, ino: u32, to: &Path, copied: &mut HashSet<u32>) -> io::Result<()> {
-    let attr = fs.stat(ino)?;
-    let mode = attr.mode & 0o7777;
-    match attr.mode & TYPE_MASK {
-        TYPE_DIR => {
-            if !copied.insert(ino) {
+/// A regular file to copy out of the filesystem: its inode, where it goes, its mode and mtime.
+type FileOut = (u32, PathBuf, u32, i64);
+
+/// Walks what is extracted, making its directories and symlinks; its files are listed to be
+/// copied afterwards ([`copy_files`]).
+struct Out<'a> {
+    fs: &'a Filesystem,
+    /// The directories visited so far: a directory reached twice (a damaged filesystem) is not
+    /// visited again.
+    copied: &'a mut HashSet<u32>,
+    files: Vec<FileOut>,
+    /// The directories made, with their modes, each after what it holds.
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+impl Out<'_> {
+    /// Visits inode `ino` (root-relative path `rel`, going to `to`) and, for a directory, what
+    /// `keeps` keeps below it; special files are left out (no command reads them).
+    fn visit(&mut self, ino: u32, to: &Path, rel: &str, keeps: &dyn Fn(&str) -> bool) -> io::Result<()> {
+        let fs = self.fs;
+        let attr = fs.stat(ino)?;
+        let mode = attr.mode & 0o7777;
+        match attr.mode & TYPE_MASK {
+            TYPE_DIR => {}
+            TYPE_FILE => {
+                self.files.push((ino, to.to_path_buf(), mode, attr.mtime));
                 return Ok(());
             }
-            std::fs::create_dir_all(to)?;
-            for (name, child) in fs.list(ino)? {
-                if name.contains(&b'/') || name == b"." || name == b".." {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("directory {} holds an entry named {:?}", to.display(), String::from_utf8_lossy(&name)),
-                    ));
-                }
-                copy_out(fs, child, &to.join(std::ffi::OsStr::from_bytes(&name)), copied)?;
+            TYPE_SYMLINK => {
+                let target = fs.readlink(ino)?;
+                // Extracted already (links followed from part to part meet): the image's wins.
+                let _ = std::fs::remove_file(to);
+                return std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), to);
             }
-            std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+            _ => return Ok(()),
         }
-        TYPE_FILE => {
-            let file = File::create(to)?;
-            fs.read_into(ino, &file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            file.set_modified(mtime_of(attr.mtime))
+        if !self.copied.insert(ino) {
+            return Ok(());
         }
-        TYPE_SYMLINK => {
-            let target = fs.readlink(ino)?;
-            // Extracted already (links followed from part to part meet): the image's wins.
-            let _ = std::fs::remove_file(to);
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), to)
+        std::fs::create_dir_all(to)?;
+        for (name, child) in fs.list(ino)? {
+            if name.contains(&b'/') || name == b"." || name == b".." {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("directory {} holds an entry named {:?}", to.display(), String::from_utf8_lossy(&name)),
+                ));
+            }
+            let shown_name = String::from_utf8_lossy(&name);
+            let child_rel = if rel.is_empty() { shown_name.into_owned() } else { format!("{rel}/{shown_name}") };
+            if keeps(&child_rel) {
+                self.visit(child, &to.join(std::ffi::OsStr::from_bytes(&name)), &child_rel, keeps)?;
+            }
         }
-        _ => Ok(()),
+        self.dirs.push((to.to_path_buf(), mode));
+        Ok(())
     }
+}
+
+/// Copies `files` out of the filesystem `offset` bytes into `image`, on every core: each
+/// thread with its own handle (libext2fs shares nothing between handles), the files dealt out
+/// in turn. Writing a module tree into tmpfs is the kernel's page work, which spreads.
+fn copy_files(image: &Path, offset: u64, len: u64, files: &[FileOut]) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().div_ceil(64)).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let fs = open_in(image, offset, len, Access::Read)?;
+                    files.iter().skip(first).step_by(threads).try_for_each(|file| copy_file(&fs, file))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().unwrap_or_else(|_| Err(io::Error::other("a copying thread panicked"))))
+    })
+}
+
+/// Copies one regular file out of `fs`.
+fn copy_file(fs: &Filesystem, (ino, to, mode, mtime): &FileOut) -> io::Result<()> {
+    let file = File::create(to)?;
+    fs.read_into(*ino, &file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))?;
+    file.set_permissions(std::fs::Permissions::from_mode(*mode))?;
+    file.set_modified(mtime_of(*mtime))
 }
 
 fn mtime_of(seconds: i64) -> std::time::SystemTime {
@@ -425,7 +483,8 @@ mod tests {
             assert!(made.expect("mke2fs (tests/setup.sh installs e2fsprogs)").success(), "mke2fs {kind}");
             let out = work.path().join(kind);
             let len = std::fs::metadata(&image).expect("image").len();
-            extract(&image, 0, len, &["data".to_string()], &out).expect("extract");
+            let paths = ["data".to_string()];
+            extract(&image, 0, len, Selection { paths: &paths, except: &[] }, &out).expect("extract");
             for name in ["sparse", "small", "empty", "blocks"] {
                 // e2fsprogs' own reading of the image is the reference: mke2fs 1.47.0 with
                 // inline_data stores the sparse file cut after its last data block.

@@ -126,42 +126,31 @@ impl ImageRoot {
     /// with [`Links::Follow`], also what the symlinks in those parts point at elsewhere in the
     /// image (a kernel's headers link their build scripts from another directory).
     pub fn materialize(self, wanted: &[String], links: Links) -> Result<View> {
+        let mut extraction = self.start_view()?;
+        extraction.add(Selection { paths: wanted, except: &[] }, links)?;
+        extraction.finish()
+    }
+
+    /// An empty scratch directory to extract parts of the image into, in one or more steps
+    /// ([`Extraction::add`]), before the command runs on it ([`Extraction::finish`]).
+    pub fn start_view(self) -> Result<Extraction> {
         let step = crate::progress::step(format!("extracting from {}", self.shown.display()));
-        let dir = crate::fsio::scratch_dir(&scratch_parent(), "xdkms-image-")
+        let dir = crate::fsio::Scratch::new(&scratch_parent(), "xdkms-image-")
             .map_err(|e| self.error(format!("cannot make a scratch directory: {e}")))?;
-        let mut requested: Vec<String> = wanted.to_vec();
-        let mut round = wanted.to_vec();
-        for _ in 0..MAX_LINK_ROUNDS {
-            self.extract(&round, dir.path()).map_err(|e| self.error(e.to_string()))?;
-            if links == Links::Keep {
-                break;
-            }
-            round = link_targets(dir.path(), &requested)
-                .map_err(|e| self.error(format!("reading its extracted parts: {e}")))?;
-            if round.is_empty() {
-                break;
-            }
-            requested.extend(round.iter().cloned());
-        }
-        // Everything there now, directories the archive only implies included, is the image's.
-        let baseline = walk(dir.path())
-            .map_err(|e| self.error(format!("reading its extracted parts: {e}")))?
-            .into_keys()
-            .filter_map(|path| stamp(dir.path(), &path).map(|s| (path, s)))
-            .collect();
-        drop(step);
-        Ok(View { image: self, dir, baseline })
+        Ok(Extraction { image: self, dir, requested: Vec::new(), _step: step })
     }
 
     /// Extracts `wanted` into `dir` (added to what is there).
-    fn extract(&self, wanted: &[String], dir: &Path) -> io::Result<()> {
+    fn extract(&self, wanted: Selection, dir: &Path) -> io::Result<()> {
         match self.format {
             Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
             Format::Ext4 { offset, len, boot } => {
                 ext4_image::extract(&self.path, offset, len, wanted, dir)?;
                 match boot {
                     Some((offset, len)) => {
-                        ext4_image::extract(&self.path, offset, len, &on_boot(wanted), &dir.join("boot"))
+                        let (paths, except) = (on_boot(wanted.paths), on_boot(wanted.except));
+                        let wanted = Selection { paths: &paths, except: &except };
+                        ext4_image::extract(&self.path, offset, len, wanted, &dir.join("boot"))
                     }
                     None => Ok(()),
                 }
@@ -177,6 +166,99 @@ impl ImageRoot {
     }
 }
 
+/// A scratch directory being filled with parts of an image.
+pub struct Extraction {
+    image: ImageRoot,
+    /// Removed when the extraction or the view it becomes goes.
+    dir: crate::fsio::Scratch,
+    /// Every path asked for so far (symlinks pointing inside them need not be followed).
+    requested: Vec<String>,
+    _step: crate::progress::Step,
+}
+
+impl Extraction {
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Extracts `wanted` (added to what is there); with [`Links::Follow`], also what the
+    /// symlinks of everything extracted so far point at, `wanted.except` left out there too.
+    pub fn add(&mut self, wanted: Selection, links: Links) -> Result<()> {
+        let image = &self.image;
+        self.requested.extend(wanted.paths.iter().cloned());
+        let mut round = wanted.paths.to_vec();
+        for _ in 0..MAX_LINK_ROUNDS {
+            let selection = Selection { paths: &round, except: wanted.except };
+            image.extract(selection, self.dir.path()).map_err(|e| image.error(e.to_string()))?;
+            if links == Links::Keep {
+                break;
+            }
+            round = link_targets(self.dir.path(), &self.requested, wanted.except)
+                .map_err(|e| image.error(format!("reading its extracted parts: {e}")))?;
+            if round.is_empty() {
+                break;
+            }
+            self.requested.extend(round.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// The view the command works on: everything extracted is the image's.
+    pub fn finish(self) -> Result<View> {
+        let Extraction { image, dir, .. } = self;
+        // Everything there now, directories the archive only implies included, is the image's.
+        let baseline = walk(dir.path())
+            .map_err(|e| image.error(format!("reading its extracted parts: {e}")))?
+            .into_keys()
+            .filter_map(|path| stamp(dir.path(), &path).map(|s| (path, s)))
+            .collect();
+        Ok(View { image, dir, baseline })
+    }
+}
+
+/// What to extract from an image: each of `paths` with everything below it, but not what lies
+/// under one of `except` deeper than the path it was reached from (a directory read only in
+/// part: what is read there is named in `paths`). The last component of an exception may end
+/// in `*`: every entry of that directory whose name starts with the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub paths: &'a [String],
+    pub except: &'a [String],
+}
+
+impl Selection<'_> {
+    /// Whether `path`, below `place` (one of the paths, resolved), is extracted.
+    fn keeps(&self, place: &str, path: &str) -> bool {
+        under(place, path) && !self.except.iter().any(|e| depth(e) > depth(place) && matches_below(e, path))
+    }
+}
+
+/// Whether `path` is `dir` or lies below it (every path lies below the root, "").
+fn under(dir: &str, path: &str) -> bool {
+    dir.is_empty() || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+/// How many components a root-relative path has.
+fn depth(path: &str) -> usize {
+    path.split('/').filter(|p| !p.is_empty()).count()
+}
+
+/// Whether `path` is what `pattern` (a path, its last component perhaps ending in `*`) names,
+/// or lies below it.
+fn matches_below(pattern: &str, path: &str) -> bool {
+    let Some(prefix) = pattern.strip_suffix('*') else { return under(pattern, path) };
+    let (dir, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let rest = match dir {
+        "" => path,
+        dir => match path.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) {
+            Some(rest) => rest,
+            None => return false,
+        },
+    };
+    rest.split('/').next().is_some_and(|name| name.starts_with(start))
+}
+
 /// Whether [`ImageRoot::materialize`] also extracts what symlinks in the wanted parts point at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Links {
@@ -190,10 +272,11 @@ pub enum Links {
 const MAX_LINK_ROUNDS: usize = 8;
 
 /// The root-relative targets of the symlinks under `dir` that no `requested` path covers;
-/// links to the root itself or to one of their own ancestors (which would pull in everything
-/// around them) are left alone.
-fn link_targets(dir: &Path, requested: &[String]) -> io::Result<Vec<String>> {
-    let covered = |target: &str| requested.iter().any(|r| target == r || target.starts_with(&format!("{r}/")));
+/// links to the root itself, to one of their own ancestors (which would pull in everything
+/// around them) or into one of `except` are left alone.
+fn link_targets(dir: &Path, requested: &[String], except: &[String]) -> io::Result<Vec<String>> {
+    let covered =
+        |target: &str| requested.iter().any(|r| under(r, target)) || except.iter().any(|e| matches_below(e, target));
     let mut targets = BTreeSet::new();
     for (path, is_dir) in walk(dir)? {
         if is_dir || !std::fs::symlink_metadata(dir.join(&path))?.file_type().is_symlink() {
@@ -212,7 +295,7 @@ fn link_targets(dir: &Path, requested: &[String]) -> io::Result<Vec<String>> {
 
 /// Where a symlink in root-relative directory `parent` with target `link` points, by its
 /// words alone (`..` cannot climb above the root); None when it is the root.
-fn lexical_target(parent: &str, link: &str) -> Option<String> {
+pub fn lexical_target(parent: &str, link: &str) -> Option<String> {
     let mut parts: Vec<&str> =
         if link.starts_with('/') { Vec::new() } else { parent.split('/').filter(|p| !p.is_empty()).collect() };
     for part in link.split('/') {
@@ -459,7 +542,7 @@ pub enum Change {
 pub struct View {
     image: ImageRoot,
     /// Removed when the view goes.
-    dir: tempfile::TempDir,
+    dir: crate::fsio::Scratch,
     /// Each extracted entry as it was right after extraction (directories included).
     baseline: BTreeMap<String, Stamp>,
 }
@@ -473,6 +556,11 @@ impl View {
     /// The image this view was taken from.
     pub fn image(&self) -> &Path {
         &self.image.shown
+    }
+
+    /// The image, still held, with the scratch directory and what was done there gone.
+    pub fn discard(self) -> ImageRoot {
+        self.image
     }
 
     /// What the command changed, sorted by path.
@@ -677,16 +765,16 @@ fn resolve(entry: &mut dyn FnMut(&str) -> Option<Entry>, path: &str, keep: &mut 
 /// The entries to extract for `wanted` from an image whose entries are `entries` (by
 /// normalized path): each wanted path's entry and everything below it, with the symlinks and
 /// directories leading there.
-fn needed(entries: &HashMap<String, Entry>, wanted: &[String]) -> BTreeSet<String> {
+fn needed(entries: &HashMap<String, Entry>, wanted: Selection) -> BTreeSet<String> {
     let mut keep = BTreeSet::new();
     let mut places = Vec::new();
-    for path in wanted {
+    for path in wanted.paths {
         if let Some(place) = resolve(&mut |p| entries.get(p).cloned(), path, &mut keep) {
             places.push(place);
         }
     }
     for name in entries.keys() {
-        if places.iter().any(|p| !p.is_empty() && (name == p || name.starts_with(&format!("{p}/")))) {
+        if places.iter().any(|p| !p.is_empty() && wanted.keeps(p, name)) {
             keep.insert(name.clone());
         }
     }
@@ -746,7 +834,8 @@ mod tests {
             ("usr/sbin/depmod", link("../bin/kmod")),
             ("usr/bin/kmod", Other),
         ]);
-        let keep = needed(&archive, &["lib/modules/6.1".to_string(), "sbin/depmod".to_string()]);
+        let paths = ["lib/modules/6.1".to_string(), "sbin/depmod".to_string()];
+        let keep = needed(&archive, Selection { paths: &paths, except: &[] });
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         assert_eq!(
             keep,
@@ -768,7 +857,43 @@ mod tests {
     #[test]
     fn symlink_loops_resolve_to_nothing() {
         let archive = members(&[("a", link("b")), ("b", link("a"))]);
-        assert!(needed(&archive, &["a/x".to_string()]).iter().all(|n| n == "a" || n == "b"));
+        let paths = ["a/x".to_string()];
+        assert!(needed(&archive, Selection { paths: &paths, except: &[] }).iter().all(|n| n == "a" || n == "b"));
+    }
+
+    #[test]
+    fn an_exception_leaves_out_its_directory_but_what_is_named_inside_it() {
+        use Entry::{Dir, Other};
+        let archive = members(&[
+            ("usr", Dir),
+            ("usr/src", Dir),
+            ("usr/src/m-1", Dir),
+            ("usr/src/m-1/dkms.conf", Other),
+            ("usr/src/linux-6.1", Dir),
+            ("usr/src/linux-6.1/.config", Other),
+            ("usr/src/linux-6.1/include", Dir),
+            ("usr/src/linux-6.1/include/linux", Dir),
+            ("usr/src/linux-6.1/include/linux/module.h", Other),
+            ("usr/src/linux-6.1-extra", Dir),
+            ("usr/src/linux-headers-6.1-common", Dir),
+            ("usr/src/linux-headers-6.1-common/Makefile", Other),
+        ]);
+        let paths = ["usr/src".to_string(), "usr/src/linux-6.1/.config".to_string()];
+        let except = ["usr/src/linux-6.1".to_string(), "usr/src/linux-headers-*".to_string()];
+        let keep = needed(&archive, Selection { paths: &paths, except: &except });
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        assert_eq!(
+            keep,
+            [
+                "usr",
+                "usr/src",
+                "usr/src/linux-6.1",
+                "usr/src/linux-6.1-extra",
+                "usr/src/linux-6.1/.config",
+                "usr/src/m-1",
+                "usr/src/m-1/dkms.conf",
+            ]
+        );
     }
 
     #[test]
@@ -794,7 +919,7 @@ mod tests {
         std::os::unix::fs::symlink("/usr/src/h", root.join("usr/src/h/inside")).expect("link");
         std::os::unix::fs::symlink("..", root.join("usr/src/h/up")).expect("link");
         std::os::unix::fs::symlink("/", root.join("usr/src/h/top")).expect("link");
-        let targets = link_targets(root, &["usr/src".to_string()]).expect("targets");
+        let targets = link_targets(root, &["usr/src".to_string()], &[]).expect("targets");
         assert_eq!(targets, vec!["usr/lib/kbuild/scripts".to_string()]);
     }
 }

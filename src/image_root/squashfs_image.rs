@@ -12,7 +12,7 @@ use std::path::Path;
 use backhand::{BackhandError, FilesystemReader, FilesystemWriter, InnerNode, NodeHeader};
 
 use super::squashfs_codec::{Codec, OPTIONS_PRESENT};
-use super::{needed, normalize, written_mtime, Change, Entry};
+use super::{needed, normalize, written_mtime, Change, Entry, Selection};
 
 /// The superblock's magic number and the one format version there is (4.0).
 const MAGIC: &[u8; 4] = b"hsqs";
@@ -175,7 +175,7 @@ fn entries(reader: &FilesystemReader) -> HashMap<String, Entry> {
 
 /// Extracts what `wanted` needs from the image at `path` into `dir` (modes and file mtimes
 /// kept, owners not; device nodes, fifos and sockets left out: no command reads them).
-pub fn extract(path: &Path, wanted: &[String], dir: &Path) -> io::Result<()> {
+pub fn extract(path: &Path, wanted: Selection, dir: &Path) -> io::Result<()> {
     let (reader, _) = open(path)?;
     let keep = needed(&entries(&reader), wanted);
     let mut dirs = Vec::new();

@@ -12,7 +12,7 @@ use initramfs::codec::Encoder;
 use initramfs::stream::{decoder, Input};
 use initramfs::Codec;
 
-use super::{cli_default_level, needed, normalize, written_mtime, Change, Entry};
+use super::{cli_default_level, needed, normalize, written_mtime, Change, Entry, Selection};
 
 /// A GNU long name or pax record block larger than this is refused, not held in memory.
 const LARGEST_EXTENSION: u64 = 1 << 20;
@@ -68,7 +68,7 @@ fn scan(path: &Path, codec: Codec) -> io::Result<HashMap<String, Entry>> {
 }
 
 /// Extracts the entries `wanted` needs into `dir` (modes and mtimes kept, owners not).
-pub fn extract(path: &Path, codec: Codec, wanted: &[String], dir: &Path) -> io::Result<()> {
+pub fn extract(path: &Path, codec: Codec, wanted: Selection, dir: &Path) -> io::Result<()> {
     let members = scan(path, codec)?;
     let keep = needed(&members, wanted);
     with_archive(path, codec, |archive| {

@@ -140,3 +140,44 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
         }
     }
 }
+
+/// Of a kernel's headers, a command that does not build extracts only the files that tell the
+/// kernel's release and configuration (issue 12: never more than a command needs). With a
+/// header file damaged in an ext4 image (its extent header zeroed), installing a module already
+/// built there prints and leaves what it does in the directory; building, which extracts the
+/// headers, fails naming the image and the file, and leaves the image as it was.
+#[test]
+fn only_a_build_extracts_the_kernel_headers_from_an_image() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms/xdkms_test-1.0");
+    let work = TempDir::new("headers-left-out");
+    let root = work.join("root");
+    let version = headers_root(&root);
+    run_ok(xdkms().arg("build").arg("--root").arg(&root).args(["-q", "-k", &version]).arg(&fixture));
+    let image = work.join("rootfs.ext4");
+    run_ok(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-d"]).arg(&root).arg(&image).arg("300M"));
+    // Debian's headers: the kernel's directory, which `build` names, and the -common one.
+    let common = format!("usr/src/linux-headers-{}-common", version.trim_end_matches("-amd64"));
+    let damaged = format!("/{common}/include/linux/module.h");
+    run_ok(Command::new("debugfs").arg("-w").arg("-R").arg(format!("sif {damaged} block[0] 0")).arg(&image));
+    let unbuilt = work.join("unbuilt.ext4");
+    run_ok(Command::new("cp").arg("--sparse=always").arg(&image).arg(&unbuilt));
+
+    both(&image, &root, &["install", "-k", &version, "xdkms_test/1.0"]);
+    let unpacked = work.join("unpacked");
+    unpack(&image, &unpacked);
+    let rel = format!("lib/modules/{version}/updates/dkms");
+    assert_eq!(tree(&unpacked, &rel), tree(&root, &rel), "the installed module");
+
+    run_ok(xdkms().arg("unbuild").arg("--root").arg(&unbuilt).args(["-q", "-k", &version, "xdkms_test/1.0"]));
+    let before = work.join("before.ext4");
+    run_ok(Command::new("cp").arg("--sparse=always").arg(&unbuilt).arg(&before));
+    let out = run(xdkms().arg("build").arg("--root").arg(&unbuilt).args(["-k", &version, "xdkms_test/1.0"]));
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let named = format!("{}: {}: ", unbuilt.display(), damaged.trim_start_matches('/'));
+    assert!(stderr.contains(&named) && stderr.contains("Corrupt extent header"), "{stderr}");
+    assert!(
+        run(Command::new("cmp").arg("-s").arg(&before).arg(&unbuilt)).status.success(),
+        "the failed build changed the image"
+    );
+}
