@@ -283,7 +283,9 @@ fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
         }
     };
     let child_args: Vec<String> = std::iter::once(action.to_string()).chain(words).collect();
-    let (view, exit) = match image_basedir::run_dkms(image, &root, &child_args, &parts) {
+    // A headers directory or configuration named on the command line may lie anywhere in them.
+    let whole_headers = parsed.kernelsourcedir.is_some() || parsed.config.is_some();
+    let (view, exit) = match image_basedir::run_dkms(image, &root, &child_args, &parts, whole_headers) {
         Ok(ran) => ran,
         Err(message) => {
             report(message);

@@ -59,16 +59,27 @@ pub fn want_headers() -> ! {
 /// image `root`, named `image` on the command line: first with only the release and
 /// configuration files of the kernels' headers (extracting a kernel's headers takes longer
 /// than anything but a build needs them), its output held; when it must build, again on a new
-/// extraction with the headers. The view it last ran on and its exit status.
-pub fn run_dkms(root: ImageRoot, image: &str, args: &[String], parts: &[String]) -> Result<(View, Exit), String> {
-    let view = dkms_view(root, parts, Headers::ReleaseAndConfig)?;
-    let held = Mutex::new(Held::default());
-    let exit = run_child("xdkms", &view, &child_args(&view, image, args), Some((HEADERS_VARIABLE, "1")), Some(&held));
-    if exit != Exit::HeadersWanted {
-        held.lock().unwrap_or_else(|e| e.into_inner()).release();
-        return Ok((view, exit));
+/// extraction with the headers. With `whole_headers` (options naming paths in the headers),
+/// that second run only. The view it last ran on and its exit status.
+pub fn run_dkms(
+    mut root: ImageRoot,
+    image: &str,
+    args: &[String],
+    parts: &[String],
+    whole_headers: bool,
+) -> Result<(View, Exit), String> {
+    if !whole_headers {
+        let view = dkms_view(root, parts, Headers::ReleaseAndConfig)?;
+        let held = Mutex::new(Held::default());
+        let left_out = Some((HEADERS_VARIABLE, "1"));
+        let exit = run_child("xdkms", &view, &child_args(&view, image, args), left_out, Some(&held));
+        if exit != Exit::HeadersWanted {
+            held.lock().unwrap_or_else(|e| e.into_inner()).release();
+            return Ok((view, exit));
+        }
+        root = view.discard();
     }
-    let view = dkms_view(view.discard(), parts, Headers::Whole)?;
+    let view = dkms_view(root, parts, Headers::Whole)?;
     let exit = run_child("xdkms", &view, &child_args(&view, image, args), None, None);
     Ok((view, exit))
 }
