@@ -11,10 +11,9 @@
 #     install:    the same install on the squashfs (a new image written, the old files' data
 #                 copied as stored, the fragment blocks packed and compressed again);
 #     mksquashfs: `mksquashfs -comp xz` of the extracted tree (every core).
-# The ext4 target is install <= 0.10 of mke2fs; the bound enforced there is the one this design
-# meets (every edit extracts the module tree depmod reads; the headers only for a build, which
-# this one is not: ~0.2 measured), so that a regression (the headers extracted for every edit:
-# ~0.3; an edit falling back to copying the image: ~0.6) shows; both are printed.
+# The ext4 target, install <= 0.10 of mke2fs, is enforced (~0.075 measured: the kernel's own
+# module files stay in the image, where depmod reads them, and the headers are extracted only
+# for a build; copying the modules out again would take it to ~0.15, the headers too ~0.3).
 # The squashfs target, 1.2 of mksquashfs, is enforced.
 # ARM64=1 adds Debian's arm64 sysroot to the squashfs's tree (173 MiB; the issue asks for 256).
 #   bash bench/images.sh [ROUNDS]
@@ -23,8 +22,7 @@ rounds=${1:-3}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 k=$XDKMS_KVER_AMD64
-bound=0.27
-target=0.10
+bound=0.10
 squashfs_bound=1.2
 
 tree=$work/tree
@@ -53,9 +51,8 @@ done
 mke2fs_s=$(median < "$work/mke2fs")
 install_s=$(median < "$work/install")
 ratio=$(echo "scale=3; $install_s / $mke2fs_s" | bc)
-met=$([ "$(echo "$ratio <= $target" | bc)" = 1 ] && echo met || echo "not met")
-printf 'ext4 1 GiB image, one module: mke2fs -d %.2f s, xdkms install --root IMAGE %.2f s, ratio %s (bound %s; issue target %s: %s)\n' \
-  "$mke2fs_s" "$install_s" "$ratio" "$bound" "$target" "$met"
+printf 'ext4 1 GiB image, one module: mke2fs -d %.2f s, xdkms install --root IMAGE %.2f s, ratio %s (bound %s)\n' \
+  "$mke2fs_s" "$install_s" "$ratio" "$bound"
 if [ "$(echo "$ratio > $bound" | bc)" = 1 ]; then echo "bench: image install ratio above $bound" >&2; exit 1; fi
 
 # The squashfs half: the tree as an xz squashfs, made once by mksquashfs (timed), edited once.

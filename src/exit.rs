@@ -76,10 +76,10 @@ pub enum Exit {
     NotATarball,
     /// mktarball: the tarball's directory cannot be written.
     TarballUnwritable,
-    /// xdkms, between its own processes: a run on an image's parts extracted without the
-    /// kernels' headers must build; the run that extracted them starts it again with them.
-    /// Never the status of a command.
-    HeadersWanted,
+    /// xdkms, between its own processes: a run on an image's parts extracted in part needs what
+    /// was left out (a build, the kernels' headers); the run that extracted them starts it again
+    /// on the whole. Never the status of a command.
+    WholeRootWanted,
 }
 
 impl Exit {
@@ -109,7 +109,7 @@ impl Exit {
             Exit::HostTools => 23,
             Exit::Excluded => 77,
             Exit::PreInstallFailed => 101,
-            Exit::HeadersWanted => 199,
+            Exit::WholeRootWanted => 199,
             Exit::Relayed(code) => i32::from(code),
         }
     }

@@ -42,8 +42,15 @@ pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir>
             && pid.bytes().all(|b| b.is_ascii_digit())
             && pid != std::process::id().to_string()
             && !Path::new("/proc").join(pid).exists();
-        if dead && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        match entry.file_type() {
+            Ok(kind) if dead && kind.is_dir() => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            // What a run keeps beside its scratch directory (an image's left-out files' list).
+            Ok(kind) if dead && kind.is_file() => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            _ => {}
         }
     }
     tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent)

@@ -216,7 +216,13 @@ const USAGE: &str = "Usage: xdkms [action] [options]
 /// Runs a dkms action; returns the exit status.
 pub fn main(action: &str, args: &[&str]) -> Exit {
     super::image_basedir::follow_parent();
-    let headers_left_out = super::image_basedir::take_headers_left_out();
+    let partial = match super::image_dkms::take_partial() {
+        Ok(partial) => partial,
+        Err(message) => {
+            print_err(format_args!("Error! {message}"));
+            return Exit::Failed;
+        }
+    };
     let parsed = match Args::from_args(&["xdkms", action], &normalize(args)) {
         Ok(parsed) => parsed,
         Err(early) => {
@@ -243,7 +249,7 @@ pub fn main(action: &str, args: &[&str]) -> Exit {
         return exit;
     }
     let quiet = parsed.quiet;
-    match run(action, parsed, headers_left_out) {
+    match run(action, parsed, partial) {
         Ok(()) => Exit::Success,
         Err(failure) => {
             if !quiet && !failure.lines.is_empty() {
@@ -269,11 +275,6 @@ fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
             print_err(format_args!("Error! {message}"));
         }
     };
-    let mut parts = image_basedir::dkms_parts();
-    if action == "initramfs-inject" {
-        // The firmware the added modules name goes into the initramfs too.
-        parts.extend(["lib/firmware".to_string(), "usr/lib/firmware".to_string()]);
-    }
     let image = match image_basedir::open_image(&root) {
         Ok(None) => return None,
         Ok(Some(image)) => image,
@@ -284,8 +285,8 @@ fn on_image(action: &str, parsed: &Args, args: &[&str]) -> Option<Exit> {
     };
     let child_args: Vec<String> = std::iter::once(action.to_string()).chain(words).collect();
     // A headers directory or configuration named on the command line may lie anywhere in them.
-    let whole_headers = parsed.kernelsourcedir.is_some() || parsed.config.is_some();
-    let (view, exit) = match image_basedir::run_dkms(image, &root, &child_args, &parts, whole_headers) {
+    let whole = parsed.kernelsourcedir.is_some() || parsed.config.is_some();
+    let (view, exit) = match super::image_dkms::run(image, &root, action, &child_args, whole) {
         Ok(ran) => ran,
         Err(message) => {
             report(message);
@@ -398,9 +399,8 @@ fn single(action: &str, mut requests: Vec<Named>) -> Result<Named> {
     Ok(requests.pop().unwrap_or_default())
 }
 
-/// Runs `action`; `headers_left_out`: in a run on an image's parts extracted without the
-/// kernels' headers, which a build wants.
-fn run(action: &str, args: Args, headers_left_out: bool) -> Result<()> {
+/// Runs `action`; `partial`: what a run on an image's parts is told about them.
+fn run(action: &str, args: Args, partial: super::image_dkms::Partial) -> Result<()> {
     if args.version_flag {
         print_out(format_args!("{}", super::version_line()));
         return Ok(());
@@ -409,9 +409,7 @@ fn run(action: &str, args: Args, headers_left_out: bool) -> Result<()> {
     let requests = if action == "collect" { Vec::new() } else { classify(&args) };
     check_names(&requests, &args)?;
     let mut ctx = make_ctx(&args)?;
-    if headers_left_out {
-        ctx.headers_left_out = Some(super::image_basedir::want_headers);
-    }
+    super::image_dkms::tell(&mut ctx, partial);
     check_target_options(action, &args)?;
     if action == "plan" {
         return plan(&ctx, &args, requests);
@@ -1036,7 +1034,8 @@ fn make_ctx(args: &Args) -> Result<Ctx> {
         cache: open_cache(args)?,
         built_keys: None,
         restored: Mutex::new(BTreeSet::new()),
-        headers_left_out: None,
+        partial_root: None,
+        outside_modules: None,
         root,
     })
 }

@@ -3,7 +3,6 @@
 //! all but inject, the command run again on the scratch root with the image's name replaced by
 //! the scratch root's.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -11,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use crate::exit::Exit;
-use crate::image_root::{lexical_target, ImageRoot, Links, Selection, View};
+use crate::image_root::{ImageRoot, Links, View};
 
 /// The image named by `basedir`, opened with the parts `wanted` lists, and `args` with its name
 /// replaced by the scratch root; None when `basedir` is not given or names a directory.
@@ -36,124 +35,10 @@ pub fn open_image(root: &str) -> Result<Option<ImageRoot>, String> {
     ImageRoot::open(Path::new(root)).map_err(|e| e.to_string())
 }
 
-/// The variable telling a child run that its root holds, of the kernels' headers, only the
-/// files that tell their release and configuration.
-const HEADERS_VARIABLE: &str = "XDKMS_IMAGE_HEADERS_LEFT_OUT";
-
-/// In a child run of [`run_dkms`]: whether its root was extracted without the kernels' headers.
-/// The variable goes, so that the programs the run starts do not see it: call this before any
-/// thread starts.
-pub fn take_headers_left_out() -> bool {
-    let set = std::env::var_os(HEADERS_VARIABLE).is_some();
-    std::env::remove_var(HEADERS_VARIABLE);
-    set
-}
-
-/// Ends a child run of [`run_dkms`] that must build without the headers: its parent starts it
-/// again with them (what it did so far is in the scratch root, which is dropped).
-pub fn want_headers() -> ! {
-    std::process::exit(Exit::HeadersWanted.code())
-}
-
-/// The DKMS command line `args` (the action first) run in a child process on `parts` of the
-/// image `root`, named `image` on the command line: first with only the release and
-/// configuration files of the kernels' headers (extracting a kernel's headers takes longer
-/// than anything but a build needs them), its output held; when it must build, again on a new
-/// extraction with the headers. With `whole_headers` (options naming paths in the headers),
-/// that second run only. The view it last ran on and its exit status.
-pub fn run_dkms(
-    mut root: ImageRoot,
-    image: &str,
-    args: &[String],
-    parts: &[String],
-    whole_headers: bool,
-) -> Result<(View, Exit), String> {
-    if !whole_headers {
-        let view = dkms_view(root, parts, Headers::ReleaseAndConfig)?;
-        let held = Mutex::new(Held::default());
-        let left_out = Some((HEADERS_VARIABLE, "1"));
-        let exit = run_child("xdkms", &view, &child_args(&view, image, args), left_out, Some(&held));
-        if exit != Exit::HeadersWanted {
-            held.lock().unwrap_or_else(|e| e.into_inner()).release();
-            return Ok((view, exit));
-        }
-        root = view.discard();
-    }
-    let view = dkms_view(root, parts, Headers::Whole)?;
-    let exit = run_child("xdkms", &view, &child_args(&view, image, args), None, None);
-    Ok((view, exit))
-}
-
 /// `args` with the image's name replaced by `view`'s scratch root.
-fn child_args(view: &View, image: &str, args: &[String]) -> Vec<String> {
+pub(super) fn child_args(view: &View, image: &str, args: &[String]) -> Vec<String> {
     let scratch = view.dir().to_string_lossy().into_owned();
     args.iter().map(|arg| replaced(arg, image, &scratch)).collect()
-}
-
-/// How much of the kernels' headers a view holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Headers {
-    /// Only their release and configuration files.
-    ReleaseAndConfig,
-    Whole,
-}
-
-/// Where a DKMS command's module sources and kernel headers are (its other parts are
-/// extracted first: the kernels' `build` links say which directories there are headers).
-const SOURCE_TREE: &str = "usr/src";
-
-/// `parts` of `root` extracted, what their symlinks point at too, with the kernels' headers as
-/// `headers` says.
-fn dkms_view(root: ImageRoot, parts: &[String], headers: Headers) -> Result<View, String> {
-    let error = |e: crate::image_root::ImageError| e.to_string();
-    let mut extraction = root.start_view().map_err(error)?;
-    let (mut paths, others): (Vec<String>, Vec<String>) = parts.iter().cloned().partition(|p| p == SOURCE_TREE);
-    extraction.add(Selection { paths: &others, except: &[] }, Links::Keep).map_err(error)?;
-    let mut except = Vec::new();
-    if headers == Headers::ReleaseAndConfig {
-        for dir in header_dirs(extraction.dir()) {
-            paths.extend(cross::kernel::RELEASE_AND_CONFIG_FILES.iter().map(|file| format!("{dir}/{file}")));
-            except.push(dir);
-        }
-        // Debian's headers of a kernel include a -common directory no link names.
-        except.push(format!("{SOURCE_TREE}/linux-headers-*"));
-    }
-    extraction.add(Selection { paths: &paths, except: &except }, Links::Follow).map_err(error)?;
-    extraction.finish().map_err(error)
-}
-
-/// The kernels' headers directories of the root extracted at `dir`, root-relative: where the
-/// `build` and `source` links of each kernel's module directory point.
-fn header_dirs(dir: &Path) -> Vec<String> {
-    let mut dirs = BTreeSet::new();
-    for modules in ["lib/modules", "usr/lib/modules"] {
-        // Through a symlink (lib -> usr/lib) the other one is the same directory; an absolute
-        // one would lead out of the scratch root.
-        if link_on_the_way(dir, modules) {
-            continue;
-        }
-        let Ok(kernels) = std::fs::read_dir(dir.join(modules)) else { continue };
-        for kernel in kernels.flatten() {
-            if !kernel.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let parent = format!("{modules}/{}", kernel.file_name().to_string_lossy());
-            for link in ["build", "source"] {
-                let Ok(target) = std::fs::read_link(kernel.path().join(link)) else { continue };
-                dirs.extend(lexical_target(&parent, &target.to_string_lossy()));
-            }
-        }
-    }
-    dirs.into_iter().collect()
-}
-
-/// Whether a component of root-relative `path` is a symlink in the root at `dir`.
-fn link_on_the_way(dir: &Path, path: &str) -> bool {
-    let mut at = dir.to_path_buf();
-    path.split('/').any(|part| {
-        at.push(part);
-        std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink())
-    })
 }
 
 /// The variable naming the process that runs a command on an image's parts.
@@ -175,16 +60,16 @@ pub fn follow_parent() {
 /// as the image's, so that messages name the image, not a directory that is gone when they are
 /// read. Its exit status is passed on; killed by a signal, it failed.
 pub fn run_on_view(program: &str, view: &View, args: &[String]) -> Exit {
-    run_child(program, view, args, None, None)
+    run_child(program, view, args, &[], None)
 }
 
 /// [`run_on_view`] with `environment` set for the child, and with `held`, its output kept
 /// there (up to [`HOLD_LIMIT`]) instead of passed on.
-fn run_child(
+pub(super) fn run_child(
     program: &str,
     view: &View,
     args: &[String],
-    environment: Option<(&str, &str)>,
+    environment: &[(&str, String)],
     held: Option<&Mutex<Held>>,
 ) -> Exit {
     let scratch = view.dir().to_string_lossy().into_owned();
@@ -204,9 +89,7 @@ fn run_child(
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some((name, value)) = environment {
-        command.env(name, value);
-    }
+    command.envs(environment.iter().map(|(name, value)| (name, value)));
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -225,7 +108,7 @@ fn run_child(
     });
     match child.wait().map(|status| status.code()) {
         Ok(Some(0)) => Exit::Success,
-        Ok(Some(code)) if code == Exit::HeadersWanted.code() => Exit::HeadersWanted,
+        Ok(Some(code)) if code == Exit::WholeRootWanted.code() => Exit::WholeRootWanted,
         Ok(Some(code)) => Exit::Relayed(u8::try_from(code).unwrap_or(1)),
         _ => Exit::Failed,
     }
@@ -252,7 +135,7 @@ fn write_line(stream: Stream, line: &[u8]) -> bool {
 
 /// Output held back: a run that may be started again shows only its last run's output.
 #[derive(Debug, Default)]
-struct Held {
+pub(super) struct Held {
     lines: Vec<(Stream, Vec<u8>)>,
     bytes: usize,
     /// Past [`HOLD_LIMIT`]: what was held has been written and the rest is passed on as it
@@ -265,7 +148,7 @@ const HOLD_LIMIT: usize = 16 << 20;
 
 impl Held {
     /// Writes what is held, in the order it came.
-    fn release(&mut self) {
+    pub(super) fn release(&mut self) {
         for (stream, line) in self.lines.drain(..) {
             write_line(stream, &line);
         }
@@ -364,7 +247,7 @@ pub fn inject_parts(version: &str) -> Vec<String> {
 /// What the DKMS commands read in a root: the dkms tree, the module sources and kernel headers
 /// (/usr/src), /etc/dkms, os-release, /boot (System.map), every kernel's modules (status and
 /// depmod read them), and depmod's settings.
-pub fn dkms_parts() -> Vec<String> {
+pub(super) fn dkms_parts() -> Vec<String> {
     let mut parts: Vec<String> = [
         "var/lib/dkms",
         "usr/src",

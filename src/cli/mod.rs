@@ -8,6 +8,7 @@
 pub mod dkms;
 mod getopt;
 mod image_basedir;
+mod image_dkms;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -876,6 +877,7 @@ fn run_depmod(args: DepmodArgs, kmod: crate::kmod_release::KmodRelease) -> Exit 
         kmod,
         outdir: args.outdir.map(crate::fsio::absolute),
         moduledir: args.moduledir,
+        outside: None,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -4,6 +4,7 @@ pub mod config;
 pub mod graph;
 pub mod hash;
 pub mod output;
+pub mod outside;
 pub mod scan;
 
 use std::io::Write;
@@ -53,6 +54,9 @@ pub struct Options {
     /// The kmod build whose behaviour and output to reproduce: its release (30 = Debian 12) and
     /// the module compressions it reads.
     pub kmod: KmodRelease,
+    /// Module files of the root read from outside its tree (an image's, left out of the scratch
+    /// root): walked as if they were there.
+    pub outside: Option<std::sync::Arc<dyn outside::OutsideFiles>>,
     /// `-o` (kmod 31 and later): write the files under this directory instead of the base
     /// directory (`OUTDIR/lib/modules/VERSION`, created as needed).
     pub outdir: Option<PathBuf>,
@@ -217,7 +221,9 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
         .resolve(Path::new(std::ffi::OsStr::from_bytes(&dirname)))
         .with_context(|| format!("could not open directory {shown_dir}"))?;
 
-    if options.quick && (options.dry_run || up_to_date(&root, &input_dir, options.kmod.compressions)) {
+    // Outside files' times are not looked at: with them, the indexes are always made again.
+    let quick = options.quick && options.outside.is_none();
+    if quick && (options.dry_run || up_to_date(&root, &input_dir, options.kmod.compressions)) {
         return Ok(None);
     }
 
@@ -232,7 +238,8 @@ pub fn analyze(options: &Options, stdout: &mut dyn Write) -> anyhow::Result<Opti
 
     hash::sort_in_table_order(&mut modules, hash::MODULE_BUCKETS, |m| &m.modname);
     sort_by_modules_order(&root, &mut modules, &input_dir, &shown_dir, options.format());
-    let elves = parse_modules(&root, &modules, ReadOptions { export_crcs: check_symvers }, &shown);
+    let read_options = ReadOptions { export_crcs: check_symvers };
+    let elves = parse_modules(&root, options.outside.as_ref(), &modules, read_options, &shown);
     for (index, elf) in elves.iter().enumerate() {
         if let Some(elf) = elf {
             for export in &elf.exports {
@@ -284,7 +291,8 @@ fn find_modules(
         let mut warnings = Vec::new();
         let config = Config::load(root, &options.config_paths, &options.version, options.kmod.version, &mut warnings);
         warnings.iter().for_each(|w| error(w));
-        let found = scan::search(root, dirname, &config, options.kmod.compressions).map_err(|(line, e)| {
+        let outside = options.outside.as_deref();
+        let found = scan::search(root, dirname, &config, options.kmod.compressions, outside).map_err(|(line, e)| {
             error(&line);
             anyhow::anyhow!("could not search modules: {}", strerror(&e))
         })?;
@@ -324,6 +332,7 @@ fn open_module(root: &Sysroot, host: &Path) -> std::io::Result<std::fs::File> {
 /// loop does.
 fn parse_modules(
     root: &Sysroot,
+    outside: Option<&std::sync::Arc<dyn outside::OutsideFiles>>,
     modules: &[FoundModule],
     read_options: ReadOptions,
     shown: &dyn Fn(&FoundModule) -> String,
@@ -331,9 +340,11 @@ fn parse_modules(
     let parsed: Vec<std::io::Result<ModuleElf>> = modules
         .par_iter()
         .map(|m| {
-            open_module(root, &m.host)
-                .and_then(ModuleImage::from_file)
-                .and_then(|image| ModuleElf::parse(&image, read_options))
+            let image = match (m.outside, outside) {
+                (Some(index), Some(outside)) => ModuleImage::outside(outside.clone(), index),
+                _ => open_module(root, &m.host).and_then(ModuleImage::from_file),
+            };
+            image.and_then(|image| ModuleElf::parse(&image, read_options))
         })
         .collect();
     parsed

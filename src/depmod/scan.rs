@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use cross::{EntryKind, Sysroot};
 
 use super::config::{Config, Search};
+use super::outside::{by_directory, OutsideFiles};
 use crate::kmod_release::Compressions;
 use crate::module::modname_from_path;
 
@@ -27,6 +28,8 @@ pub struct FoundModule {
     pub modname: Vec<u8>,
     /// Where to read the file on the build host.
     pub host: PathBuf,
+    /// The file's index among the walk's outside files, when it is read from there.
+    pub outside: Option<usize>,
 }
 
 /// The result of a walk: modules by name plus what kmod would have printed on the way.
@@ -44,8 +47,10 @@ pub fn search(
     dirname: &[u8],
     config: &Config,
     compressions: Compressions,
+    outside: Option<&dyn OutsideFiles>,
 ) -> Result<Found, (String, std::io::Error)> {
-    let mut walker = Walker { root, compressions, dirname, config, found: Found::default() };
+    let outside = outside.map(by_directory).unwrap_or_default();
+    let mut walker = Walker { root, compressions, dirname, config, outside, found: Found::default() };
     let shown = format!("{}{}", super::shown_root(root), show(dirname));
     let failed = |e: std::io::Error| (format!("could not open directory {shown}: {}", super::strerror(&e)), e);
     let host_dir = resolve(root, dirname).map_err(failed)?;
@@ -91,7 +96,7 @@ impl FoundModule {
             uncompressed.extend_from_slice(b".ko");
             uncompressed
         });
-        FoundModule { path, relpath, uncrelpath, modname, host }
+        FoundModule { path, relpath, uncrelpath, modname, host, outside: None }
     }
 }
 
@@ -101,6 +106,8 @@ struct Walker<'a> {
     compressions: Compressions,
     dirname: &'a [u8],
     config: &'a Config,
+    /// Module files of the root read from outside its tree, by directory (see [`OutsideFiles`]).
+    outside: HashMap<&'a str, Vec<(&'a str, usize)>>,
     found: Found,
 }
 
@@ -151,11 +158,33 @@ impl Walker<'_> {
                 _ => self.found.errors.push(format!("unsupported file type {}", show(&target))),
             }
         }
+        self.consider_outside(host_dir, target_dir);
         Ok(())
     }
 
+    /// The outside files of the directory at `host_dir`, after the ones it holds (they would be
+    /// among them: a tie between two same-named modules may fall otherwise than on the tree).
+    fn consider_outside(&mut self, host_dir: &Path, target_dir: &[u8]) {
+        let Ok(relative) = host_dir.strip_prefix(self.root.root()) else { return };
+        let Some(files) = relative.to_str().and_then(|dir| self.outside.get(dir)) else { return };
+        for (name, index) in files.clone() {
+            if self.excluded(name.as_bytes()) || !self.compressions.is_module_file_name(name.as_bytes()) {
+                continue;
+            }
+            let mut target = target_dir.to_vec();
+            target.push(b'/');
+            target.extend_from_slice(name.as_bytes());
+            let mut candidate = FoundModule::new(target, host_dir.join(name), self.dirname);
+            candidate.outside = Some(index);
+            self.consider_found(candidate);
+        }
+    }
+
     fn consider(&mut self, path: Vec<u8>, host: PathBuf) {
-        let candidate = FoundModule::new(path, host, self.dirname);
+        self.consider_found(FoundModule::new(path, host, self.dirname));
+    }
+
+    fn consider_found(&mut self, candidate: FoundModule) {
         if let Some(existing) = self.found.modules.get(&candidate.modname) {
             if existing_wins(self.config, self.dirname, existing, &candidate) {
                 return;

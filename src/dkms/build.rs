@@ -82,7 +82,7 @@ impl Drop for Staging<'_> {
 /// make, the modules stripped, signed and compressed, the result renamed into place.
 pub fn build(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Result<()> {
     // A run on an image's parts without the kernels' headers starts again with them.
-    if let Some(start_again) = ctx.headers_left_out {
+    if let Some(start_again) = ctx.partial_root {
         start_again();
     }
     // dkms's do_build prepares signing before any of its checks.

@@ -139,6 +139,11 @@ pub fn run_script_in(
 ) -> bool {
     let mut words = value.split_whitespace();
     let Some(script) = words.next() else { return true };
+    // A script may read anything in the root: on an image's partial extraction, the run starts
+    // again on the whole image.
+    if let Some(start_again) = ctx.partial_root {
+        start_again();
+    }
     let path = dir.join(script);
     let executable = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     ctx.say("");
@@ -188,6 +193,10 @@ pub fn post_transaction_command(ctx: &Ctx, kernel: &str) -> Option<String> {
 /// Its failure is reported, not fatal: the transaction itself succeeded.
 pub fn post_transaction(ctx: &Ctx, command: &str, kernel: &str) -> Result<()> {
     const WHAT: &str = "Executing post-transaction command";
+    // As a script may: the command reads what it likes.
+    if let Some(start_again) = ctx.partial_root {
+        start_again();
+    }
     let log = ctx.in_root(&ctx.dkms_tree.join("post_transaction.log"))?;
     let header = format!("\n{WHAT}\n# command: {command}\n");
     ctx.root.write(&log, header.as_bytes()).map_err(|e| Failure::io(format!("writing {}", log.display()), e))?;

@@ -15,7 +15,7 @@ use cross::Sysroot;
 
 use super::tree::{self, module_file};
 use super::version::ver_key;
-use super::{build, commands, depends, Ctx, Failure, Result, Target};
+use super::{build, commands, depends, Conf, Ctx, Failure, Result, Target};
 
 /// The kernel's module files by name: every file named `<name>.ko` or `<name>.ko.<ext>` below the
 /// kernel's module directory (inside the root; links to directories are not followed, as find
@@ -71,6 +71,22 @@ fn module_name_of(file_name: &std::ffi::OsStr) -> Option<&str> {
     tree::MODULE_SUFFIXES.iter().find_map(|s| file_name.strip_suffix(s))
 }
 
+/// In a run on an image's parts whose kernels' own module files were left out (depmod reads
+/// them from the image): when one bears the name of a module `conf` installs, the install must
+/// see it (dkms compares versions and keeps the original aside), so the run starts again on the
+/// whole image.
+fn start_again_for_left_out_namesakes(ctx: &Ctx, conf: &Conf) {
+    let (Some(outside), Some(start_again)) = (&ctx.outside_modules, ctx.partial_root) else { return };
+    let names: std::collections::HashSet<&str> = outside
+        .files()
+        .iter()
+        .filter_map(|file| module_name_of(std::ffi::OsStr::new(file.path.rsplit('/').next()?)))
+        .collect();
+    if conf.modules.iter().any(|record| names.contains(record.dest_name.as_str())) {
+        start_again();
+    }
+}
+
 fn is_debian_like(ctx: &Ctx) -> bool {
     ctx.distro.starts_with("debian") || ctx.distro.starts_with("ubuntu")
 }
@@ -114,6 +130,7 @@ pub fn install(ctx: &Ctx, module: &str, version: &str, target: &Target) -> Resul
     let link = ctx.dkms_tree.join(module).join(format!("kernel-{}-{}", target.kernel, target.arch));
     let archive_dir = ctx.dkms_tree.join(module).join("original_module").join(&target.kernel).join(&target.arch);
     let mut installed_any = false;
+    start_again_for_left_out_namesakes(ctx, &conf);
     let mut kernel_modules = KernelModules::walk(&ctx.root, &kernel_dir);
     for (index, record) in conf.modules.iter().enumerate() {
         let Some(built) = module_file(&ctx.root, &built_dir, &record.dest_name) else {
@@ -703,6 +720,7 @@ pub fn run_pending_depmods(ctx: &Ctx) -> Result<()> {
             version: kernel.clone(),
             system_map: system_map.is_file().then_some(system_map),
             kmod: crate::kmod_release::detect(&ctx.root).map(|found| found.release).unwrap_or_default(),
+            outside: ctx.outside_modules.clone(),
             ..Default::default()
         };
         if ctx.verbose {

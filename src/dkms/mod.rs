@@ -165,10 +165,14 @@ pub struct Ctx {
     pub built_keys: Option<Mutex<BTreeMap<BuildId, cache::CacheSlot>>>,
     /// The builds of the run answered from the build cache.
     pub restored: Mutex<BTreeSet<BuildId>>,
-    /// Set in a run on an image's parts extracted with only the kernels' release and
-    /// configuration files of their headers (what every command but a build reads there): a
-    /// build calls it first, and it ends the run so that it starts again with the headers.
-    pub headers_left_out: Option<fn() -> !>,
+    /// Set in a run on an image's parts extracted in part (of the kernels' headers only their
+    /// release and configuration files, which is all that anything but a build reads there;
+    /// maybe not the kernels' own module files): what needs what was left out (a build, the
+    /// kernel's own module of a name being installed) calls it first, and it ends the run so that
+    /// it starts again on the whole.
+    pub partial_root: Option<fn() -> !>,
+    /// The kernels' module files left out of the root, read from the image by depmod.
+    pub outside_modules: Option<std::sync::Arc<dyn crate::depmod::outside::OutsideFiles>>,
 }
 
 /// A conf as bash left it, or how its evaluation failed (kind and message of the error).

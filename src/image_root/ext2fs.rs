@@ -52,6 +52,7 @@ extern "C" {
     fn xd_list(fs: *mut c_void, dir: u32, each: EntryFn, context: *mut c_void) -> c_long;
     fn xd_readlink(fs: *mut c_void, ino: u32, buf: *mut c_char, capacity: usize, len: *mut usize) -> c_long;
     fn xd_read_to_fd(fs: *mut c_void, ino: u32, fd: c_int) -> c_long;
+    fn xd_read_at(fs: *mut c_void, ino: u32, offset: u64, buf: *mut c_char, len: usize, got: *mut usize) -> c_long;
     fn xd_write_from_fd(fs: *mut c_void, ino: u32, fd: c_int) -> c_long;
     fn xd_touch(fs: *mut c_void, ino: u32, mode: u32, mtime: i64) -> c_long;
     fn xd_create(fs: *mut c_void, dir: u32, name: *const c_char, attr: *const Attr, out: *mut u32) -> c_long;
@@ -270,6 +271,16 @@ impl Filesystem {
     pub fn read_into(&self, ino: u32, to: &File) -> io::Result<()> {
         // SAFETY: open handle; the descriptor is open for the call.
         check(unsafe { xd_read_to_fd(self.raw.as_ptr(), ino, to.as_raw_fd()) }, || format!("reading inode {ino}"))
+    }
+
+    /// Reads file `ino`'s bytes from `offset` into `buf`; how many (fewer at the file's end).
+    pub fn read_at(&self, ino: u32, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        // SAFETY: open handle; `buf` holds `buf.len()` bytes and the shim writes at most that many.
+        let code =
+            unsafe { xd_read_at(self.raw.as_ptr(), ino, offset, buf.as_mut_ptr() as *mut c_char, buf.len(), &mut got) };
+        check(code, || format!("reading inode {ino}"))?;
+        Ok(got.min(buf.len()))
     }
 
     /// Replaces file `ino`'s content with `from`'s (from its current offset to its end).

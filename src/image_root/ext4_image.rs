@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::ext2fs::{Access, Attr, Filesystem, ROOT, TYPE_DIR, TYPE_FILE, TYPE_MASK, TYPE_SYMLINK};
 use super::{resolve, written_mtime, Change, Entry, Selection};
+use crate::depmod::outside::OutsideFile;
 
 /// Where an ext2/3/4 superblock's magic number sits in the filesystem, and its value.
 const MAGIC_OFFSET: usize = 1024 + 56;
@@ -69,7 +70,7 @@ pub fn boot_is_empty(path: &Path, offset: u64) -> bool {
 
 /// The filesystem `offset` bytes into `image`, refused when it spans more than its `len`
 /// bytes (a partition cut short).
-fn open_in(image: &Path, offset: u64, len: u64, access: Access) -> io::Result<Filesystem> {
+pub(super) fn open_in(image: &Path, offset: u64, len: u64, access: Access) -> io::Result<Filesystem> {
     let fs = Filesystem::open(image, offset, access)?;
     if fs.size() > len {
         return Err(io::Error::new(
@@ -91,8 +92,15 @@ fn entry(fs: &Filesystem, path: &str) -> Option<Entry> {
     })
 }
 
-/// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`.
-pub fn extract(image: &Path, offset: u64, len: u64, wanted: Selection, dir: &Path) -> io::Result<()> {
+/// Extracts what `wanted` needs from the filesystem `offset` bytes into `image` into `dir`; the
+/// files it leaves out, with their inodes.
+pub fn extract(
+    image: &Path,
+    offset: u64,
+    len: u64,
+    wanted: Selection,
+    dir: &Path,
+) -> io::Result<Vec<(OutsideFile, u32)>> {
     // A journal left holding committed changes (a killed run, a crash) is replayed first.
     super::ext4_in_place::replay_journal(image, offset)?;
     let fs = open_in(image, offset, len, Access::Read)?;
@@ -115,7 +123,14 @@ pub fn extract(image: &Path, offset: u64, len: u64, wanted: Selection, dir: &Pat
         }
     }
     let mut copied = HashSet::new();
-    let mut out = Out { fs: &fs, copied: &mut copied, files: Vec::new(), dirs: Vec::new() };
+    let mut out = Out {
+        fs: &fs,
+        copied: &mut copied,
+        leave_out: wanted.leave_out,
+        left: Vec::new(),
+        files: Vec::new(),
+        dirs: Vec::new(),
+    };
     // Errors name the path in the image, not in the scratch directory.
     let scratch = format!("{}/", dir.display());
     let in_image = |e: io::Error| io::Error::new(e.kind(), e.to_string().replace(&scratch, ""));
@@ -126,7 +141,7 @@ pub fn extract(image: &Path, offset: u64, len: u64, wanted: Selection, dir: &Pat
             out.visit(ino, &dir.join(place), place, &|path: &str| wanted.keeps(place, path)).map_err(in_image)?;
         }
     }
-    let Out { mut files, dirs, .. } = out;
+    let Out { mut files, dirs, left, .. } = out;
     drop(fs);
     // A file two wanted paths reach is copied once (two threads must not write one file).
     files.sort_by(|a, b| a.1.cmp(&b.1));
@@ -136,7 +151,7 @@ pub fn extract(image: &Path, offset: u64, len: u64, wanted: Selection, dir: &Pat
     for (to, mode) in dirs {
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     }
-    Ok(())
+    Ok(left)
 }
 
 /// A regular file to copy out of the filesystem: its inode, where it goes, its mode and mtime.
@@ -149,6 +164,9 @@ struct Out<'a> {
     /// The directories visited so far: a directory reached twice (a damaged filesystem) is not
     /// visited again.
     copied: &'a mut HashSet<u32>,
+    /// Which regular files are listed in `left` instead of copied.
+    leave_out: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
+    left: Vec<(OutsideFile, u32)>,
     files: Vec<FileOut>,
     /// The directories made, with their modes, each after what it holds.
     dirs: Vec<(PathBuf, u32)>,
@@ -164,7 +182,13 @@ impl Out<'_> {
         match attr.mode & TYPE_MASK {
             TYPE_DIR => {}
             TYPE_FILE => {
-                self.files.push((ino, to.to_path_buf(), mode, attr.mtime));
+                match self.leave_out {
+                    Some(leave_out) if leave_out(rel) => {
+                        let file = OutsideFile { path: rel.to_string(), size: attr.size, mtime: attr.mtime };
+                        self.left.push((file, ino));
+                    }
+                    _ => self.files.push((ino, to.to_path_buf(), mode, attr.mtime)),
+                }
                 return Ok(());
             }
             TYPE_SYMLINK => {
@@ -484,7 +508,7 @@ mod tests {
             let out = work.path().join(kind);
             let len = std::fs::metadata(&image).expect("image").len();
             let paths = ["data".to_string()];
-            extract(&image, 0, len, Selection { paths: &paths, except: &[] }, &out).expect("extract");
+            extract(&image, 0, len, Selection::of(&paths), &out).expect("extract");
             for name in ["sparse", "small", "empty", "blocks"] {
                 // e2fsprogs' own reading of the image is the reference: mke2fs 1.47.0 with
                 // inline_data stores the sparse file cut after its last data block.

@@ -622,6 +622,28 @@ long xd_readlink(ext2_filsys fs, uint32_t ino, char *buf, size_t capacity, size_
     return err;
 }
 
+/* Reads up to `len` bytes of file `ino` from `offset` into `buf`; `*got` says how many (fewer
+ * only at the end of the file). */
+long xd_read_at(ext2_filsys fs, uint32_t ino, uint64_t offset, char *buf, size_t len, size_t *got)
+{
+    ext2_file_t file;
+    errcode_t err = ext2fs_file_open(fs, ino, 0, &file);
+    *got = 0;
+    if (err)
+        return err;
+    err = ext2fs_file_llseek(file, offset, EXT2_SEEK_SET, NULL);
+    while (!err && *got < len) {
+        unsigned int chunk = len - *got > (1u << 30) ? (1u << 30) : (unsigned int)(len - *got);
+        unsigned int read = 0;
+        err = ext2fs_file_read(file, buf + *got, chunk, &read);
+        if (read == 0)
+            break;
+        *got += read;
+    }
+    ext2fs_file_close(file);
+    return err;
+}
+
 /* Copies file `ino`'s content to `fd` (from its current offset). */
 long xd_read_to_fd(ext2_filsys fs, uint32_t ino, int fd)
 {

@@ -16,6 +16,7 @@ mod ext2fs;
 mod ext4_image;
 mod ext4_in_place;
 mod jbd2;
+mod left_out;
 mod squashfs_codec;
 mod squashfs_image;
 mod tar_image;
@@ -27,6 +28,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use initramfs::Codec;
+
+use crate::depmod::outside::{OutsideFile, OutsideFiles};
+pub use left_out::LeftOut;
 
 /// What went wrong with an image, naming it.
 #[derive(Debug)]
@@ -127,7 +131,7 @@ impl ImageRoot {
     /// image (a kernel's headers link their build scripts from another directory).
     pub fn materialize(self, wanted: &[String], links: Links) -> Result<View> {
         let mut extraction = self.start_view()?;
-        extraction.add(Selection { paths: wanted, except: &[] }, links)?;
+        extraction.add(Selection::of(wanted), links)?;
         extraction.finish()
     }
 
@@ -137,27 +141,33 @@ impl ImageRoot {
         let step = crate::progress::step(format!("extracting from {}", self.shown.display()));
         let dir = crate::fsio::Scratch::new(&scratch_parent(), "xdkms-image-")
             .map_err(|e| self.error(format!("cannot make a scratch directory: {e}")))?;
-        Ok(Extraction { image: self, dir, requested: Vec::new(), _step: step })
+        Ok(Extraction {
+            image: self,
+            dir,
+            requested: Vec::new(),
+            left_out: Vec::new(),
+            except: Vec::new(),
+            _step: step,
+        })
     }
 
-    /// Extracts `wanted` into `dir` (added to what is there).
-    fn extract(&self, wanted: Selection, dir: &Path) -> io::Result<()> {
+    /// Extracts `wanted` into `dir` (added to what is there). The files `wanted` leaves out
+    /// (an ext2/3/4 root's only: the other formats extract them), with their inodes.
+    fn extract(&self, wanted: Selection, dir: &Path) -> io::Result<Vec<(OutsideFile, u32)>> {
         match self.format {
-            Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir),
+            Format::Tar { codec } => tar_image::extract(&self.path, codec, wanted, dir).map(|()| Vec::new()),
             Format::Ext4 { offset, len, boot } => {
-                ext4_image::extract(&self.path, offset, len, wanted, dir)?;
-                match boot {
-                    Some((offset, len)) => {
-                        let (paths, except) = (on_boot(wanted.paths), on_boot(wanted.except));
-                        let wanted = Selection { paths: &paths, except: &except };
-                        ext4_image::extract(&self.path, offset, len, wanted, &dir.join("boot"))
-                    }
-                    None => Ok(()),
+                let left_out = ext4_image::extract(&self.path, offset, len, wanted, dir)?;
+                if let Some((offset, len)) = boot {
+                    let (paths, except) = (on_boot(wanted.paths), on_boot(wanted.except));
+                    let wanted = Selection { except: &except, ..Selection::of(&paths) };
+                    ext4_image::extract(&self.path, offset, len, wanted, &dir.join("boot"))?;
                 }
+                Ok(left_out)
             }
-            Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir),
-            Format::Erofs => erofs_image::extract(&self.path, wanted, dir),
-            Format::Cpio { .. } => cpio_image::extract(&self.path, wanted, dir),
+            Format::Squashfs => squashfs_image::extract(&self.path, wanted, dir).map(|()| Vec::new()),
+            Format::Erofs => erofs_image::extract(&self.path, wanted, dir).map(|()| Vec::new()),
+            Format::Cpio { .. } => cpio_image::extract(&self.path, wanted, dir).map(|()| Vec::new()),
         }
     }
 
@@ -173,6 +183,10 @@ pub struct Extraction {
     dir: crate::fsio::Scratch,
     /// Every path asked for so far (symlinks pointing inside them need not be followed).
     requested: Vec<String>,
+    /// The files left out so far, with their inodes.
+    left_out: Vec<(OutsideFile, u32)>,
+    /// The exceptions made so far (see [`Selection::except`]).
+    except: Vec<String>,
     _step: crate::progress::Step,
 }
 
@@ -187,10 +201,12 @@ impl Extraction {
     pub fn add(&mut self, wanted: Selection, links: Links) -> Result<()> {
         let image = &self.image;
         self.requested.extend(wanted.paths.iter().cloned());
+        self.except.extend(wanted.except.iter().cloned());
         let mut round = wanted.paths.to_vec();
         for _ in 0..MAX_LINK_ROUNDS {
-            let selection = Selection { paths: &round, except: wanted.except };
-            image.extract(selection, self.dir.path()).map_err(|e| image.error(e.to_string()))?;
+            let selection = Selection { paths: &round, ..wanted };
+            let left_out = image.extract(selection, self.dir.path()).map_err(|e| image.error(e.to_string()))?;
+            self.left_out.extend(left_out);
             if links == Links::Keep {
                 break;
             }
@@ -206,25 +222,44 @@ impl Extraction {
 
     /// The view the command works on: everything extracted is the image's.
     pub fn finish(self) -> Result<View> {
-        let Extraction { image, dir, .. } = self;
+        let Extraction { image, dir, mut left_out, except, .. } = self;
+        // A file two wanted paths reach is listed once.
+        left_out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        left_out.dedup_by(|a, b| a.0.path == b.0.path);
         // Everything there now, directories the archive only implies included, is the image's.
         let baseline = walk(dir.path())
             .map_err(|e| image.error(format!("reading its extracted parts: {e}")))?
             .into_keys()
             .filter_map(|path| stamp(dir.path(), &path).map(|s| (path, s)))
             .collect();
-        Ok(View { image, dir, baseline })
+        let left_out = match image.format {
+            Format::Ext4 { offset, len, .. } if !left_out.is_empty() => {
+                Some(LeftOut::new(image.path.clone(), offset, len, left_out))
+            }
+            _ => None,
+        };
+        Ok(View { image, dir, baseline, left_out, except })
     }
 }
 
 /// What to extract from an image: each of `paths` with everything below it, but not what lies
 /// under one of `except` deeper than the path it was reached from (a directory read only in
 /// part: what is read there is named in `paths`). The last component of an exception may end
-/// in `*`: every entry of that directory whose name starts with the rest.
-#[derive(Debug, Clone, Copy)]
+/// in `*`: every entry of that directory whose name starts with the rest. From an ext2/3/4
+/// root, the regular files whose root-relative paths `leave_out` picks are not extracted but
+/// listed ([`View::left_out`]).
+#[derive(Clone, Copy)]
 pub struct Selection<'a> {
     pub paths: &'a [String],
     pub except: &'a [String],
+    pub leave_out: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
+}
+
+impl<'a> Selection<'a> {
+    /// `paths`, whole.
+    pub fn of(paths: &'a [String]) -> Selection<'a> {
+        Selection { paths, except: &[], leave_out: None }
+    }
 }
 
 impl Selection<'_> {
@@ -237,6 +272,14 @@ impl Selection<'_> {
 /// Whether `path` is `dir` or lies below it (every path lies below the root, "").
 fn under(dir: &str, path: &str) -> bool {
     dir.is_empty() || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+/// The directory an exception names, or whose entries it names (`dir/name*`).
+fn pattern_dir(pattern: &str) -> &str {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => prefix.rsplit_once('/').map_or("", |(dir, _)| dir),
+        None => pattern,
+    }
 }
 
 /// How many components a root-relative path has.
@@ -545,6 +588,10 @@ pub struct View {
     dir: crate::fsio::Scratch,
     /// Each extracted entry as it was right after extraction (directories included).
     baseline: BTreeMap<String, Stamp>,
+    /// The files of the image left out of the scratch directory, when there are any.
+    left_out: Option<LeftOut>,
+    /// The exceptions made extracting it: directories extracted in part.
+    except: Vec<String>,
 }
 
 impl View {
@@ -556,6 +603,28 @@ impl View {
     /// The image this view was taken from.
     pub fn image(&self) -> &Path {
         &self.image.shown
+    }
+
+    /// The files of the image not in the scratch directory (see [`Selection::leave_out`]).
+    pub fn left_out(&self) -> Option<&LeftOut> {
+        self.left_out.as_ref()
+    }
+
+    /// Whether what the command changed reaches into what was left out of the scratch
+    /// directory: a directory that held left-out files removed or replaced, a file written where
+    /// a left-out one is, anything changed in a directory extracted in part or the directory
+    /// itself removed. Such a change cannot be written back as it is (the command saw less than
+    /// the image holds): the command must run again on the whole. Not knowing counts as yes.
+    pub fn changes_reach_left_out(&self) -> bool {
+        let files: Vec<&str> = self.left_out.iter().flat_map(|l| l.files()).map(|f| f.path.as_str()).collect();
+        if files.is_empty() && self.except.is_empty() {
+            return false;
+        }
+        let Ok(changes) = self.changes() else { return true };
+        changes.iter().map(change_path).any(|path| {
+            files.iter().any(|file| under(path, file))
+                || self.except.iter().any(|e| matches_below(e, path) || under(path, pattern_dir(e)))
+        })
     }
 
     /// The image, still held, with the scratch directory and what was done there gone.
@@ -835,7 +904,7 @@ mod tests {
             ("usr/bin/kmod", Other),
         ]);
         let paths = ["lib/modules/6.1".to_string(), "sbin/depmod".to_string()];
-        let keep = needed(&archive, Selection { paths: &paths, except: &[] });
+        let keep = needed(&archive, Selection::of(&paths));
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         assert_eq!(
             keep,
@@ -858,7 +927,7 @@ mod tests {
     fn symlink_loops_resolve_to_nothing() {
         let archive = members(&[("a", link("b")), ("b", link("a"))]);
         let paths = ["a/x".to_string()];
-        assert!(needed(&archive, Selection { paths: &paths, except: &[] }).iter().all(|n| n == "a" || n == "b"));
+        assert!(needed(&archive, Selection::of(&paths)).iter().all(|n| n == "a" || n == "b"));
     }
 
     #[test]
@@ -880,7 +949,7 @@ mod tests {
         ]);
         let paths = ["usr/src".to_string(), "usr/src/linux-6.1/.config".to_string()];
         let except = ["usr/src/linux-6.1".to_string(), "usr/src/linux-headers-*".to_string()];
-        let keep = needed(&archive, Selection { paths: &paths, except: &except });
+        let keep = needed(&archive, Selection { except: &except, ..Selection::of(&paths) });
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         assert_eq!(
             keep,

@@ -5,6 +5,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::depmod::outside::OutsideFiles;
 
 /// How a module file is stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +36,17 @@ impl Compression {
 /// A module's ELF image: read lazily from the file when stored plain (only the sections a caller
 /// asks for are read), or held in memory after decompression.
 pub enum ModuleImage {
-    Plain { file: File, len: u64 },
+    Plain {
+        file: File,
+        len: u64,
+    },
     Decompressed(Vec<u8>),
+    /// Stored plain outside the root's tree (see [`OutsideFiles`]): file `index` there.
+    Outside {
+        files: Arc<dyn OutsideFiles>,
+        index: usize,
+        len: u64,
+    },
 }
 
 impl ModuleImage {
@@ -59,13 +71,34 @@ impl ModuleImage {
         decompress(&mut file, compression, len).map(ModuleImage::Decompressed)
     }
 
+    /// File `index` of `files`, decompressed if its magic says so.
+    pub fn outside(files: Arc<dyn OutsideFiles>, index: usize) -> io::Result<ModuleImage> {
+        let len = files.files().get(index).map_or(0, |f| f.size);
+        let mut head = [0u8; 6];
+        if len < head.len() as u64 {
+            return Err(io::Error::from_raw_os_error(22));
+        }
+        read_exact_outside(files.as_ref(), index, 0, &mut head)?;
+        let compression = Compression::sniff(&head);
+        if compression == Compression::None {
+            return Ok(ModuleImage::Outside { files, index, len });
+        }
+        let mut reader = OutsideReader { files: files.as_ref(), index, at: 0 };
+        decompress(&mut reader, compression, len).map(ModuleImage::Decompressed)
+    }
+
     /// A module held in memory (read from an archive or already read from disk).
     pub fn from_bytes(bytes: &[u8]) -> io::Result<ModuleImage> {
+        ModuleImage::from_vec(bytes.to_vec())
+    }
+
+    /// [`ModuleImage::from_bytes`] for bytes the caller gives up (kept as they are when plain).
+    pub fn from_vec(bytes: Vec<u8>) -> io::Result<ModuleImage> {
         if bytes.len() < 6 {
             return Err(io::Error::from_raw_os_error(22));
         }
-        match Compression::sniff(bytes) {
-            Compression::None => Ok(ModuleImage::Decompressed(bytes.to_vec())),
+        match Compression::sniff(&bytes) {
+            Compression::None => Ok(ModuleImage::Decompressed(bytes)),
             compression => decompress(&mut &bytes[..], compression, bytes.len() as u64).map(ModuleImage::Decompressed),
         }
     }
@@ -73,7 +106,7 @@ impl ModuleImage {
     /// The image's size in bytes (decompressed).
     pub fn len(&self) -> u64 {
         match self {
-            ModuleImage::Plain { len, .. } => *len,
+            ModuleImage::Plain { len, .. } | ModuleImage::Outside { len, .. } => *len,
             ModuleImage::Decompressed(bytes) => bytes.len() as u64,
         }
     }
@@ -94,7 +127,41 @@ impl ModuleImage {
                 file.read_exact_at(&mut buf, offset)?;
                 Ok(Cow::Owned(buf))
             }
+            ModuleImage::Outside { files, index, .. } => {
+                let mut buf = vec![0u8; len as usize];
+                read_exact_outside(files.as_ref(), *index, offset, &mut buf)?;
+                Ok(Cow::Owned(buf))
+            }
         }
+    }
+}
+
+/// Fills `buf` from file `index` of `files` at `offset`; the file ending first is an error.
+fn read_exact_outside(files: &dyn OutsideFiles, index: usize, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match files.read_at(index, offset, buf)? {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            got => {
+                buf = &mut buf[got..];
+                offset += got as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// File `index` of `files` as a stream from `at`.
+struct OutsideReader<'a> {
+    files: &'a dyn OutsideFiles,
+    index: usize,
+    at: u64,
+}
+
+impl Read for OutsideReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let got = self.files.read_at(self.index, self.at, buf)?;
+        self.at += got as u64;
+        Ok(got)
     }
 }
 

@@ -181,3 +181,65 @@ fn only_a_build_extracts_the_kernel_headers_from_an_image() {
         "the failed build changed the image"
     );
 }
+
+/// [`headers_root`] with part of the kernel's own module tree (block drivers, the libraries and
+/// ciphers they use: a few hundred modules with dependencies between them), hard links into the
+/// cache.
+fn modules_root(dir: &Path) -> String {
+    let version = headers_root(dir);
+    let r = refs();
+    let cache = r.path("XDKMS_ROOT_AMD64").join("lib/modules").join(&version);
+    for part in ["kernel/drivers/block", "kernel/lib", "kernel/crypto"] {
+        let into = dir.join("lib/modules").join(&version).join(part);
+        std::fs::create_dir_all(into.parent().expect("parent")).expect("mkdir");
+        run_ok(Command::new("cp").arg("-al").arg(cache.join(part)).arg(&into));
+    }
+    version
+}
+
+/// Installs into an ext4 image read the kernel's own module files where they lie: they are not
+/// extracted, depmod reads them from the image. A module named like one of them (dkms keeps the
+/// original aside), a package with scripts (which may read anything) and a change reaching
+/// into what stayed in the image (kernel_prerm removing the directories that look empty) make
+/// the run start again on the whole image. Every step prints what it prints on the directory (a run started
+/// again shows its output once) and leaves the image holding what it leaves there, the kernel's
+/// indexes byte for byte; e2fsck finds the image clean.
+#[test]
+fn installs_into_an_ext4_image_index_the_kernels_modules_in_place() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkms");
+    let work = TempDir::new("modules-left-out");
+    let root = work.join("root");
+    let version = modules_root(&root);
+    for fixture in ["xdkms_test-1.0", "xdkms_replace-1.0", "xdkms_scripts-1.0"] {
+        let mut build = xdkms();
+        build.arg("build").arg("--root").arg(&root).args(["-q", "-k", &version]).arg(fixtures.join(fixture));
+        run_ok(&mut build);
+    }
+    let image = work.join("rootfs.ext4");
+    run_ok(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-d"]).arg(&root).arg(&image).arg("300M"));
+    // kernel_prerm ends with `find KERNEL_DIR -type d -empty -delete`: the directories whose
+    // files stayed in the image look empty to it, and must stay.
+    let steps: [&[&str]; 6] = [
+        &["install", "-k", &version, "xdkms_test/1.0"],
+        &["install", "-k", &version, "xdkms_replace/1.0"],
+        &["install", "-k", &version, "xdkms_scripts/1.0"],
+        &["status"],
+        &["uninstall", "-k", &version, "xdkms_replace/1.0"],
+        &["kernel_prerm", "-k", &version],
+    ];
+    for (step, args) in steps.iter().enumerate() {
+        both(&image, &root, args);
+        let out = run(Command::new("e2fsck").arg("-fn").arg(&image));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: e2fsck: {}", text(&out.stdout));
+        let unpacked = work.join(format!("unpacked-{step}"));
+        unpack(&image, &unpacked);
+        for rel in ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_scripts-1.0"] {
+            let (in_image, in_dir) = (tree(&unpacked, rel), tree(&root, rel));
+            let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&in_image), names(&in_dir), "{args:?}: {rel}");
+            for ((name, a), (_, b)) in in_image.iter().zip(&in_dir) {
+                assert!(a == b, "{args:?}: {name} differs");
+            }
+        }
+    }
+}
