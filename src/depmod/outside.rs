@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 
 /// One module file outside the root's tree.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutsideFile {
     /// Its path in the root, without the leading `/`.
     pub path: String,
     pub size: u64,
-    pub mtime: i64,
 }
 
 /// Module files that belong in the root's tree but are read from elsewhere.

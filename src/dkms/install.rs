@@ -77,12 +77,11 @@ fn module_name_of(file_name: &std::ffi::OsStr) -> Option<&str> {
 /// whole image.
 fn start_again_for_left_out_namesakes(ctx: &Ctx, conf: &Conf) {
     let (Some(outside), Some(start_again)) = (&ctx.outside_modules, ctx.partial_root) else { return };
-    let names: std::collections::HashSet<&str> = outside
-        .files()
-        .iter()
-        .filter_map(|file| module_name_of(std::ffi::OsStr::new(file.path.rsplit('/').next()?)))
-        .collect();
-    if conf.modules.iter().any(|record| names.contains(record.dest_name.as_str())) {
+    let named = |file: &crate::depmod::outside::OutsideFile| {
+        let name = module_name_of(std::ffi::OsStr::new(file.path.rsplit('/').next().unwrap_or_default()));
+        conf.modules.iter().any(|record| name == Some(record.dest_name.as_str()))
+    };
+    if outside.files().iter().any(named) {
         start_again();
     }
 }

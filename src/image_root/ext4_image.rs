@@ -184,7 +184,7 @@ impl Out<'_> {
             TYPE_FILE => {
                 match self.leave_out {
                     Some(leave_out) if leave_out(rel) => {
-                        let file = OutsideFile { path: rel.to_string(), size: attr.size, mtime: attr.mtime };
+                        let file = OutsideFile { path: rel.to_string(), size: attr.size };
                         self.left.push((file, ino));
                     }
                     _ => self.files.push((ino, to.to_path_buf(), mode, attr.mtime)),

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::ext2fs::{Access, Filesystem};
@@ -11,7 +12,7 @@ use crate::depmod::outside::{OutsideFile, OutsideFiles};
 
 /// The files left out of a scratch root, and where they are: the filesystem `offset` bytes
 /// into `image`, `len` bytes long.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
     image: PathBuf,
     offset: u64,
@@ -27,20 +28,43 @@ impl LeftOut {
         LeftOut { image, offset, len, files, inodes }
     }
 
-    /// Written to `path`, to be read back with [`LeftOut::load`] by the run on the scratch root.
+    /// Written to `path`, to be read back with [`LeftOut::load`] by the run on the scratch root:
+    /// NUL-terminated fields (no path holds a NUL), the image, its offset and length, then each
+    /// file's path, inode and size.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let text = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let mut text = Vec::new();
+        let mut field = |bytes: &[u8]| {
+            text.extend_from_slice(bytes);
+            text.push(0);
+        };
+        field(self.image.as_os_str().as_bytes());
+        field(self.offset.to_string().as_bytes());
+        field(self.len.to_string().as_bytes());
+        for (file, ino) in self.files.iter().zip(&self.inodes) {
+            field(file.path.as_bytes());
+            field(ino.to_string().as_bytes());
+            field(file.size.to_string().as_bytes());
+        }
         cross::Sysroot::host()?.write_atomic(path, &text, None)
     }
 
     pub fn load(path: &Path) -> io::Result<LeftOut> {
         let text = std::fs::read(path)?;
-        let left_out: LeftOut =
-            serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if left_out.files.len() != left_out.inodes.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "files and inodes differ in number"));
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a list of left-out files");
+        let mut fields = text.strip_suffix(&[0]).ok_or_else(bad)?.split(|&b| b == 0);
+        let mut next = || fields.next().ok_or_else(bad);
+        let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(|t| t.parse().ok()).ok_or_else(bad);
+        let image = PathBuf::from(std::ffi::OsStr::from_bytes(next()?));
+        let (offset, len) = (number(next()?)?, number(next()?)?);
+        let (mut files, mut inodes) = (Vec::new(), Vec::new());
+        while let Some(path) = fields.next() {
+            let path = String::from_utf8(path.to_vec()).map_err(|_| bad())?;
+            let mut rest = || fields.next().ok_or_else(bad);
+            let (ino, size) = (number(rest()?)?, number(rest()?)?);
+            inodes.push(u32::try_from(ino).map_err(|_| bad())?);
+            files.push(OutsideFile { path, size });
         }
-        Ok(left_out)
+        Ok(LeftOut { image, offset, len, files, inodes })
     }
 
     fn open(&self) -> io::Result<Filesystem> {
@@ -73,5 +97,27 @@ impl OutsideFiles for LeftOut {
             let Some((_, _, fs)) = handle.as_ref() else { return Err(io::Error::other("no handle on the image")) };
             fs.read_at(ino, offset, buf).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.path)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_reads_back_as_written_and_a_damaged_one_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |path: &str, size| OutsideFile { path: path.to_string(), size };
+        let left =
+            vec![(file("lib/modules/6.1/kernel/a b\tc.ko", 7), 12), (file("lib/modules/6.1/kernel/x.ko.xz", 0), 13)];
+        let left_out = LeftOut::new(PathBuf::from("/images/root fs.ext4"), 1 << 20, 1 << 30, left);
+        let path = dir.path().join("list");
+        left_out.save(&path).expect("save");
+        assert_eq!(LeftOut::load(&path).expect("load"), left_out);
+        let written = std::fs::read(&path).expect("read");
+        for cut in [1, 5, written.len() / 2] {
+            std::fs::write(&path, &written[..written.len() - cut]).expect("write");
+            assert!(LeftOut::load(&path).is_err(), "cut {cut}");
+        }
     }
 }

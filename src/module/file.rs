@@ -83,8 +83,10 @@ impl ModuleImage {
         if compression == Compression::None {
             return Ok(ModuleImage::Outside { files, index, len });
         }
-        let mut reader = OutsideReader { files: files.as_ref(), index, at: 0 };
-        decompress(&mut reader, compression, len).map(ModuleImage::Decompressed)
+        // Compressed modules are read whole, as from a file.
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(27))?];
+        read_exact_outside(files.as_ref(), index, 0, &mut bytes)?;
+        decompress(&mut &bytes[..], compression, len).map(ModuleImage::Decompressed)
     }
 
     /// A module held in memory (read from an archive or already read from disk).
@@ -148,21 +150,6 @@ fn read_exact_outside(files: &dyn OutsideFiles, index: usize, mut offset: u64, m
         }
     }
     Ok(())
-}
-
-/// File `index` of `files` as a stream from `at`.
-struct OutsideReader<'a> {
-    files: &'a dyn OutsideFiles,
-    index: usize,
-    at: u64,
-}
-
-impl Read for OutsideReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let got = self.files.read_at(self.index, self.at, buf)?;
-        self.at += got as u64;
-        Ok(got)
-    }
 }
 
 /// The whole content of a compressed module. What does not start as an ELF file is decoded to
