@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use super::image_basedir::{child_args, dkms_parts, run_child, Held};
 use crate::depmod::outside::OutsideFiles;
+use crate::dkms::tree::module_name_of;
 use crate::exit::Exit;
 use crate::image_root::{lexical_target, ImageRoot, LeftOut, Links, Selection, View};
 
@@ -173,13 +174,7 @@ fn kernel_module_file(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("usr/").unwrap_or(path).strip_prefix("lib/modules/")?;
     let (_kernel, rest) = rest.split_once('/')?;
     let file = rest.strip_prefix("kernel/")?.rsplit('/').next()?;
-    module_name(file)
-}
-
-/// `<name>` of a file named `<name>.ko` or `<name>.ko.<codec>`.
-fn module_name(file: &str) -> Option<&str> {
-    let (name, suffix) = file.split_once(".ko")?;
-    matches!(suffix, "" | ".xz" | ".zst" | ".gz").then_some(name)
+    module_name_of(file)
 }
 
 /// The module names of the module files below `dir` (the dkms tree: built modules, original
@@ -192,7 +187,7 @@ fn module_names_below(dir: &Path) -> BTreeSet<String> {
         for entry in entries.flatten() {
             match entry.file_type() {
                 Ok(kind) if kind.is_dir() => pending.push(entry.path()),
-                Ok(_) => names.extend(entry.file_name().to_str().and_then(module_name).map(String::from)),
+                Ok(_) => names.extend(entry.file_name().to_str().and_then(module_name_of).map(String::from)),
                 Err(_) => {}
             }
         }
@@ -243,6 +238,7 @@ mod tests {
         assert_eq!(kernel_module_file("lib/modules/6.1/kernel/drivers/block/nbd.ko"), Some("nbd"));
         assert_eq!(kernel_module_file("usr/lib/modules/6.1/kernel/fs/ext4/ext4.ko.xz"), Some("ext4"));
         assert_eq!(kernel_module_file("lib/modules/6.1/kernel/a.ko.zst"), Some("a"));
+        assert_eq!(kernel_module_file("lib/modules/6.1/kernel/a.kobj.ko"), Some("a.kobj"));
         assert_eq!(kernel_module_file("lib/modules/6.1/updates/dkms/m.ko"), None);
         assert_eq!(kernel_module_file("lib/modules/6.1/kernel/drivers/x.ko.sig"), None);
         assert_eq!(kernel_module_file("lib/modules/6.1/modules.dep"), None);

@@ -35,7 +35,7 @@ impl KernelModules {
             for entry in entries {
                 if entry.kind == cross::sysroot::EntryKind::Dir {
                     pending.push(dir.join(&entry.name));
-                } else if let Some(name) = module_name_of(&entry.name) {
+                } else if let Some(name) = entry.name.to_str().and_then(tree::module_name_of) {
                     by_name.entry(name.to_string()).or_default().push(dir.join(&entry.name));
                 }
             }
@@ -64,13 +64,6 @@ impl KernelModules {
     }
 }
 
-/// `name` of a file named `<name>.ko[.<ext>]` (the suffixes cannot end one another, so there is
-/// at most one way to split a name).
-fn module_name_of(file_name: &std::ffi::OsStr) -> Option<&str> {
-    let file_name = file_name.to_str()?;
-    tree::MODULE_SUFFIXES.iter().find_map(|s| file_name.strip_suffix(s))
-}
-
 /// In a run on an image's parts whose kernels' own module files were left out (depmod reads
 /// them from the image): when one bears the name of a module `conf` installs, the install must
 /// see it (dkms compares versions and keeps the original aside), so the run starts again on the
@@ -78,7 +71,7 @@ fn module_name_of(file_name: &std::ffi::OsStr) -> Option<&str> {
 fn start_again_for_left_out_namesakes(ctx: &Ctx, conf: &Conf) {
     let (Some(outside), Some(start_again)) = (&ctx.outside_modules, ctx.partial_root) else { return };
     let named = |file: &crate::depmod::outside::OutsideFile| {
-        let name = module_name_of(std::ffi::OsStr::new(file.path.rsplit('/').next().unwrap_or_default()));
+        let name = file.path.rsplit('/').next().and_then(tree::module_name_of);
         conf.modules.iter().any(|record| name == Some(record.dest_name.as_str()))
     };
     if outside.files().iter().any(named) {

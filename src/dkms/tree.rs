@@ -18,6 +18,12 @@ use crate::module::{ModuleElf, ModuleImage};
 /// Module file suffixes dkms recognizes, plain first.
 pub const MODULE_SUFFIXES: &[&str] = &[".ko", ".ko.gz", ".ko.xz", ".ko.zst"];
 
+/// `name` of a file named `<name>.ko[.<ext>]` (the suffixes cannot end one another, so there is
+/// at most one way to split a name).
+pub fn module_name_of(file_name: &str) -> Option<&str> {
+    MODULE_SUFFIXES.iter().find_map(|s| file_name.strip_suffix(s))
+}
+
 /// Written into each built `<kernel>/<arch>` directory: the module records the build used, so that
 /// `status` need not run bash for every module and kernel. Ignored by dkms.
 const BUILT_RECORD: &str = ".xdkms-modules";
