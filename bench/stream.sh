@@ -11,6 +11,8 @@
 # 64 MiB; depmod's peak RSS stays under kmod's; inject stays under 256 MiB and takes at most
 # 1.3 x the zstd pipeline's time (one run each: a run takes 40 s). Medians of 3 alternating
 # rounds (the suite's time budget); a missed bound is measured once more before failing.
+# The setup writes ~6 GB: it is synced before timing, and so is each extraction before the next
+# (neither tool pays for the other's writeback).
 #   bash bench/stream.sh [ROUNDS]
 set -euo pipefail
 rounds=${1:-3}
@@ -46,6 +48,7 @@ mkdir -p "$zeros/lib/modules/6.1.0-99-amd64/kernel"
 for i in 1 2 3 4; do
   head -c 1G /dev/zero | zstd -q -1 -o "$zeros/lib/modules/6.1.0-99-amd64/kernel/zero$i.ko.zst"
 done
+sync
 
 # Wall time and peak RSS (KiB) of one run, as "seconds kib".
 # The command's own messages (depmod's warnings about the zero modules) are shown only when it fails.
@@ -56,8 +59,8 @@ measure() {
 }
 list_x() { measure "$xdkms" initramfs list "$1"; }
 list_3() { measure "$threecpio" --list "$1"; }
-extract_x() { rm -rf "$work/out"; measure "$xdkms" initramfs extract "$1" "$work/out"; }
-extract_3() { rm -rf "$work/out"; mkdir "$work/out"; measure "$threecpio" --extract -C "$work/out" "$1"; }
+extract_x() { rm -rf "$work/out"; sync; measure "$xdkms" initramfs extract "$1" "$work/out"; }
+extract_3() { rm -rf "$work/out"; mkdir "$work/out"; sync; measure "$threecpio" --extract -C "$work/out" "$1"; }
 
 # One comparison: medians of $rounds alternating runs of xdkms and 3cpio.
 compare() {

@@ -1,7 +1,7 @@
 //! `xdkms initramfs list|extract|create`: reading and writing images without kernel knowledge.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Read, Write};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ struct Lister<'a> {
 }
 
 impl Visitor for Lister<'_> {
-    fn member(&mut self, _segment: &SegmentInfo, header: &Header, _data: &mut dyn Read) -> std::io::Result<()> {
+    fn member(&mut self, _segment: &SegmentInfo, header: &Header, _data: &mut dyn BufRead) -> std::io::Result<()> {
         if self.segments {
             self.names.extend_from_slice(b"  ");
             self.names.extend_from_slice(&header.name);
@@ -182,6 +182,7 @@ pub fn extract(path: &Path, dir: &Path, max_unpacked: u64) -> anyhow::Result<usi
         root: &root,
         dir_modes: BTreeMap::new(),
         links: HashMap::new(),
+        known_dirs: HashSet::new(),
         skipped: 0,
         left: max_unpacked,
         limit: max_unpacked,
@@ -213,6 +214,9 @@ struct Extractor<'a> {
     dir_modes: BTreeMap<PathBuf, u32>,
     /// The first path of each multiply-linked file of the current archive, by (device, inode, type).
     links: HashMap<(u32, u32, u32, u32), PathBuf>,
+    /// Directories made or met below the root, so that a member's parents are looked at once
+    /// and not for every member; forgotten whenever anything is removed.
+    known_dirs: HashSet<PathBuf>,
     skipped: usize,
     /// Bytes of file data that may still be written, of `limit`.
     left: u64,
@@ -222,8 +226,13 @@ struct Extractor<'a> {
 impl Extractor<'_> {
     /// Makes room for a member at `target`: what is there (not a directory) is removed, as the
     /// kernel unlinks it; an empty directory too when the member is not one.
-    fn clear(&self, target: &Path, is_dir: bool) -> std::io::Result<()> {
-        match self.root.symlink_metadata(target) {
+    fn clear(&mut self, target: &Path, is_dir: bool) -> std::io::Result<()> {
+        let meta = self.root.symlink_metadata(target);
+        if meta.as_ref().is_ok_and(|meta| !(meta.is_dir() && is_dir)) {
+            // What is removed may be a directory, or a link standing for one, that was known.
+            self.known_dirs.clear();
+        }
+        match meta {
             Ok(meta) if meta.is_dir() && !is_dir => self.root.remove_dir(target).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -235,7 +244,39 @@ impl Extractor<'_> {
         }
     }
 
-    fn file(&mut self, target: &Path, header: &Header, data: &mut dyn Read) -> std::io::Result<()> {
+    /// Creates `dir` and those of its parents that are missing, top down, each inside the root.
+    fn make_dirs(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while at != self.root.root() && !self.known_dirs.contains(at) {
+            missing.push(at.to_path_buf());
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        for dir in missing.into_iter().rev() {
+            match self.root.create_dir(&dir) {
+                Err(e) if !(e.kind() == std::io::ErrorKind::AlreadyExists && self.root.is_dir(&dir)) => return Err(e),
+                _ => self.known_dirs.insert(dir),
+            };
+        }
+        Ok(())
+    }
+
+    /// A new file at `target`: created where nothing is (the common case, one system call),
+    /// else in place of what is there.
+    fn create(&mut self, target: &Path) -> std::io::Result<std::fs::File> {
+        match self.root.create_new_file(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.clear(target, false)?;
+                self.root.create_file(target)
+            }
+            created => created,
+        }
+    }
+
+    fn file(&mut self, target: &Path, header: &Header, data: &mut dyn BufRead) -> std::io::Result<()> {
         self.left = self.left.checked_sub(u64::from(header.file_size)).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
@@ -244,11 +285,11 @@ impl Extractor<'_> {
         })?;
         let key = (header.dev_major, header.dev_minor, header.ino, header.file_type());
         let first = if header.nlink >= 2 { self.links.get(&key).cloned() } else { None };
-        self.clear(target, false)?;
         let mut file = match first {
             // A later link of a file already written: linked to it, its data (cpio puts it on the
             // last link) written through the shared inode.
             Some(first) => {
+                self.clear(target, false)?;
                 self.root.hard_link(&first, target)?;
                 if header.file_size == 0 {
                     return Ok(());
@@ -259,16 +300,16 @@ impl Extractor<'_> {
                 if header.nlink >= 2 {
                     self.links.insert(key, target.to_path_buf());
                 }
-                self.root.create_file(target)?
+                self.create(target)?
             }
         };
-        std::io::copy(data, &mut file)?;
+        initramfs::stream::copy_data(data, &mut file)?;
         file.set_permissions(std::fs::Permissions::from_mode(header.mode & 0o7777))
     }
 }
 
 impl Visitor for Extractor<'_> {
-    fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> std::io::Result<()> {
+    fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> std::io::Result<()> {
         if unsafe_name(&header.name) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -281,12 +322,12 @@ impl Visitor for Extractor<'_> {
         }
         let target = self.root.root().join(std::ffi::OsStr::from_bytes(name));
         if let Some(parent) = target.parent() {
-            self.root.create_dir_all(parent)?;
+            self.make_dirs(parent)?;
         }
         match header.file_type() {
             initramfs::newc::S_IFDIR => {
                 self.clear(&target, true)?;
-                self.root.create_dir_all(&target)?;
+                self.make_dirs(&target)?;
                 self.dir_modes.insert(target, header.mode & 0o7777);
             }
             initramfs::newc::S_IFREG => self.file(&target, header, data)?,

@@ -264,7 +264,10 @@ impl Sysroot {
                 continue;
             }
             let current: BorrowedFd<'_> = stack.last().map_or(self.dir.as_fd(), |fd| fd.as_fd());
+            // O_EXCL creates a file that is not there: a symlink in its place is not followed.
+            let not_followed = pending.is_empty() && flags.contains(OFlags::CREATE | OFlags::EXCL);
             match rustix::fs::readlinkat(current, component.as_os_str(), Vec::new()) {
+                Ok(_) if not_followed => {}
                 Ok(target) => {
                     links += 1;
                     if links > MAX_SYMLINKS {
@@ -431,6 +434,13 @@ impl Sysroot {
         Ok(File::from(self.open_at(host, flags, Mode::from_raw_mode(0o666))?))
     }
 
+    /// Creates a file that must not exist yet, mode 0666 less the umask: AlreadyExists when
+    /// anything is there (a symlink too, which is not followed).
+    pub fn create_new_file(&self, host: &Path) -> io::Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+        Ok(File::from(self.open_at(host, flags, Mode::from_raw_mode(0o666))?))
+    }
+
     /// Opens `host` for writing without truncating it, creating it if needed (a lock file).
     pub fn open_lock_file(&self, host: &Path) -> io::Result<File> {
         Ok(File::from(self.open_at(host, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644))?))
@@ -512,6 +522,12 @@ impl Sysroot {
             }
         }
         Ok(())
+    }
+
+    /// Creates one directory, mode 0777 less the umask; its parent must exist.
+    pub fn create_dir(&self, host: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent_of(host)?;
+        rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o777)).map_err(|e| with_path(e.into(), host))
     }
 
     /// Removes a file or symlink (never what the symlink points to).

@@ -245,13 +245,14 @@ pub fn write(entries: &[Entry]) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::stream::{scan, Header, SegmentInfo, Visitor};
+    use std::io::BufRead;
 
     /// Every member a scan sees, with its data.
     #[derive(Default)]
     struct Collect(Vec<(Header, Vec<u8>)>);
 
     impl Visitor for Collect {
-        fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+        fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
             let mut bytes = Vec::new();
             data.read_to_end(&mut bytes)?;
             self.0.push((header.clone(), bytes));

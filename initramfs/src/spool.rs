@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::Codec;
 use crate::image::{normalize, Kept, Tree};
 use crate::newc::{Data, Entry, NAME_MAX, S_IFDIR, S_IFLNK, S_IFREG};
-use crate::stream::{scan, Header, ScanError, SegmentInfo, Visitor};
+use crate::stream::{copy_data, scan, Header, ScanError, SegmentInfo, Visitor};
 
 /// An image's segments and members, file data on disk.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ struct Spooler<'a> {
 impl Spooler<'_> {
     /// Copies a member's data to disk, within the limit: to a file of its own, or appended to
     /// the shared file.
-    fn keep_file(&mut self, data: &mut dyn Read, len: u64, separate: bool) -> io::Result<Data> {
+    fn keep_file(&mut self, data: &mut dyn BufRead, len: u64, separate: bool) -> io::Result<Data> {
         let left = self.options.limit.saturating_sub(self.spool.unpacked);
         if len > left {
             return Err(io::Error::new(
@@ -150,7 +150,7 @@ impl Spooler<'_> {
             |path: &Path| File::create(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())));
         if separate {
             let path: PathBuf = self.options.dir.join(self.spool.members.len().to_string());
-            let copied = io::copy(data, &mut create(&path)?)?;
+            let copied = copy_data(data, &mut create(&path)?)?;
             self.spool.unpacked += copied;
             return Ok(Data::File { path, len: copied });
         }
@@ -162,7 +162,7 @@ impl Spooler<'_> {
             }
         };
         let (file, path, offset) = self.shared.insert(shared);
-        let copied = io::copy(data, file)?;
+        let copied = copy_data(data, file)?;
         let range = Data::Range { path: path.clone(), offset: *offset, len: copied };
         *offset += copied;
         self.spool.unpacked += copied;
@@ -171,7 +171,7 @@ impl Spooler<'_> {
 }
 
 impl Visitor for Spooler<'_> {
-    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         // Unsupported, not InvalidData: the scan takes InvalidData from a visit for the image's
         // own corruption.
         let name = String::from_utf8(header.name.clone()).map_err(|_| {

@@ -2,11 +2,11 @@
 //! handed to the caller as a reader. Memory stays fixed whatever the image's or a member's size:
 //! nothing is held but one buffer of input, the decoder's state and the member being visited.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::codec::{Codec, LZ4_LEGACY_BLOCK, LZ4_LEGACY_MAGIC, LZMA_MEMORY_LIMIT};
 use crate::image::ImageError;
-use crate::newc::{HEADER_LEN, NAME_MAX, S_IFLNK, S_IFMT, TRAILER};
+use crate::newc::{HEADER_LEN, NAME_MAX, S_IFLNK, S_IFMT, S_IFREG, TRAILER};
 
 /// How much input is buffered at once.
 const BUFFER: usize = 256 << 10;
@@ -77,7 +77,7 @@ impl<R: Read> Input<R> {
 
     /// Consumes up to `n` bytes, stopping at the end of the input; returns how many.
     fn skip(&mut self, n: u64) -> io::Result<u64> {
-        io::copy(&mut self.by_ref().take(n), &mut io::sink())
+        skip_all(&mut self.by_ref().take(n))
     }
 }
 
@@ -155,12 +155,13 @@ pub struct SegmentInfo {
     pub entries: usize,
 }
 
-/// What a scan calls back for. Data a member visit leaves unread is skipped.
+/// What a scan calls back for. A member's data comes as a buffered reader (so it can be written
+/// out from the input's own buffer: [`copy_data`]); what a visit leaves unread is skipped.
 pub trait Visitor {
     fn segment_start(&mut self, _segment: &SegmentInfo) -> io::Result<()> {
         Ok(())
     }
-    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()>;
+    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()>;
     fn segment_end(&mut self, _segment: &SegmentInfo) -> io::Result<()> {
         Ok(())
     }
@@ -236,34 +237,69 @@ fn scan_dyn(input: Box<dyn Read + Send + '_>, visitor: &mut dyn Visitor) -> Resu
     Ok(index)
 }
 
+/// Writes what is left of `data` to `out` straight from the reader's buffer; returns how many
+/// bytes. (`io::copy` would copy every byte once more, through a buffer of its own.)
+pub fn copy_data(data: &mut dyn BufRead, out: &mut dyn Write) -> io::Result<u64> {
+    let mut copied = 0;
+    loop {
+        let available = data.fill_buf()?;
+        if available.is_empty() {
+            return Ok(copied);
+        }
+        let n = available.len();
+        out.write_all(available)?;
+        data.consume(n);
+        copied += n as u64;
+    }
+}
+
+/// Consumes what is left of `data` without copying it anywhere; returns how many bytes.
+fn skip_all(data: &mut dyn BufRead) -> io::Result<u64> {
+    let mut skipped = 0;
+    loop {
+        let n = data.fill_buf()?.len();
+        if n == 0 {
+            return Ok(skipped);
+        }
+        data.consume(n);
+        skipped += n as u64;
+    }
+}
+
 /// Chunks of decoded data handed from the decoding thread to the reading one, and how many may
 /// wait: the decoder runs ahead by at most this much.
 const DECODED_CHUNK: usize = 1 << 20;
 const CHUNKS_AHEAD: usize = 4;
 
+/// A chunk of decoded data and how many of its bytes are filled (chunks are reused, never
+/// shrunk: the reader sends each one back when it is done with it).
+type Decoded = io::Result<(Vec<u8>, usize)>;
+
 /// Reads the archive inside the compressed member at the input's position. The member is
 /// decoded on a thread of its own while this one reads the archive (as a decompressor piped
 /// into cpio would run), through a bounded queue, so memory stays a few chunks.
-fn read_compressed<R: Read + Send>(
-    input: &mut Input<R>,
+fn read_compressed(
+    input: &mut Input<Box<dyn Read + Send + '_>>,
     segment: &SegmentInfo,
     visitor: &mut dyn Visitor,
 ) -> Result<usize, ScanError> {
     let (codec, offset) = (segment.codec, segment.offset);
     std::thread::scope(|scope| {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_AHEAD);
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Decoded>(CHUNKS_AHEAD);
+        let (spare_sender, spare_receiver) = std::sync::mpsc::channel::<Vec<u8>>();
         scope.spawn(move || {
             let mut decoder = match decoder(codec, input) {
                 Ok(decoder) => decoder,
                 Err(e) => return drop(sender.send(Err(e))),
             };
             loop {
-                let mut chunk = Vec::with_capacity(DECODED_CHUNK);
-                match decoder.by_ref().take(DECODED_CHUNK as u64).read_to_end(&mut chunk) {
+                // A chunk the reader is done with, else a new one: a few in all, whatever the size.
+                let mut chunk = spare_receiver.try_recv().unwrap_or_else(|_| vec![0; DECODED_CHUNK]);
+                match fill(&mut decoder, &mut chunk) {
                     Ok(0) => return,
-                    Ok(_) => {
+                    Ok(filled) => {
                         // The reader stopped (an error in the archive): so does the decoder.
-                        if sender.send(Ok(chunk)).is_err() {
+                        if sender.send(Ok((chunk, filled))).is_err() {
                             return;
                         }
                     }
@@ -271,31 +307,56 @@ fn read_compressed<R: Read + Send>(
                 }
             }
         });
-        let mut decoded = Input::new(Chunks { receiver, chunk: Vec::new(), at: 0 });
+        // One archive reader for both kinds of segment (a second instance would only grow the
+        // binary): the decoded chunks are read through the same boxed reader type as the image.
+        let chunks: Box<dyn Read + Send> =
+            Box::new(Chunks { receiver, spare: spare_sender, chunk: Vec::new(), at: 0, filled: 0 });
+        let mut decoded = Input::new(chunks);
         read_archive(&mut decoded, false, segment, visitor).map_err(|e| e.inside(codec, offset))
     })
 }
 
-/// The reading end of the decoding thread's queue.
+/// Reads from `reader` until `buf` is full or the reader ends; returns how many bytes.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The reading end of the decoding thread's queue; each chunk read is sent back for reuse.
 struct Chunks {
-    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    receiver: std::sync::mpsc::Receiver<Decoded>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
+    filled: usize,
 }
 
 impl Read for Chunks {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.chunk.len() {
+        while self.at == self.filled {
             match self.receiver.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk?;
-                    self.at = 0;
+                Ok(decoded) => {
+                    let (chunk, filled) = decoded?;
+                    let done = std::mem::replace(&mut self.chunk, chunk);
+                    if !done.is_empty() {
+                        // The decoder may have finished: then the chunk is simply dropped.
+                        let _ = self.spare.send(done);
+                    }
+                    (self.at, self.filled) = (0, filled);
                 }
                 // The decoder finished: the end of the member.
                 Err(_) => return Ok(0),
             }
         }
-        let n = (self.chunk.len() - self.at).min(out.len());
+        let n = (self.filled - self.at).min(out.len());
         out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
         Ok(n)
@@ -485,8 +546,8 @@ fn pad4(len: u64) -> u64 {
 /// Reads the members of one archive stream. With `until_trailer` (an uncompressed segment) it
 /// stops after the first trailer, or before anything that is not a header; otherwise (a
 /// decompressed member) it reads to the end, skipping the NUL padding between archives.
-fn read_archive<R: Read>(
-    input: &mut Input<R>,
+fn read_archive(
+    input: &mut Input<Box<dyn Read + Send + '_>>,
     until_trailer: bool,
     segment: &SegmentInfo,
     visitor: &mut dyn Visitor,
@@ -510,10 +571,11 @@ fn read_archive<R: Read>(
         }
         let start = input.position();
         let header = read_header(input, until_trailer)?;
-        let mut data = Checked { inner: input.by_ref().take(u64::from(header.file_size)), sum: 0 };
-        if header.name == TRAILER.as_bytes() {
-            io::copy(&mut data, &mut io::sink()).map_err(io_error(start))?;
-        } else {
+        // The kernel checks the crc format's sum on regular files only (do_copy); GNU cpio
+        // writes 0 for a symlink's.
+        let sum = header.checksum.filter(|_| header.file_type() == S_IFREG).map(|_| 0);
+        let mut data = MemberData { inner: input.by_ref().take(u64::from(header.file_size)), sum };
+        if header.name != TRAILER.as_bytes() {
             visitor.member(segment, &header, &mut data).map_err(|e| match e.kind() {
                 // The data reader's own failures (a truncated or corrupt stream) are the image's.
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData if data.inner.limit() > 0 => {
@@ -523,11 +585,11 @@ fn read_archive<R: Read>(
             })?;
             entries += 1;
         }
-        io::copy(&mut data, &mut io::sink()).map_err(io_error(start))?;
+        skip_all(&mut data).map_err(io_error(start))?;
         if data.inner.limit() > 0 {
             return Err(format(start, format!("{}: file data is truncated", String::from_utf8_lossy(&header.name))));
         }
-        if header.checksum.is_some_and(|sum| sum != data.sum) {
+        if data.sum.is_some_and(|sum| Some(sum) != header.checksum) {
             return Err(format(start, format!("{}: bad data checksum", String::from_utf8_lossy(&header.name))));
         }
         // The data's padding may be missing at the very end of a stream; the kernel tolerates that.
@@ -549,22 +611,42 @@ fn read_archive<R: Read>(
     }
 }
 
-/// The data reader of one member, summing its bytes for the crc format's checksum.
-struct Checked<T> {
+/// The data reader of one member, straight over the input's buffer; for a regular file of a
+/// crc archive it sums the bytes as they are consumed (read, copied or skipped alike).
+struct MemberData<T> {
     inner: io::Take<T>,
-    sum: u32,
+    sum: Option<u32>,
 }
 
-impl<T: Read> Read for Checked<T> {
+impl<T: BufRead> Read for MemberData<T> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
-        self.sum = out[..n].iter().fold(self.sum, |acc, &b| acc.wrapping_add(u32::from(b)));
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
+impl<T: BufRead> BufRead for MemberData<T> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let Some(sum) = &mut self.sum {
+            // What is consumed was filled already: this returns it without reading.
+            if let Ok(available) = self.inner.fill_buf() {
+                let bytes = &available[..amount.min(available.len())];
+                *sum = bytes.iter().fold(*sum, |acc, &b| acc.wrapping_add(u32::from(b)));
+            }
+        }
+        self.inner.consume(amount);
+    }
+}
+
 /// Reads a header and its name, with their padding.
-fn read_header<R: Read>(input: &mut Input<R>, until_trailer: bool) -> Result<Header, ArchiveError> {
+fn read_header(input: &mut Input<Box<dyn Read + Send + '_>>, until_trailer: bool) -> Result<Header, ArchiveError> {
     let start = input.position();
     let format = |message: &str| ArchiveError::Format(start, message.to_string());
     let head = input.peek(HEADER_LEN).map_err(|e| ArchiveError::Read(start, e))?;
@@ -634,7 +716,7 @@ mod tests {
     }
 
     impl Visitor for Collect {
-        fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+        fn member(&mut self, _segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
             let mut bytes = Vec::new();
             data.read_to_end(&mut bytes)?;
             self.members.push((header.name.clone(), bytes));

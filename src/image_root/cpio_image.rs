@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ impl Visitor for OneSegment<'_> {
         self.inner.segment_start(segment)
     }
 
-    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn member(&mut self, segment: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         self.inner.member(segment, header, data)
     }
 }
@@ -68,7 +68,7 @@ struct Members {
 }
 
 impl Visitor for Members {
-    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         let Some(name) = normalize(&header.name) else { return Ok(()) };
         let entry = match header.file_type() {
             S_IFDIR => Entry::Dir,
@@ -83,7 +83,7 @@ impl Visitor for Members {
     }
 }
 
-fn link_target(data: &mut dyn Read) -> io::Result<Vec<u8>> {
+fn link_target(data: &mut dyn BufRead) -> io::Result<Vec<u8>> {
     let mut target = Vec::new();
     data.take(u64::from(NAME_MAX)).read_to_end(&mut target)?;
     Ok(target)
@@ -125,9 +125,9 @@ impl Extractor<'_> {
     }
 
     /// A regular file's data written to its `targets`, with its mode and mtime.
-    fn file(&self, targets: &[String], header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn file(&self, targets: &[String], header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         let Some(first) = targets.first().map(|t| self.dir.join(t)) else { return Ok(()) };
-        io::copy(&mut data.take(u64::from(header.file_size)), &mut File::create(&first)?)?;
+        initramfs::stream::copy_data(data, &mut File::create(&first)?)?;
         for other in &targets[1..] {
             std::fs::copy(&first, self.dir.join(other))?;
         }
@@ -142,7 +142,7 @@ impl Extractor<'_> {
 }
 
 impl Visitor for Extractor<'_> {
-    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         let Some(name) = normalize(&header.name) else { return Ok(()) };
         if header.file_type() == S_IFREG {
             return self.file(&self.targets(&name, header), header, data);
@@ -204,7 +204,7 @@ struct Rewriter<'a, W: Write> {
 }
 
 impl<W: Write> Visitor for Rewriter<'_, W> {
-    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn Read) -> io::Result<()> {
+    fn member(&mut self, _: &SegmentInfo, header: &Header, data: &mut dyn BufRead) -> io::Result<()> {
         self.last_ino = self.last_ino.max(header.ino);
         let Some(name) = normalize(&header.name) else { return self.out.member_as_is(header, data) };
         self.dot_prefix.get_or_insert(header.name.starts_with(b"./"));

@@ -554,3 +554,123 @@ fn regression_a_missing_output_directory_is_said_once() {
         format!("xdkms initramfs: error: cannot write {}: No such file or directory (os error 2)\n", output.display())
     );
 }
+
+/// `cpio -o -H FORMAT` of the entries `names` of `dir`, in that order, piped through `compress`.
+fn archive_of(dir: &Path, names: &[&str], format: &str, compress: &str) -> Vec<u8> {
+    let list = dir.join(".names");
+    std::fs::write(&list, names.iter().map(|n| format!("{n}\n")).collect::<String>()).expect("write");
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd '{}' && cpio --quiet -o -H {format} -R 0:0 < .names | {compress}", dir.display())),
+    );
+    std::fs::remove_file(&list).expect("rm");
+    out.stdout
+}
+
+/// Every entry below `dir`, sorted, as `path kind content`: a file's bytes, a link's target.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).expect("read_dir").map(|e| e.expect("entry").path()) {
+            let name = entry.strip_prefix(dir).expect("below").display().to_string();
+            let kind = std::fs::symlink_metadata(&entry).expect("stat").file_type();
+            if kind.is_symlink() {
+                found.push(format!("{name} -> {}", std::fs::read_link(&entry).expect("readlink").display()));
+            } else if kind.is_dir() {
+                found.push(format!("{name}/"));
+                pending.push(entry);
+            } else {
+                found.push(format!("{name} = {}", String::from_utf8_lossy(&std::fs::read(&entry).expect("read"))));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Three segments (stored, gzip, zstd) where later members replace earlier ones, as the kernel
+/// unpacks them one over the other: a file rewritten, an empty directory replaced by an absolute
+/// symlink that a later member is written through (inside the root, never the host's /etc), a
+/// file replaced by a directory. Extraction creates files without looking first, so each
+/// replacement is the path where what is there must be cleared.
+#[test]
+fn later_members_replace_earlier_ones_through_links_inside_the_root() {
+    let work = TempDir::new("initramfs-replace");
+    let (first, second, third) = (work.join("first"), work.join("second"), work.join("third"));
+    for dir in [first.join("etc"), first.join("data"), second.join("etc"), third.join("data"), third.join("swap")] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(first.join("etc/motd"), "old").expect("write");
+    std::fs::write(first.join("swap"), "a file").expect("write");
+    std::fs::write(second.join("etc/motd"), "new").expect("write");
+    std::os::unix::fs::symlink("/etc", second.join("data")).expect("symlink");
+    std::fs::write(third.join("data/via-link"), "through the link").expect("write");
+    std::fs::write(third.join("swap/inner"), "in a directory").expect("write");
+    let mut image = archive_of(&first, &["etc", "etc/motd", "data", "swap"], "newc", "cat");
+    image.extend(archive_of(&second, &["etc/motd", "data"], "newc", "gzip -n"));
+    image.extend(archive_of(&third, &["data/via-link", "swap", "swap/inner"], "newc", "zstd -q"));
+    let path = work.join("layers.img");
+    std::fs::write(&path, &image).expect("write");
+    let out = work.join("out");
+    run_ok(xdkms().args(["initramfs", "extract"]).arg(&path).arg(&out));
+    assert_eq!(
+        walk(&out),
+        [
+            "data -> /etc",
+            "etc/",
+            "etc/motd = new",
+            "etc/via-link = through the link",
+            "swap/",
+            "swap/inner = in a directory",
+        ]
+    );
+    assert!(!Path::new("/etc/via-link").exists(), "a member was written through a link to the host");
+}
+
+/// GNU cpio's crc format (070702) sums the data of regular files and writes 0 for the rest: the
+/// kernel checks the sum of regular files only (do_copy). Every crc image holding a symlink was
+/// refused ("bad data checksum"), since the sum was checked on every member.
+#[test]
+fn regression_crc_archives_are_extracted_and_only_file_checksums_are_checked() {
+    let work = TempDir::new("initramfs-crc");
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    // Larger than the reader's buffers, with a marker to corrupt in its middle.
+    let mut big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    big[1_500_000..1_500_016].copy_from_slice(b"#marker-in-big#!");
+    std::fs::write(tree.join("big"), &big).expect("write");
+    std::fs::write(tree.join("bin/tool"), "#!/bin/sh\n").expect("write");
+    std::os::unix::fs::symlink("tool", tree.join("bin/sh")).expect("symlink");
+    let stored = archive_of(&tree, &["bin", "bin/tool", "bin/sh", "big"], "crc", "cat");
+    for (codec, compress, decompress) in [("stored", "cat", "cat"), ("zstd", "zstd -q", "zstd -dcq")] {
+        let image = work.join(format!("crc-{codec}.img"));
+        let write_image = |archive: &[u8]| {
+            let plain = work.join("plain.cpio");
+            std::fs::write(&plain, archive).expect("write");
+            let encoded = run_ok(Command::new("sh").arg("-c").arg(format!("{compress} < '{}'", plain.display())));
+            std::fs::write(&image, encoded.stdout).expect("write");
+        };
+        write_image(&stored);
+        let ours = work.join(format!("x-{codec}"));
+        run_ok(xdkms().args(["initramfs", "extract"]).arg(&image).arg(&ours));
+        let theirs = work.join(format!("cpio-{codec}"));
+        std::fs::create_dir_all(&theirs).expect("mkdir");
+        run_ok(Command::new("sh").arg("-c").arg(format!(
+            "cd '{}' && {decompress} < '{}' | cpio --quiet -id",
+            theirs.display(),
+            image.display()
+        )));
+        assert_eq!(walk(&ours), walk(&theirs), "{codec}: extract differs from cpio -i");
+        let at = stored.windows(16).position(|w| w == b"#marker-in-big#!").expect("marker");
+        let mut corrupt = stored.clone();
+        corrupt[at] ^= 1;
+        write_image(&corrupt);
+        let out = run(xdkms().args(["initramfs", "extract"]).arg(&image).arg(work.join(format!("bad-{codec}"))));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{codec}: {stderr}");
+        assert!(stderr.contains("big: bad data checksum"), "{codec}: {stderr}");
+        assert!(!work.join(format!("bad-{codec}")).exists(), "{codec}: a refused image was half extracted");
+    }
+}
