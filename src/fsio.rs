@@ -81,53 +81,49 @@ impl Drop for Scratch {
 
 /// Removes what `dir` holds: its files on every core, then its directories, deepest first.
 fn remove_contents_in_parallel(dir: &Path) -> io::Result<()> {
-    let (mut files, mut dirs) = (Vec::new(), Vec::new());
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(at) = pending.pop() {
-        for entry in std::fs::read_dir(&at)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                pending.push(entry.path());
-                dirs.push(entry.path());
-            } else {
-                files.push(entry.path());
-            }
-        }
-    }
+    let (dirs, files): (Vec<_>, Vec<_>) = entries_below(dir)?.into_iter().partition(|(_, kind)| kind.is_dir());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().div_ceil(64)).max(1);
     std::thread::scope(|scope| {
         for first in 0..threads {
             let files = &files;
             scope.spawn(move || {
-                for file in files.iter().skip(first).step_by(threads) {
+                for (file, _) in files.iter().skip(first).step_by(threads) {
                     let _ = std::fs::remove_file(file);
                 }
             });
         }
     });
-    // A directory was listed before the ones it holds.
-    for dir in dirs.iter().rev() {
+    // A directory is listed before the ones it holds.
+    for (dir, _) in dirs.iter().rev() {
         std::fs::remove_dir(dir)?;
     }
     Ok(())
 }
 
-/// The bytes of the regular files below `dir` (symlinks not followed; unreadable parts count
-/// nothing).
-pub fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
+/// Every entry below `dir` (not `dir` itself) with its type (a symlink is one, not followed),
+/// each directory listed before what it holds.
+pub fn entries_below(dir: &Path) -> io::Result<Vec<(PathBuf, std::fs::FileType)>> {
+    let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
-                Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
-                _ => {}
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
             }
+            found.push((entry.path(), kind));
         }
     }
-    total
+    Ok(found)
+}
+
+/// The bytes of the regular files below `dir` (symlinks not followed; a tree that cannot be
+/// read, as one another run is removing, counts nothing).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let entries = entries_below(dir).unwrap_or_default();
+    let files = entries.iter().filter(|(_, kind)| kind.is_file());
+    files.map(|(path, _)| std::fs::symlink_metadata(path).map_or(0, |m| m.len())).sum()
 }
 
 /// `path` made absolute against the working directory (as given when that cannot be read).

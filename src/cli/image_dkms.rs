@@ -178,21 +178,11 @@ fn kernel_module_file(path: &str) -> Option<&str> {
 }
 
 /// The module names of the module files below `dir` (the dkms tree: built modules, original
-/// modules kept aside).
+/// modules kept aside; none when it was not extracted).
 fn module_names_below(dir: &Path) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
-                Ok(_) => names.extend(entry.file_name().to_str().and_then(module_name_of).map(String::from)),
-                Err(_) => {}
-            }
-        }
-    }
-    names
+    let entries = crate::fsio::entries_below(dir).unwrap_or_default();
+    let files = entries.iter().filter(|(_, kind)| !kind.is_dir());
+    files.filter_map(|(path, _)| path.file_name()?.to_str().and_then(module_name_of).map(String::from)).collect()
 }
 
 /// The kernels' headers directories of the root extracted at `dir`, root-relative: where the

@@ -739,21 +739,9 @@ fn copy_image(source: &Path, dest: &Path) -> io::Result<()> {
 
 /// Every entry under `dir` by root-relative path, with whether it is a directory.
 fn walk(dir: &Path) -> io::Result<BTreeMap<String, bool>> {
-    let mut found = BTreeMap::new();
-    let mut pending = vec![String::new()];
-    while let Some(rel) = pending.pop() {
-        for entry in std::fs::read_dir(dir.join(&rel))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let is_dir = entry.file_type()?.is_dir();
-            if is_dir {
-                pending.push(path.clone());
-            }
-            found.insert(path, is_dir);
-        }
-    }
-    Ok(found)
+    let entries = crate::fsio::entries_below(dir)?.into_iter();
+    let relative = |path: &Path| path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
+    Ok(entries.map(|(path, kind)| (relative(&path), kind.is_dir())).collect())
 }
 
 fn change_path(change: &Change) -> &str {

@@ -70,6 +70,19 @@ fn tree(dir: &Path, rel: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// The trees `rels` hold the same files with the same bytes in the unpacked image and in the
+/// directory (`what` says which step, in a failure).
+fn assert_same_trees(unpacked: &Path, dir: &Path, rels: &[&str], what: &str) {
+    for rel in rels {
+        let (in_image, in_dir) = (tree(unpacked, rel), tree(dir, rel));
+        let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&in_image), names(&in_dir), "{what}: {rel}");
+        for ((name, a), (_, b)) in in_image.iter().zip(&in_dir) {
+            assert!(a == b, "{what}: {name} differs");
+        }
+    }
+}
+
 /// Runs one DKMS command line on the image and on the directory; both outputs must agree.
 fn both(image: &Path, dir: &Path, args: &[&str]) {
     let with_root = |root: &Path| {
@@ -129,14 +142,8 @@ fn dkms_commands_on_images_do_what_they_do_on_the_directory() {
             }
             let unpacked = work.join(format!("unpacked-{step}"));
             unpack(&image, &unpacked);
-            for rel in ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_test-1.0"] {
-                let (in_image, in_dir) = (tree(&unpacked, rel), tree(&root, rel));
-                let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-                assert_eq!(names(&in_image), names(&in_dir), "{kind} {args:?}: {rel}");
-                for ((name, a), (_, b)) in in_image.iter().zip(&in_dir) {
-                    assert!(a == b, "{kind} {args:?}: {name} differs");
-                }
-            }
+            let rels = ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_test-1.0"];
+            assert_same_trees(&unpacked, &root, &rels, &format!("{kind} {args:?}"));
         }
     }
 }
@@ -233,13 +240,7 @@ fn installs_into_an_ext4_image_index_the_kernels_modules_in_place() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: e2fsck: {}", text(&out.stdout));
         let unpacked = work.join(format!("unpacked-{step}"));
         unpack(&image, &unpacked);
-        for rel in ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_scripts-1.0"] {
-            let (in_image, in_dir) = (tree(&unpacked, rel), tree(&root, rel));
-            let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-            assert_eq!(names(&in_image), names(&in_dir), "{args:?}: {rel}");
-            for ((name, a), (_, b)) in in_image.iter().zip(&in_dir) {
-                assert!(a == b, "{args:?}: {name} differs");
-            }
-        }
+        let rels = ["var/lib/dkms", &format!("lib/modules/{version}"), "usr/src/xdkms_scripts-1.0"];
+        assert_same_trees(&unpacked, &root, &rels, &format!("{args:?}"));
     }
 }
