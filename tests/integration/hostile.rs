@@ -1,6 +1,8 @@
 //! Hostile roots and arguments: every case runs one xdkms command in a private mount namespace
-//! whose /mnt, /var/lib/dkms and /usr/src are decoys (tmpfs filled with a fake dkms tree and
-//! files), with the root's links pointing at them. The decoys and the test directory around the
+//! whose /mnt, /var/lib/dkms, /usr/src and /lib/modules are decoys (tmpfs filled with a fake dkms
+//! tree and files, present whether or not the host has those directories), with the root's
+//! links pointing at them. Only the decoys are looked at, not the host's own directories, which
+//! other tests and processes running meanwhile may change. The decoys and the test directory around the
 //! root are hashed before and after: nothing outside the root may be created, changed or
 //! deleted, no command may run past its time limit, and each refusal must say what was wrong.
 
@@ -16,14 +18,26 @@ const KERNEL: &str = "6.1.0-99-amd64";
 /// Sets the decoys up, snapshots them, runs the command under `timeout`, snapshots again.
 const CONFINED: &str = r#"
 tmp=$1; shift
+# What an earlier command of the same case left: its exit status, its overlays' layers.
+rm -rf "$tmp/out/rc" "$tmp/out"/layer*
 mount -t tmpfs decoy /mnt || exit 90
 mkdir -p /mnt/H/m/v/$KERNEL/x86_64/module /mnt/H/keep /mnt/H/src /mnt/H/evil
 echo secret > /mnt/H/keep/file
 printf 'PACKAGE_NAME=m\nPACKAGE_VERSION=v\nBUILT_MODULE_NAME[0]=m\nDEST_MODULE_LOCATION[0]=/updates\n' > /mnt/H/src/dkms.conf
 ln -s /mnt/H/src /mnt/H/m/v/source
 echo module > /mnt/H/m/v/$KERNEL/x86_64/module/m.ko
+n=0
 for d in /var/lib/dkms /usr/src /lib/modules; do
-    if [ -d "$d" ]; then mount -t tmpfs decoy "$d" && cp -a /mnt/H/. "$d"/; fi
+    if [ ! -d "$d" ]; then
+        # Not on this host (a fresh container has no /lib/modules): made in an overlay of its
+        # parent, so the decoy is there all the same and nothing reaches the host.
+        parent=$(realpath "${d%/*}") n=$((n + 1))
+        mkdir -p "$tmp/out/layer$n/upper" "$tmp/out/layer$n/work"
+        mount -t overlay layer -o "lowerdir=$parent,upperdir=$tmp/out/layer$n/upper,workdir=$tmp/out/layer$n/work" \
+            "$parent" || exit 90
+        mkdir "$parent/${d##*/}" || exit 90
+    fi
+    mount -t tmpfs decoy "$d" && cp -a /mnt/H/. "$d"/ || exit 90
 done
 snapshot() {
     find /mnt /var/lib/dkms /usr/src /lib/modules "$tmp" -path "$tmp/root" -prune -o -path "$tmp/out" -prune \
