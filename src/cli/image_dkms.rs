@@ -180,9 +180,15 @@ fn kernel_module_file(path: &str) -> Option<&str> {
 /// The module names of the module files below `dir` (the dkms tree: built modules, original
 /// modules kept aside; none when it was not extracted).
 fn module_names_below(dir: &Path) -> BTreeSet<String> {
-    let entries = crate::fsio::entries_below(dir).unwrap_or_default();
-    let files = entries.iter().filter(|(_, kind)| !kind.is_dir());
-    files.filter_map(|(path, _)| path.file_name()?.to_str().and_then(module_name_of).map(String::from)).collect()
+    let mut names = BTreeSet::new();
+    for (path, kind) in crate::fsio::entries_below(dir).unwrap_or_default() {
+        if let Some(name) =
+            path.file_name().and_then(|n| n.to_str()).and_then(module_name_of).filter(|_| !kind.is_dir())
+        {
+            names.insert(name.to_string());
+        }
+    }
+    names
 }
 
 /// The kernels' headers directories of the root extracted at `dir`, root-relative: where the

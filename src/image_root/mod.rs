@@ -739,9 +739,12 @@ fn copy_image(source: &Path, dest: &Path) -> io::Result<()> {
 
 /// Every entry under `dir` by root-relative path, with whether it is a directory.
 fn walk(dir: &Path) -> io::Result<BTreeMap<String, bool>> {
-    let entries = crate::fsio::entries_below(dir)?.into_iter();
-    let relative = |path: &Path| path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
-    Ok(entries.map(|(path, kind)| (relative(&path), kind.is_dir())).collect())
+    let mut found = BTreeMap::new();
+    for (path, kind) in crate::fsio::entries_below(dir)? {
+        let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+        found.insert(relative, kind.is_dir());
+    }
+    Ok(found)
 }
 
 fn change_path(change: &Change) -> &str {
