@@ -119,7 +119,7 @@ pub fn entries_below(dir: &Path) -> io::Result<Vec<(PathBuf, std::fs::FileType)>
 }
 
 /// The bytes of the regular files below `dir` (symlinks not followed; a tree that cannot be
-/// read, as one another run is removing, counts nothing).
+/// read, as one that another run is removing, counts nothing).
 pub fn tree_bytes(dir: &Path) -> u64 {
     let entries = entries_below(dir).unwrap_or_default();
     let files = entries.iter().filter(|(_, kind)| kind.is_file());
