@@ -316,8 +316,9 @@ fn read_compressed(
     })
 }
 
-/// Reads from `reader` until `buf` is full or the reader ends; returns how many bytes.
-fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads from `reader` until `buf` is full or the reader ends; returns how many bytes (what
+/// `read_exact` does, without its error when the input is shorter).
+pub fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

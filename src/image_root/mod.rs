@@ -23,7 +23,7 @@ mod tar_image;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -407,7 +407,8 @@ fn split_partition(path: &Path) -> Option<(PathBuf, u32)> {
 fn detect(path: &Path) -> std::result::Result<Format, String> {
     let unreadable = |e: io::Error| format!("cannot read it: {e}");
     let mut head = [0u8; 2048];
-    let got = read_up_to(&mut std::fs::File::open(path).map_err(unreadable)?, &mut head).map_err(unreadable)?;
+    let got =
+        initramfs::stream::fill(&mut std::fs::File::open(path).map_err(unreadable)?, &mut head).map_err(unreadable)?;
     if ext4_image::is_ext4(&head[..got]) {
         let len = std::fs::metadata(path).map_err(unreadable)?.len();
         return Ok(Format::Ext4 { offset: 0, len, boot: None });
@@ -450,12 +451,12 @@ fn cpio_codec(path: &Path) -> io::Result<Option<Codec>> {
 /// decoded bytes are what `starts` looks for.
 fn archive_codec(path: &Path, len: usize, starts: fn(&[u8]) -> bool) -> io::Result<Option<Codec>> {
     let mut head = [0u8; 6];
-    let got = read_up_to(&mut std::fs::File::open(path)?, &mut head)?;
+    let got = initramfs::stream::fill(&mut std::fs::File::open(path)?, &mut head)?;
     let codec = Codec::detect(&head[..got]).unwrap_or(Codec::None);
     let mut input = initramfs::stream::Input::new(std::fs::File::open(path)?);
     let Ok(mut decoded) = initramfs::stream::decoder(codec, &mut input) else { return Ok(None) };
     let mut block = vec![0u8; len];
-    let got = read_up_to(&mut decoded, &mut block).unwrap_or(0);
+    let got = initramfs::stream::fill(&mut decoded, &mut block).unwrap_or(0);
     Ok(starts(&block[..got]).then_some(codec))
 }
 
@@ -531,20 +532,6 @@ fn root_partition(path: &Path, partitions: &[disk::Partition]) -> std::result::R
             several.iter().map(named).collect::<Vec<_>>().join(", ")
         )),
     }
-}
-
-/// Reads until `buf` is full or the input ends; how much was read.
-fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// What tells a file the command replaced or changed from one it left alone: writes go beside

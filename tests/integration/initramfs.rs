@@ -44,6 +44,16 @@ fn cpio_names(archive_bytes: &[u8], decompress: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
 
+/// GNU cpio's extraction (`cpio -id OPTIONS`) of `image`, piped through `decompress`, into `dir`.
+fn cpio_extract(image: &Path, decompress: &str, options: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && {decompress} < '{}' | cpio --quiet -id {options}",
+        dir.display(),
+        image.display()
+    )));
+}
+
 fn xdkms_list(image: &Path) -> Vec<String> {
     let out = run_ok(xdkms().args(["initramfs", "list"]).arg(image));
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
@@ -446,12 +456,7 @@ fn names_the_kernel_accepts_are_listed_and_extracted_as_cpio_does() {
         let ours = work.join(format!("x-{codec}"));
         run_ok(xdkms().args(["initramfs", "extract"]).arg(&image).arg(&ours));
         let theirs = work.join(format!("cpio-{codec}"));
-        std::fs::create_dir_all(&theirs).expect("mkdir");
-        run_ok(Command::new("sh").arg("-c").arg(format!(
-            "cd '{}' && {decompress} < '{}' | cpio --quiet -id --no-absolute-filenames",
-            theirs.display(),
-            image.display()
-        )));
+        cpio_extract(&image, decompress, "--no-absolute-filenames", &theirs);
         let diff = run(Command::new("diff").arg("-r").arg("--no-dereference").arg(&ours).arg(&theirs));
         assert!(
             diff.status.success(),
@@ -656,12 +661,7 @@ fn regression_crc_archives_are_extracted_and_only_file_checksums_are_checked() {
         let ours = work.join(format!("x-{codec}"));
         run_ok(xdkms().args(["initramfs", "extract"]).arg(&image).arg(&ours));
         let theirs = work.join(format!("cpio-{codec}"));
-        std::fs::create_dir_all(&theirs).expect("mkdir");
-        run_ok(Command::new("sh").arg("-c").arg(format!(
-            "cd '{}' && {decompress} < '{}' | cpio --quiet -id",
-            theirs.display(),
-            image.display()
-        )));
+        cpio_extract(&image, decompress, "", &theirs);
         assert_eq!(walk(&ours), walk(&theirs), "{codec}: extract differs from cpio -i");
         let at = stored.windows(16).position(|w| w == b"#marker-in-big#!").expect("marker");
         let mut corrupt = stored.clone();
